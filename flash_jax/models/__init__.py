@@ -1,0 +1,23 @@
+"""Flax models applied functionally to parameter pytrees, and the registry naming their maskable tensors."""
+
+from flash_jax.models.cnn import LeafCNN, MNISTNet
+from flash_jax.models.layers import Conv, max_pool, resolve_conv_impl
+from flash_jax.models.registry import MODEL_TYPES, ModelDef, get_model, init_variables
+from flash_jax.models.resnet import ResNet, ResNet18, ResNet34
+from flash_jax.models.vgg import VGG16
+
+__all__ = [
+    "MODEL_TYPES",
+    "VGG16",
+    "Conv",
+    "LeafCNN",
+    "MNISTNet",
+    "ModelDef",
+    "ResNet",
+    "ResNet18",
+    "ResNet34",
+    "get_model",
+    "init_variables",
+    "max_pool",
+    "resolve_conv_impl",
+]

@@ -1,0 +1,37 @@
+"""Masks as pytrees (init, top-k, apply, densities) and client sparse learning (MASK_UPDATE)."""
+
+from flash_jax.sparse.masks import (
+    Masks,
+    apply_masks,
+    layer_counts,
+    layer_density,
+    magnitude_masks,
+    mask_count,
+    mask_density,
+    mask_shapes,
+    maskable_paths,
+    nonzero_density,
+    random_masks,
+    random_masks_from_counts,
+    topk_mask,
+)
+from flash_jax.sparse.sparse_learning import SLState, mask_update, sl_init
+
+__all__ = [
+    "Masks",
+    "SLState",
+    "apply_masks",
+    "layer_counts",
+    "layer_density",
+    "magnitude_masks",
+    "mask_count",
+    "mask_density",
+    "mask_shapes",
+    "mask_update",
+    "maskable_paths",
+    "nonzero_density",
+    "random_masks",
+    "random_masks_from_counts",
+    "sl_init",
+    "topk_mask",
+]

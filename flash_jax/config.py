@@ -1,0 +1,97 @@
+"""One frozen record of an experiment, with validation that names the offending flag."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+EXPERIMENT_TYPES = ("dense", "nst", "pdst", "spdst", "jmwst")
+IMPLEMENTED_TYPES = ("dense", "nst", "pdst")
+LR_SCHEDULES = ("run", "authors")
+CONV_IMPLS = ("auto", "xla", "patches")
+
+
+class ConfigError(ValueError):
+    """A setting outside its valid range; the message names the flag and the range."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Flag names and defaults follow the authors' command line (ALGORITHMS.md §0).
+
+    The dataset defaults to scikit-learn's bundled digits, so a bare `python run.py` works offline.
+    """
+
+    experiment_type: str = "pdst"
+    dataset: str = "digits"
+    model_type: str = "mnistnet"
+    alpha: float = 1.0
+    iid: bool = False
+    density: float = 0.05
+    num_users: int = 100
+    frac: float = 0.1
+    init_frac: float = 0.1
+    init_epoch: int = 10
+    local_epoch: int = 1
+    local_bs: int = 32
+    lr_start: float = 0.1
+    lr_end: float = 0.001
+    lr_schedule: str = "run"
+    fl_rounds: int = 600
+    prune_rate: float = 0.25
+    seed: int = 1
+    path: str | None = None
+    data_dir: str | None = None
+    mask_pattern: str | None = None
+    conv_impl: str = "auto"
+    eval_every: int = 10
+    workdir: str | None = None
+    quiet: bool = False
+
+    @property
+    def clients_per_round(self) -> int:
+        return max(math.floor(self.frac * self.num_users), 1)
+
+    @property
+    def stage1_clients(self) -> int:
+        return max(math.floor(self.init_frac * self.num_users), 1)
+
+    def validate(self) -> "Config":
+        """Check every range that does not need the data; raises ConfigError on the first problem."""
+        from flash_jax.data.sources import DATASETS
+        from flash_jax.models import MODEL_TYPES
+
+        checks = [
+            (self.experiment_type in EXPERIMENT_TYPES, "--experiment_type", f"one of {', '.join(EXPERIMENT_TYPES)}"),
+            (self.dataset in DATASETS, "--dataset", f"one of {', '.join(DATASETS)}"),
+            (self.model_type in MODEL_TYPES, "--model_type", f"one of {', '.join(MODEL_TYPES)}"),
+            (0.0 < self.density <= 1.0, "--density", "in (0, 1]"),
+            (self.alpha > 0.0, "--alpha", "> 0"),
+            (self.num_users >= 1, "--num_users", ">= 1"),
+            (0.0 < self.frac <= 1.0, "--frac", "in (0, 1] (it selects max(floor(frac*num_users), 1) clients)"),
+            (0.0 < self.init_frac <= 1.0, "--init_frac", "in (0, 1]"),
+            (self.init_epoch >= 1, "--init_epoch", ">= 1"),
+            (self.local_epoch >= 1, "--local_epoch", ">= 1"),
+            (self.local_bs >= 1, "--local_bs", ">= 1"),
+            (self.lr_start > 0.0, "--lr_start", "> 0"),
+            (self.lr_end > 0.0, "--lr_end", "> 0"),
+            (self.lr_schedule in LR_SCHEDULES, "--lr_schedule", f"one of {', '.join(LR_SCHEDULES)}"),
+            (self.fl_rounds >= 1, "--fl_rounds", ">= 1"),
+            (0.0 <= self.prune_rate < 1.0, "--prune_rate", "in [0, 1)"),
+            (self.eval_every >= 1, "--eval_every", ">= 1"),
+            (self.conv_impl in CONV_IMPLS, "--conv_impl", f"one of {', '.join(CONV_IMPLS)}"),
+        ]
+        for ok, flag, valid in checks:
+            if not ok:
+                raise ConfigError(f"{flag}={getattr(self, flag[2:])!r} is invalid: must be {valid}")
+        if self.experiment_type not in IMPLEMENTED_TYPES:
+            raise ConfigError(f"--experiment_type={self.experiment_type} is not implemented yet; "
+                              f"implemented: {', '.join(IMPLEMENTED_TYPES)}")
+        return self
+
+    def validate_against_data(self, num_train_examples: int) -> None:
+        if self.num_users > num_train_examples:
+            raise ConfigError(f"--num_users={self.num_users} is invalid: must be <= {num_train_examples}, "
+                              f"the number of training examples of {self.dataset}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

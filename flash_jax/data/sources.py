@@ -1,0 +1,264 @@
+"""Datasets as in-memory numpy arrays, from sources that work without internet or TensorFlow.
+
+Sources (DESIGN.md, "Data without internet"):
+- digits: scikit-learn's bundled 8x8 digits, blown up to 28x28x1 so MNIST-sized models apply.
+- mnist / fashion_mnist / emnist: IDX files (raw or .gz) from `path`; fashion_mnist also from Debian's
+  `dataset-fashion-mnist` package; otherwise TFDS.
+- cifar10 / cifar100: the python-pickle folders from `path`; otherwise TFDS.
+- TFDS: a copy already prepared in the array_record format, read through its random-access data source
+  (no TensorFlow needed to read; preparing image datasets needs TensorFlow once).
+
+`emnist` is FEMNIST-style: TFDS's "emnist/byclass" (62 classes: digits, upper- and lower-case letters),
+transposed to the upright orientation (NIST stores the images transposed). It is the whole pool, not
+LEAF's writer split: clients come from our own partition.
+
+Every image array is float32 NHWC, standardised per channel with the train split's statistics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+DATASETS = ("digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "emnist")
+
+NUM_CLASSES = {"digits": 10, "fashion_mnist": 10, "mnist": 10, "cifar10": 10, "cifar100": 100, "emnist": 62}
+TFDS_NAMES = {
+    "fashion_mnist": "fashion_mnist",
+    "mnist": "mnist",
+    "cifar10": "cifar10",
+    "cifar100": "cifar100",
+    "emnist": "emnist/byclass",
+}
+DEBIAN_DIRS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
+_DEBIAN_PACKAGES = {"fashion_mnist": "dataset-fashion-mnist"}
+
+# IDX file stems (train images, train labels, test images, test labels); each may also end in .gz.
+_MNIST_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+IDX_STEMS = {
+    "mnist": _MNIST_STEMS,
+    "fashion_mnist": _MNIST_STEMS,
+    "emnist": tuple(f"emnist-byclass-{s}" for s in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                                                     "test-images-idx3-ubyte", "test-labels-idx1-ubyte")),
+}
+# NIST/TFDS store EMNIST transposed; flip it upright so augmentation and plots see real letters.
+_TRANSPOSED = {"emnist"}
+
+CIFAR_FOLDERS = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels"),
+}
+
+_DIGITS_SEED = 0  # fixed so the digits train/test split never depends on the experiment seed
+_TFDS_CHUNK = 10_000
+
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # train_x, train_y, test_x, test_y (raw)
+
+
+class DataError(Exception):
+    """A dataset is not available offline; the message (one line) says what is missing and how to get it."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # eq=False: arrays make field-wise == / hash meaningless
+class Dataset:
+    name: str
+    train_x: np.ndarray  # float32 NHWC, standardised
+    train_y: np.ndarray  # int32
+    test_x: np.ndarray
+    test_y: np.ndarray
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_x.shape[1:])
+
+
+def load_dataset(name: str, path: str | None = None, data_dir: str | None = None) -> Dataset:
+    """Load `name` into memory. `path`: a folder of IDX files / CIFAR pickles; `data_dir`: TFDS data dir."""
+    if name not in _LOADERS:
+        raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+    train_x, train_y, test_x, test_y = _LOADERS[name](name, path, data_dir)
+    if name in _TRANSPOSED:
+        train_x, test_x = train_x.transpose(0, 2, 1, 3), test_x.transpose(0, 2, 1, 3)
+    train_x, test_x = _standardise(train_x, test_x)
+    return Dataset(name, train_x, train_y.astype(np.int32), test_x, test_y.astype(np.int32), NUM_CLASSES[name])
+
+
+# ---------------------------------------------------------------------------------------------- loaders
+def _load_digits(name: str, path: str | None, data_dir: str | None) -> Arrays:
+    """8x8 (0..16) -> 3x3 nearest upsampling -> 24x24 -> zero pad 2 -> 28x28x1; stratified 80/20 split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = np.kron(digits.images / 16.0, np.ones((1, 3, 3)))
+    images = np.pad(images, ((0, 0), (2, 2), (2, 2)))[..., None].astype(np.float32)
+    train_x, test_x, train_y, test_y = train_test_split(
+        images, digits.target, test_size=0.2, stratify=digits.target, random_state=_DIGITS_SEED
+    )
+    return train_x, train_y, test_x, test_y
+
+
+def _load_idx_or_tfds(name: str, path: str | None, data_dir: str | None) -> Arrays:
+    """IDX files from `path` (or the Debian package's folder when no path is given), else TFDS."""
+    folder = path or DEBIAN_DIRS.get(name)
+    if folder is not None:
+        files = [_find_idx(folder, stem) for stem in IDX_STEMS[name]]
+        if all(files):
+            train_x, train_y, test_x, test_y = (read_idx(f) for f in files)
+            return train_x[..., None], train_y, test_x[..., None], test_y
+        absent = [stem + "[.gz]" for stem, file in zip(IDX_STEMS[name], files) if file is None]
+        missing = f"no {'IDX files' if len(absent) == len(files) else ', '.join(absent)} in {folder}"
+    else:
+        missing = "no --path given"
+    hints = [f"pass --path DIR holding {', '.join(s + '[.gz]' for s in IDX_STEMS[name])}"]
+    if name in _DEBIAN_PACKAGES:
+        pkg = _DEBIAN_PACKAGES[name]
+        hints.insert(0, f"install Debian's package {pkg} (apt-get install -y {pkg})")
+    return _load_tfds(name, data_dir, missing, hints)
+
+
+def _load_cifar(name: str, path: str | None, data_dir: str | None) -> Arrays:
+    """CIFAR python pickles when `path` is given (the folder itself or its parent), else TFDS."""
+    folder_name, train_files, test_files, label_key = CIFAR_FOLDERS[name]
+    if path is None:
+        hint = f"pass --path DIR holding {folder_name}/ (python version from https://www.cs.toronto.edu/~kriz/cifar.html)"
+        return _load_tfds(name, data_dir, "no --path given", [hint])
+    folder = Path(path)
+    if not (folder / test_files[0]).exists():
+        folder = folder / folder_name
+    if not all((folder / f).exists() for f in train_files + test_files):
+        raise DataError(
+            f"{name}: no {folder_name} pickles ({', '.join(train_files + test_files)}) in {path} or "
+            f"{Path(path) / folder_name}; download and unpack the python version from "
+            "https://www.cs.toronto.edu/~kriz/cifar.html and pass --path to it"
+        )
+    train_x, train_y = _read_cifar_pickles([folder / f for f in train_files], label_key)
+    test_x, test_y = _read_cifar_pickles([folder / f for f in test_files], label_key)
+    return train_x, train_y, test_x, test_y
+
+
+_LOADERS = {
+    "digits": _load_digits,
+    "fashion_mnist": _load_idx_or_tfds,
+    "mnist": _load_idx_or_tfds,
+    "emnist": _load_idx_or_tfds,
+    "cifar10": _load_cifar,
+    "cifar100": _load_cifar,
+}
+assert set(_LOADERS) == set(DATASETS)
+
+
+# ---------------------------------------------------------------------------------------------- formats
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(file: str | os.PathLike) -> np.ndarray:
+    """Parse one IDX file (LeCun's MNIST format, optionally gzipped): magic 00 00 <dtype> <ndim>, then
+    ndim big-endian uint32 dims, then the big-endian data."""
+    file = str(file)
+    with (gzip.open(file, "rb") if file.endswith(".gz") else open(file, "rb")) as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError(f"{file}: not an IDX file (bad magic number {raw[:4].hex()})")
+    ndim = raw[3]
+    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    offset = 4 + 4 * ndim
+    if len(raw) - offset != dtype.itemsize * int(np.prod(dims)):
+        raise DataError(f"{file}: IDX header says {dims} but the file holds {len(raw) - offset} data bytes")
+    return np.frombuffer(raw, dtype, offset=offset).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _find_idx(folder: str, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem):
+        if (Path(folder) / name).is_file():
+            return Path(folder) / name
+    return None
+
+
+def _read_cifar_pickles(files: list[Path], label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    batches = []
+    for file in files:
+        with open(file, "rb") as f:
+            batches.append(pickle.load(f, encoding="bytes"))
+    data = np.concatenate([np.asarray(b[b"data"], np.uint8) for b in batches])
+    labels = np.concatenate([np.asarray(b[label_key], np.int64) for b in batches])
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels  # rows are CHW planes
+
+
+def _load_tfds(name: str, data_dir: str | None, missing: str, hints: list[str]) -> Arrays:
+    """Read an array_record copy prepared earlier; turn every way it can be absent into one DataError."""
+    tfds_name = TFDS_NAMES[name]
+    shown_dir = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
+    hints = hints + [
+        f"or prepare it once with `tfds build {tfds_name} --file_format=array_record` in an environment with "
+        "TensorFlow and pass --data_dir DIR"
+    ]
+    builder = None
+    try:
+        import tensorflow_datasets as tfds
+
+        builder = tfds.builder(tfds_name, data_dir=data_dir)
+        train, test = builder.as_data_source(split=["train", "test"])
+    except Exception as error:  # TFDS says "not prepared" with KeyError, NotImplementedError, ...
+        if builder is not None and not builder.is_prepared():
+            cause = "not prepared"
+        else:  # e.g. prepared in the default tfrecord format, which has no random access
+            cause = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise DataError(
+            f"{name}: {missing}, and no TFDS array_record copy of {tfds_name} in {shown_dir} ({cause}); "
+            + "; ".join(hints)
+        ) from error
+    return (*_read_source(train), *_read_source(test))
+
+
+def _read_source(source) -> tuple[np.ndarray, np.ndarray]:
+    """Bulk-read a TFDS data source: batched __getitems__ is ~2x faster than one example at a time."""
+    n = len(source)
+    images = labels = None
+    for start in range(0, n, _TFDS_CHUNK):
+        keys = range(start, min(start + _TFDS_CHUNK, n))
+        try:
+            batch = source.__getitems__(keys)
+        except TypeError:  # tfds.testing.mock_data (4.9.10) mocks __getitems__ without binding self
+            batch = [source[i] for i in keys]
+        if images is None:
+            first = np.asarray(batch[0]["image"])
+            images = np.empty((n, *first.shape), first.dtype)
+            labels = np.empty(n, np.int64)
+        images[keys.start : keys.stop] = np.stack([e["image"] for e in batch])
+        labels[keys.start : keys.stop] = [e["label"] for e in batch]
+    if images is None:
+        raise DataError(f"TFDS data source {source} is empty")
+    return images, labels
+
+
+# ---------------------------------------------------------------------------------------------- normalise
+def _standardise(train_x: np.ndarray, test_x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (x - mean) / std with train statistics; float64 sums in chunks keep memory flat."""
+    s1 = np.zeros(train_x.shape[-1])
+    s2 = np.zeros(train_x.shape[-1])
+    for start in range(0, len(train_x), 8192):
+        chunk = train_x[start : start + 8192].astype(np.float64)
+        s1 += chunk.sum(axis=(0, 1, 2))
+        s2 += np.square(chunk).sum(axis=(0, 1, 2))
+    count = train_x.size // train_x.shape[-1]
+    mean = s1 / count
+    std = np.sqrt(np.maximum(s2 / count - mean**2, 0.0))
+    std = np.where(std > 0, std, 1.0)
+    out = []
+    for x in (train_x, test_x):
+        x = x.astype(np.float32, order="C")  # a fresh C-contiguous copy: inputs are never modified
+        x -= mean.astype(np.float32)
+        x /= std.astype(np.float32)
+        out.append(x)
+    return out[0], out[1]

@@ -1,0 +1,100 @@
+"""Local training of one client: a scan over its padded steps, with sparse learning between phases.
+
+`local_train` is written for a single client and vmapped over the cohort by `fl.cohort`. A padded
+step (step_valid False) leaves every piece of state untouched, so a client padded to the cohort's
+longest schedule ends exactly where training it alone would.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+
+from flash_jax.data.augment import random_crop_flip
+from flash_jax.sparse import apply_masks, mask_update, sl_init
+
+# Stream ids folded into a client's key, one per use, so the draws never overlap.
+SHUFFLE_STREAM, MASK_UPDATE_STREAM, AUGMENT_STREAM = 0, 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientSpec:
+    """Static description of local training (hashable: it is a jit static argument)."""
+
+    apply_fn: Callable
+    has_batch_stats: bool
+    sparse_learning: bool
+    prune_rate: float
+    augment: bool
+    make_optimizer: Callable[[jax.Array], optax.GradientTransformation] = optax.sgd
+
+
+def client_key(round_key, client_id):
+    return jax.random.fold_in(round_key, client_id)
+
+
+def _loss(spec: ClientSpec, params, batch_stats, x, y, weight):
+    variables = {"params": params}
+    if spec.has_batch_stats:
+        variables["batch_stats"] = batch_stats
+        logits, updates = spec.apply_fn(variables, x, train=True, example_mask=weight,
+                                        mutable=["batch_stats"])
+        batch_stats = updates["batch_stats"]
+    else:
+        logits = spec.apply_fn(variables, x, train=True, example_mask=weight)
+    per_example = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    loss = jnp.sum(per_example * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+    return loss, batch_stats
+
+
+def _keep_if(valid, new, old):
+    return jax.tree.map(lambda n, o: jnp.where(valid, n, o), new, old)
+
+
+def local_train(spec: ClientSpec, phase_lengths: tuple[int, ...], store_x, store_y, params, batch_stats,
+                masks, lr, key, example_index, example_valid, step_valid, target_count):
+    """Train one client; returns (params, batch_stats, masks, mean training loss over its steps).
+
+    The mask update of ALGORITHMS.md §1 runs between phases (mid-epoch for E=1, between epochs for
+    E>1); its prune rate decays linearly with the client's own completed steps.
+    """
+    optimizer = spec.make_optimizer(lr)
+    params = apply_masks(params, masks)
+    opt_state = optimizer.init(params)
+    sl_state = sl_init()
+    num_steps = jnp.sum(step_valid)  # E * steps_per_epoch of this client
+    loss_sum = jnp.zeros(())
+    start = 0
+    for phase, length in enumerate(phase_lengths):
+        def step(carry, inputs):
+            params, batch_stats, opt_state = carry
+            index, weight_mask, valid, t = inputs
+            x, y = store_x[index], store_y[index]
+            if spec.augment:
+                x = random_crop_flip(jax.random.fold_in(jax.random.fold_in(key, AUGMENT_STREAM), t), x)
+            weight = weight_mask.astype(jnp.float32)
+            (loss, new_stats), grads = jax.value_and_grad(_loss, argnums=1, has_aux=True)(
+                spec, params, batch_stats, x, y, weight)
+            updates, new_opt = optimizer.update(grads, opt_state, params)
+            new_params = apply_masks(optax.apply_updates(params, updates), masks)
+            carry = _keep_if(valid, (new_params, new_stats, new_opt), (params, batch_stats, opt_state))
+            return carry, jnp.where(valid, loss, 0.0)
+
+        span = slice(start, start + length)
+        xs = (example_index[span], example_valid[span], step_valid[span], jnp.arange(start, start + length))
+        (params, batch_stats, opt_state), losses = jax.lax.scan(
+            step, (params, batch_stats, opt_state), xs, unroll=1)
+        loss_sum += jnp.sum(losses)
+        start += length
+        if spec.sparse_learning and phase < len(phase_lengths) - 1:
+            done = jnp.sum(step_valid[:start])
+            prune_rate = spec.prune_rate * (1.0 - done / num_steps)
+            update_key = jax.random.fold_in(jax.random.fold_in(key, MASK_UPDATE_STREAM), phase)
+            flat = traverse_util.flatten_dict(params, sep="/")
+            masks, sl_state = mask_update(update_key, flat, masks, prune_rate, target_count, sl_state)
+            params = apply_masks(params, masks)
+    return params, batch_stats, masks, loss_sum / jnp.maximum(num_steps, 1)

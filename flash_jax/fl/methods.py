@@ -1,0 +1,19 @@
+"""Methods as data: each is a small record of how clients treat masks (ALGORITHMS.md §3)."""
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    sparse: bool                   # keeps masks on the maskable tensors at all
+    client_sparse_learning: bool   # clients run SL (prune / redistribute / regrow) during local training
+    per_client_masks: bool         # each client keeps its own mask across rounds (NST)
+    report_pruned: bool            # also evaluate the global model magnitude-pruned back to d (NST)
+
+
+METHODS = {
+    "dense": Method(sparse=False, client_sparse_learning=False, per_client_masks=False, report_pruned=False),
+    "pdst": Method(sparse=True, client_sparse_learning=False, per_client_masks=False, report_pruned=False),
+    "nst": Method(sparse=True, client_sparse_learning=True, per_client_masks=True, report_pruned=True),
+}

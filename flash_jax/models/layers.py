@@ -1,0 +1,119 @@
+"""Building blocks whose formulation is chosen for speed under `jax.vmap` over per-client parameters.
+
+Federated cohorts are trained by vmapping one client update over a leading client axis of the
+parameters. On CPU, XLA turns a vmapped `lax.conv_general_dilated` with per-client kernels into a
+grouped convolution that runs very slowly, while patches x matmul becomes a fast batched matmul. The
+gradient of `nn.max_pool` (select_and_scatter) is likewise slow on CPU; a max over shifted slices has
+a cheap elementwise gradient.
+"""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from jax import lax
+
+CONV_IMPLS = ("xla", "patches")
+_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+
+
+def resolve_conv_impl(impl: str) -> str:
+    """Turn "auto" into the convolution formulation that is fastest on the current backend."""
+    if impl == "auto":
+        return "patches" if jax.default_backend() == "cpu" else "xla"
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"unknown conv impl {impl!r}; choose one of 'auto', {', '.join(map(repr, CONV_IMPLS))}")
+    return impl
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _conv_padding(padding: str | int | Sequence) -> str | list[tuple[int, int]]:
+    """nn.Conv's padding conventions: a string, one int for every side, or per-dimension pairs."""
+    if isinstance(padding, str):
+        return padding
+    if isinstance(padding, int):
+        return [(padding, padding)] * 2
+    return [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
+
+
+class Conv(nn.Module):
+    """2-D NHWC convolution with exactly `nn.Conv`'s parameters, so checkpoints and masks are shared
+    between implementations; `impl` only changes how the same function is computed."""
+
+    features: int
+    kernel_size: int | Sequence[int]
+    strides: int | Sequence[int] = 1
+    padding: str | int | Sequence = "SAME"
+    use_bias: bool = True
+    impl: str = "xla"
+    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kh, kw = _pair(self.kernel_size)
+        in_features = x.shape[-1]
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, in_features, self.features), jnp.float32)
+        strides = _pair(self.strides)
+        padding = _conv_padding(self.padding)
+        if resolve_conv_impl(self.impl) == "xla":
+            y = lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_DIMENSION_NUMBERS)
+        else:
+            patches = lax.conv_general_dilated_patches(
+                x, (kh, kw), strides, padding, dimension_numbers=_DIMENSION_NUMBERS
+            )
+            # The patch features are ordered (C, kh, kw), so bring the HWIO kernel's I axis first.
+            y = patches @ kernel.transpose(2, 0, 1, 3).reshape(in_features * kh * kw, self.features)
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32)
+        return y
+
+
+def max_pool(
+    x: jax.Array, window: int | Sequence[int], stride: int | Sequence[int], padding: str = "VALID"
+) -> jax.Array:
+    """Same values as `nn.max_pool` on (..., H, W, C), as a max over strided slices whose gradient is
+    elementwise instead of select_and_scatter. At exact ties the gradient is split between the tied
+    inputs rather than sent to one of them (both are valid subgradients)."""
+    (wh, ww), (sh, sw) = _pair(window), _pair(stride)
+    if padding == "SAME":
+        pads = lax.padtype_to_pads(x.shape[-3:-1], (wh, ww), (sh, sw), "SAME")
+        x = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + list(pads) + [(0, 0)], constant_values=-jnp.inf)
+    elif padding != "VALID":
+        raise ValueError(f"max_pool padding must be 'VALID' or 'SAME', got {padding!r}")
+    h, w = x.shape[-3:-1]
+    out_h, out_w = (h - wh) // sh + 1, (w - ww) // sw + 1
+    lead = x.ndim - 3
+    out = None
+    for i in range(wh):
+        for j in range(ww):
+            window_slice = lax.slice(
+                x,
+                (0,) * lead + (i, j, 0),
+                x.shape[:lead] + (i + sh * (out_h - 1) + 1, j + sw * (out_w - 1) + 1, x.shape[-1]),
+                (1,) * lead + (sh, sw, 1),
+            )
+            out = window_slice if out is None else jnp.maximum(out, window_slice)
+    return out
+
+
+def batch_norm(train: bool, name: str) -> nn.BatchNorm:
+    """PyTorch's BatchNorm2d defaults (running-average momentum 0.1 is flax's 0.9; epsilon 1e-5).
+    Unlike PyTorch the running variance is the biased batch variance."""
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+
+
+def batch_stats_mask(example_mask: jax.Array | None, ndim: int) -> jax.Array | None:
+    """Per-example mask for `nn.BatchNorm(mask=...)` so padded examples do not enter batch statistics.
+
+    A batch with no valid example (a padded step) falls back to all examples: the caller discards
+    that step anyway, and an empty mean would put NaNs into the forward and backward pass.
+    """
+    if example_mask is None:
+        return None
+    mask = jnp.logical_or(example_mask, ~jnp.any(example_mask))
+    return mask.reshape(mask.shape + (1,) * (ndim - 1))

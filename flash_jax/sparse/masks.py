@@ -1,0 +1,211 @@
+"""Binary weight masks as flat dicts of bool arrays, and the exact-count tools to build them.
+
+A mask set is ``Masks = dict[str, jax.Array]``: one bool array per maskable tensor, keyed by the
+tensor's '/'-joined path in the parameter tree (``flax.traverse_util.flatten_dict(params, sep="/")``)
+and shaped like it; dense tensors have no entry. Every function here is pure and shape-static, so it
+runs under ``jit`` with traced densities / counts and under ``vmap`` with a leading client axis.
+
+Counts are exact rather than thresholded: FLASH compares layer densities across clients and rounds,
+and a threshold on tied scores (zeros, equal magnitudes) silently keeps too many or too few entries.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+Masks = dict[str, jax.Array]
+Shapes = dict[str, tuple[int, ...]]
+
+__all__ = [
+    "Masks",
+    "apply_masks",
+    "layer_counts",
+    "layer_density",
+    "magnitude_masks",
+    "mask_count",
+    "mask_density",
+    "mask_shapes",
+    "maskable_paths",
+    "nonzero_density",
+    "random_masks",
+    "random_masks_from_counts",
+    "topk_mask",
+]
+
+
+def _flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """Both nested and already-flat ('/'-keyed) dicts flatten to the same '/'-keyed dict."""
+    return traverse_util.flatten_dict(tree, sep="/")
+
+
+def _size(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def maskable_paths(params: Mapping[str, Any], pattern: str) -> tuple[str, ...]:
+    """Sorted paths matching ``re.search(pattern, path)``; sorted order is the canonical layer order
+    (per-tensor RNG keys, remainder distribution) so every caller must agree on it."""
+    flat = _flatten(params)
+    paths = tuple(sorted(p for p in flat if re.search(pattern, p)))
+    if not paths:
+        available = "\n  ".join(sorted(flat))
+        raise ValueError(
+            f"mask pattern {pattern!r} matches no parameter; available paths:\n  {available}"
+        )
+    return paths
+
+
+def mask_shapes(params: Mapping[str, Any], paths: tuple[str, ...] | list[str]) -> Shapes:
+    """Shapes of the chosen tensors, the input the mask builders need (no arrays kept alive)."""
+    flat = _flatten(params)
+    missing = [p for p in paths if p not in flat]
+    if missing:
+        raise KeyError(f"paths {missing} not in params (available: {sorted(flat)})")
+    return {p: tuple(flat[p].shape) for p in sorted(paths)}
+
+
+def _shapes(shapes_or_params: Mapping[str, Any]) -> Shapes:
+    """Accept {path: shape} or a (flat or nested) tree holding exactly the tensors to mask."""
+    flat = _flatten(shapes_or_params)
+    return {
+        p: tuple(int(s) for s in v) if isinstance(v, (tuple, list)) else tuple(v.shape)
+        for p, v in sorted(flat.items())
+    }
+
+
+def apply_masks(params: Mapping[str, Any], masks: Masks) -> dict[str, Any]:
+    """Zero the inactive entries; the output keeps the input's form (nested in, nested out; a flat
+    '/'-keyed dict stays flat) so it can sit between optimizer steps without reshuffling trees."""
+    nested = any(isinstance(v, Mapping) for v in params.values())
+    flat = dict(_flatten(params))
+    for path, mask in masks.items():
+        if path not in flat:
+            raise KeyError(f"mask for {path!r} has no parameter (available: {sorted(flat)})")
+        w = flat[path]
+        flat[path] = jnp.where(mask, w, jnp.zeros_like(w))
+    return traverse_util.unflatten_dict(flat, sep="/") if nested else flat
+
+
+def topk_mask(scores: jax.Array, k: int | jax.Array) -> jax.Array:
+    """Bool mask of ``scores.shape`` with exactly ``clip(k, 0, scores.size)`` True entries: the k
+    largest scores, ties going to the lower flat index. ``k`` may be traced (per-client counts under
+    vmap) because the count enters as data (``rank < k``), never as a shape."""
+    flat = scores.reshape(-1)
+    order = jnp.argsort(flat, descending=True, stable=True)
+    keep = jnp.arange(flat.size) < k
+    return jnp.zeros(flat.shape, bool).at[order].set(keep).reshape(scores.shape)
+
+
+def _round_count(density: Any, n: int) -> int | jax.Array:
+    if isinstance(density, jax.core.Tracer):
+        return jnp.clip(jnp.round(density * n), 0, n).astype(jnp.int32)
+    return min(max(round(float(density) * n), 0), n)
+
+
+def layer_counts(
+    shapes: Mapping[str, tuple[int, ...]], densities: float | Mapping[str, Any]
+) -> dict[str, int]:
+    """Exact active counts ``round(d_l * n_l)`` clipped to ``[0, n_l]``.
+
+    Rounding is to nearest with ties to even (Python's ``round``; ``jnp.round`` agrees), so e.g.
+    d=0.5 on n=5 gives 2. Concrete densities are multiplied in float64 and give Python ints; a traced
+    density (inside jit/vmap) gives an int32 scalar computed in float32, which can differ by one only
+    when d_l*n_l lies within float32 error of a half-integer.
+    """
+    if isinstance(densities, Mapping):
+        missing = set(shapes) - set(densities)
+        if missing:
+            raise KeyError(f"no density for {sorted(missing)}")
+        return {p: _round_count(densities[p], _size(s)) for p, s in shapes.items()}
+    return {p: _round_count(densities, _size(s)) for p, s in shapes.items()}
+
+
+def random_masks_from_counts(
+    key: jax.Array, shapes_or_params: Mapping[str, Any], counts: Mapping[str, int | jax.Array]
+) -> Masks:
+    """Uniform random masks with exactly ``counts[l]`` active entries (counts may be traced).
+
+    Tensor ``i`` in sorted path order uses ``fold_in(key, i)``, so a layer's mask does not change
+    when another layer's count does, and the masks follow from a shared seed alone.
+    """
+    shapes = _shapes(shapes_or_params)
+    return {
+        p: topk_mask(jax.random.uniform(jax.random.fold_in(key, i), s), counts[p])
+        for i, (p, s) in enumerate(shapes.items())
+    }
+
+
+def random_masks(
+    key: jax.Array, shapes_or_params: Mapping[str, Any], densities: float | Mapping[str, Any]
+) -> Masks:
+    """Uniform random masks at ``densities`` (one float or one per path) with the exact counts of
+    :func:`layer_counts`. ``shapes_or_params``: {path: shape}, or a tree of just the maskable tensors."""
+    shapes = _shapes(shapes_or_params)
+    return random_masks_from_counts(key, shapes, layer_counts(shapes, densities))
+
+
+def mask_count(masks: Masks) -> jax.Array:
+    """Total number of active entries (int32)."""
+    return sum(
+        (jnp.sum(m, dtype=jnp.int32) for m in masks.values()), start=jnp.zeros((), jnp.int32)
+    )
+
+
+def mask_density(masks: Masks) -> jax.Array:
+    """Active / total over all mask entries: the density measured against the target d."""
+    total = sum(m.size for m in masks.values())
+    return mask_count(masks) / total
+
+
+def layer_density(masks: Masks) -> dict[str, jax.Array]:
+    """Per-tensor densities: the per-layer sensitivity profile FLASH's stage 1 reports."""
+    return {p: jnp.mean(m, dtype=jnp.float32) for p, m in masks.items()}
+
+
+def nonzero_density(params: Mapping[str, Any], paths: tuple[str, ...] | list[str]) -> jax.Array:
+    """Non-zero fraction of the given tensors: the true density of a model as evaluated, which for
+    NST's averaged model is the union of the client masks rather than any one mask."""
+    flat = _flatten(params)
+    nnz = sum(jnp.count_nonzero(flat[p]) for p in paths)
+    return nnz / sum(flat[p].size for p in paths)
+
+
+def magnitude_masks(
+    params: Mapping[str, Any],
+    paths: tuple[str, ...] | list[str],
+    density: float | Mapping[str, Any],
+    scope: str = "global",
+) -> Masks:
+    """Keep the largest |w| entries of the given tensors.
+
+    ``scope="global"`` ranks all the tensors together and keeps exactly ``round(density * N_m)``
+    (NST's model "pruned back to d": layers keep whatever share their magnitudes earn);
+    ``scope="layer"`` keeps the exact per-layer counts of :func:`layer_counts` (density may then be
+    one per path). Ties go to the lower index (in sorted path order, then flat index).
+    """
+    flat = _flatten(params)
+    paths = sorted(paths)
+    if scope == "layer":
+        counts = layer_counts({p: flat[p].shape for p in paths}, density)
+        return {p: topk_mask(jnp.abs(flat[p]), counts[p]) for p in paths}
+    if scope != "global":
+        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+    if isinstance(density, Mapping):
+        raise TypeError("scope='global' takes one density for all tensors, not one per path")
+    scores = jnp.concatenate([jnp.abs(flat[p]).reshape(-1) for p in paths])
+    keep = topk_mask(scores, _round_count(density, scores.size))
+    masks, start = {}, 0
+    for p in paths:
+        n = flat[p].size
+        masks[p] = keep[start : start + n].reshape(flat[p].shape)
+        start += n
+    return masks

@@ -1,0 +1,154 @@
+"""Local training, cohort vectorisation, aggregation, schedule and sampling."""
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from flash_jax.config import Config
+from flash_jax.data.store import build_store, cohort_plan
+from flash_jax.fl.aggregate import fedavg
+from flash_jax.fl.client import ClientSpec, local_train
+from flash_jax.fl.cohort import train_cohort
+from flash_jax.fl.loop import learning_rate_schedule, sample_clients
+from flash_jax.sparse import random_masks
+
+
+class TinyNet(nn.Module):
+    """Small conv + dense net: fast to compile, still exercises masks on a conv and a dense kernel."""
+
+    num_classes: int = 3
+
+    @nn.compact
+    def __call__(self, x, train: bool, example_mask=None):
+        x = nn.relu(nn.Conv(4, (3, 3), padding="VALID", name="conv")(x))
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(nn.Dense(16, name="hidden")(x))
+        return nn.Dense(self.num_classes, name="out")(x)
+
+
+def make_problem(counts, batch_size=4, seed=0):
+    rng = np.random.default_rng(seed)
+    total = sum(counts)
+    x = rng.normal(size=(total, 6, 6, 1)).astype(np.float32)
+    y = rng.integers(0, 3, size=total)
+    bounds = np.cumsum([0] + list(counts))
+    store = build_store(x, y, [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:])])
+    model = TinyNet()
+    params = model.init(jax.random.PRNGKey(1), jnp.zeros((1, 6, 6, 1)), train=False)["params"]
+    flat = traverse_util.flatten_dict(params, sep="/")
+    masks = random_masks(jax.random.PRNGKey(2), {p: flat[p] for p in ("conv/kernel", "hidden/kernel")}, 0.5)
+    return store, model, params, masks
+
+
+def spec_for(model, sparse_learning):
+    return ClientSpec(apply_fn=model.apply, has_batch_stats=False, sparse_learning=sparse_learning,
+                      prune_rate=0.25, augment=False)
+
+
+def train_alone(spec, store, ids, params, masks, keys, target, batch_size=4, epochs=1):
+    plan = cohort_plan(keys, ids, store, batch_size=batch_size, epochs=epochs)
+    fn = jax.jit(local_train, static_argnums=(0, 1))
+    outs = []
+    for k in range(len(ids)):
+        outs.append(fn(spec, plan.phase_lengths, store.x, store.y, params, {}, masks, 0.1, keys[k],
+                       plan.example_index[k], plan.example_valid[k], plan.step_valid[k], target))
+    return plan, outs
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_padded_client_matches_training_alone(epochs):
+    store, model, params, masks = make_problem([12, 40])  # 3 and 10 steps of batch 4
+    spec = spec_for(model, sparse_learning=True)
+    keys = jax.random.split(jax.random.PRNGKey(3), 2)
+    target = jnp.float32(0.5 * sum(m.size for m in masks.values()))
+    alone_plan, (alone,) = train_alone(spec, store, [0], params, masks, keys[:1], target, epochs=epochs)
+    padded_plan, (padded, _) = train_alone(spec, store, [0, 1], params, masks, keys, target, epochs=epochs)
+    assert int(alone_plan.step_valid.sum()) == 3 * epochs
+    assert padded_plan.example_index.shape[1] == 10 * epochs
+    for a, b in zip(jax.tree.leaves(alone), jax.tree.leaves(padded)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_mask_update_changes_masks_and_keeps_params_on_mask():
+    store, model, params, masks = make_problem([40])
+    spec = spec_for(model, sparse_learning=True)
+    keys = jax.random.split(jax.random.PRNGKey(4), 1)
+    target = jnp.float32(0.5 * sum(m.size for m in masks.values()))
+    _, ((new_params, _, new_masks, loss),) = train_alone(spec, store, [0], params, masks, keys, target)
+    assert any(bool(jnp.any(new_masks[p] != masks[p])) for p in masks)
+    flat = traverse_util.flatten_dict(new_params, sep="/")
+    for p, m in new_masks.items():
+        assert bool(jnp.all(jnp.where(m, True, flat[p] == 0)))
+    assert np.isfinite(float(loss))
+
+
+@pytest.mark.parametrize("sparse_learning", [False, True])
+def test_vmapped_cohort_equals_sequential_clients(sparse_learning):
+    counts = [12, 20, 16]
+    store, model, params, masks = make_problem(counts)
+    spec = spec_for(model, sparse_learning)
+    ids = [2, 0, 1]
+    keys = jax.random.split(jax.random.PRNGKey(5), 3)
+    target = jnp.float32(0.5 * sum(m.size for m in masks.values()))
+    plan, outs = train_alone(spec, store, ids, params, masks, keys, target)
+    weights = jnp.asarray(store.counts[ids], jnp.float32)
+    per_client = jax.tree.map(lambda m: jnp.broadcast_to(m, (3,) + m.shape), masks)
+    agg, _, client_masks, losses = train_cohort(
+        spec, plan.phase_lengths, True, store.x, store.y, params, {}, per_client, 0.1, keys,
+        plan.example_index, plan.example_valid, plan.step_valid, jnp.full((3,), target), weights)
+    expected = fedavg(jax.tree.map(lambda *xs: jnp.stack(xs), *[o[0] for o in outs]), weights)
+    chex.assert_trees_all_close(agg, expected, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(losses, jnp.stack([o[3] for o in outs]), rtol=1e-5)
+    if sparse_learning:
+        for k in range(3):
+            chex.assert_trees_all_equal(jax.tree.map(lambda m: m[k], client_masks), outs[k][2])
+    else:
+        assert client_masks is None
+
+
+def test_fedavg_hand_computed():
+    stacked = {"w": jnp.array([[1.0, 2.0], [3.0, 6.0]]), "b": jnp.array([0.0, 4.0])}
+    out = fedavg(stacked, jnp.array([1.0, 3.0]))
+    np.testing.assert_allclose(out["w"], [2.5, 5.0])
+    np.testing.assert_allclose(out["b"], 3.0)
+    equal = fedavg(stacked, jnp.array([5.0, 5.0]))
+    np.testing.assert_allclose(equal["w"], [2.0, 4.0])
+
+
+def test_cohort_plan_shapes_and_shuffle():
+    store, *_ = make_problem([10, 7])
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    plan = cohort_plan(keys, [0, 1], store, batch_size=4, epochs=1)
+    chex.assert_shape(plan.example_index, (2, 3, 4))
+    assert plan.phase_lengths == (2, 1)
+    # client 0 sees each of its 10 examples exactly once; client 1 its 7
+    for k, (lo, n) in enumerate([(0, 10), (10, 7)]):
+        seen = np.asarray(plan.example_index[k])[np.asarray(plan.example_valid[k])]
+        assert sorted(seen.tolist()) == list(range(lo, lo + n))
+    again = cohort_plan(keys, [0, 1], store, batch_size=4, epochs=1)
+    np.testing.assert_array_equal(plan.example_index, again.example_index)
+    # a client's plan does not depend on its cohort-mates beyond padding
+    alone = cohort_plan(keys[1:], [1], store, batch_size=4, epochs=1)
+    valid = np.asarray(alone.example_valid[0])
+    np.testing.assert_array_equal(np.asarray(alone.example_index[0])[valid],
+                                  np.asarray(plan.example_index[1])[np.asarray(plan.example_valid[1])])
+
+
+def test_learning_rate_schedules():
+    run_lr = learning_rate_schedule(Config(fl_rounds=5, lr_start=0.1, lr_end=0.001))
+    np.testing.assert_allclose([run_lr(0), run_lr(4)], [0.1, 0.001], rtol=1e-6)
+    np.testing.assert_allclose(run_lr(2), 0.01, rtol=1e-5)
+    authors = learning_rate_schedule(Config(fl_rounds=600, lr_schedule="authors"))
+    np.testing.assert_allclose([authors(0), authors(1)], [0.1, 0.1], rtol=1e-6)
+    np.testing.assert_allclose(authors(600), 0.1 * np.exp(599 / 1000 * np.log(0.01)), rtol=1e-5)
+
+
+def test_sample_clients_is_pure_function_of_seed_and_round():
+    a = sample_clients(1, 7, 100, 10)
+    np.testing.assert_array_equal(a, sample_clients(1, 7, 100, 10))
+    assert len(set(a.tolist())) == 10 and a.min() >= 0 and a.max() < 100
+    assert not np.array_equal(a, sample_clients(1, 8, 100, 10))
+    assert not np.array_equal(a, sample_clients(2, 7, 100, 10))

@@ -1,0 +1,381 @@
+"""Tests for flash_jax.sparse: exact-count masks and the client MASK_UPDATE (ALGORITHMS.md §1)."""
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flash_jax.sparse import (
+    SLState,
+    apply_masks,
+    layer_counts,
+    layer_density,
+    magnitude_masks,
+    mask_count,
+    mask_density,
+    mask_shapes,
+    mask_update,
+    maskable_paths,
+    nonzero_density,
+    random_masks,
+    random_masks_from_counts,
+    sl_init,
+    topk_mask,
+)
+from flash_jax.sparse.sparse_learning import _redistribute
+
+KEY = jax.random.key(0)
+NO_GROWTH = SLState(jnp.float32(-1e9), jnp.float32(0.0), jnp.int32(0))  # A so negative g_l = 0
+
+
+def _params():
+    return {
+        "conv1": {"kernel": jnp.arange(1.0, 25.0).reshape(2, 3, 4), "bias": jnp.ones(4)},
+        "dense": {"kernel": -jnp.arange(1.0, 11.0).reshape(5, 2), "bias": jnp.ones(2)},
+    }
+
+
+def _layer(n, active, magnitude, offset=0.0):
+    """A masked tensor whose first `active` entries are active with |w| = magnitude + offset * i."""
+    mask = np.arange(n) < active
+    w = np.where(mask, magnitude + offset * np.arange(n), 0.0).astype(np.float32)
+    sign = np.where(np.arange(n) % 2 == 0, 1.0, -1.0).astype(np.float32)
+    return jnp.asarray(w * sign), jnp.asarray(mask)
+
+
+def _setup(spec):
+    params, masks = {}, {}
+    for path, args in spec.items():
+        params[path], masks[path] = _layer(*args)
+    return params, masks
+
+
+def _nnz(masks):
+    return {p: int(m.sum()) for p, m in masks.items()}
+
+
+# ----------------------------------------------------------------------------------- masks.py
+
+
+def test_topk_mask_exact_counts_and_ties():
+    scores = jnp.array([1.0, 3.0, 3.0, 2.0, 3.0, 0.0])
+    m = topk_mask(scores, 2)
+    chex.assert_shape(m, (6,))
+    chex.assert_type(m, bool)
+    np.testing.assert_array_equal(m, [0, 1, 1, 0, 0, 0])  # ties go to the lower index
+    np.testing.assert_array_equal(topk_mask(scores, 4), [0, 1, 1, 1, 1, 0])
+    assert int(topk_mask(scores, 0).sum()) == 0
+    assert int(topk_mask(scores, -3).sum()) == 0
+    assert int(topk_mask(scores, 99).sum()) == 6
+    ties = jnp.zeros((4, 5))
+    m = topk_mask(ties, 7)
+    chex.assert_shape(m, (4, 5))
+    np.testing.assert_array_equal(m.reshape(-1), np.arange(20) < 7)
+
+
+def test_topk_mask_traced_k_jit_and_vmap():
+    scores = jax.random.normal(KEY, (4, 3, 5))
+    ks = jnp.array([0, 3, 15, 7])
+    out = jax.jit(jax.vmap(topk_mask))(scores, ks)
+    chex.assert_shape(out, (4, 3, 5))
+    np.testing.assert_array_equal(out.sum(axis=(1, 2)), [0, 3, 15, 7])
+    for row, k in zip(range(4), [0, 3, 15, 7]):
+        np.testing.assert_array_equal(out[row], topk_mask(scores[row], k))
+        kept = np.sort(np.asarray(scores[row]).ravel())[::-1][:k]
+        np.testing.assert_allclose(np.sort(np.asarray(scores[row])[np.asarray(out[row])])[::-1], kept)
+
+
+def test_maskable_paths():
+    params = _params()
+    assert maskable_paths(params, r"kernel$") == ("conv1/kernel", "dense/kernel")
+    assert maskable_paths(params, r"^conv") == ("conv1/bias", "conv1/kernel")
+    with pytest.raises(ValueError, match=r"'nothing'.*\n.*conv1/bias"):
+        maskable_paths(params, "nothing")
+    assert mask_shapes(params, ["dense/kernel", "conv1/kernel"]) == {
+        "conv1/kernel": (2, 3, 4),
+        "dense/kernel": (5, 2),
+    }
+
+
+def test_layer_counts_rounding():
+    shapes = {"a": (10,), "b": (5,), "c": (3, 3)}
+    assert layer_counts(shapes, 0.3) == {"a": 3, "b": 2, "c": 3}  # 1.5 -> 2, 2.7 -> 3
+    assert layer_counts(shapes, 0.5) == {"a": 5, "b": 2, "c": 4}  # ties to even: 2.5 -> 2, 4.5 -> 4
+    assert layer_counts(shapes, {"a": 1.5, "b": -0.1, "c": 0.0}) == {"a": 10, "b": 0, "c": 0}
+    assert all(type(v) is int for v in layer_counts(shapes, 0.3).values())
+    with pytest.raises(KeyError):
+        layer_counts(shapes, {"a": 0.1})
+
+
+def test_random_masks_exact_counts_and_keys():
+    shapes = {"l1/kernel": (8, 16), "l2/kernel": (3, 3, 4, 8), "l0/kernel": (50,)}
+    masks = random_masks(KEY, shapes, 0.1)
+    assert list(masks) == sorted(shapes)
+    for p, s in shapes.items():
+        chex.assert_shape(masks[p], s)
+        chex.assert_type(masks[p], bool)
+    assert _nnz(masks) == layer_counts(shapes, 0.1) == {"l0/kernel": 5, "l1/kernel": 13, "l2/kernel": 29}
+    again = random_masks(KEY, shapes, 0.1)
+    other = random_masks(jax.random.key(1), shapes, 0.1)
+    for p in shapes:
+        np.testing.assert_array_equal(masks[p], again[p])
+        assert not np.array_equal(masks[p], other[p])
+    # Per-tensor keys: changing one layer's density leaves the others' masks alone.
+    dens = {"l0/kernel": 0.1, "l1/kernel": 0.5, "l2/kernel": 0.1}
+    changed = random_masks(KEY, shapes, dens)
+    np.testing.assert_array_equal(changed["l2/kernel"], masks["l2/kernel"])
+    assert _nnz(changed)["l1/kernel"] == 64
+    # A params tree of the maskable tensors works as well as a shapes dict.
+    params = {"l0": {"kernel": jnp.zeros(50)}, "l1": {"kernel": jnp.zeros((8, 16))}}
+    from_params = random_masks(KEY, params, 0.1)
+    np.testing.assert_array_equal(from_params["l1/kernel"], masks["l1/kernel"])
+
+
+def test_random_masks_traced_densities_and_counts():
+    shapes = {"a": (40,), "b": (7, 9)}
+    eager = random_masks(KEY, shapes, 0.25)
+    traced = jax.jit(lambda k, d: random_masks(k, shapes, d))(KEY, jnp.float32(0.25))
+    for p in shapes:
+        np.testing.assert_array_equal(eager[p], traced[p])
+    keys = jax.random.split(KEY, 3)
+    counts = {"a": jnp.array([0, 5, 40]), "b": jnp.array([63, 1, 20])}
+    batched = jax.jit(jax.vmap(lambda k, c: random_masks_from_counts(k, shapes, c)))(keys, counts)
+    chex.assert_shape(batched["b"], (3, 7, 9))
+    np.testing.assert_array_equal(batched["a"].sum(axis=1), [0, 5, 40])
+    np.testing.assert_array_equal(batched["b"].sum(axis=(1, 2)), [63, 1, 20])
+
+
+def test_apply_masks_nested_and_flat():
+    params = _params()
+    mask = jnp.arange(24).reshape(2, 3, 4) % 3 == 0
+    out = apply_masks(params, {"conv1/kernel": mask})
+    assert set(out) == {"conv1", "dense"}
+    w = params["conv1"]["kernel"]
+    np.testing.assert_array_equal(out["conv1"]["kernel"], np.where(mask, w, 0.0))
+    assert int(jnp.count_nonzero(out["conv1"]["kernel"])) == int(mask.sum())
+    assert out["conv1"]["bias"] is params["conv1"]["bias"]
+    assert out["dense"]["kernel"] is params["dense"]["kernel"]
+    chex.assert_trees_all_equal_shapes_and_dtypes(out, params)
+    flat = {"conv1/kernel": w, "conv1/bias": params["conv1"]["bias"]}
+    flat_out = apply_masks(flat, {"conv1/kernel": mask})
+    assert set(flat_out) == set(flat)
+    np.testing.assert_array_equal(flat_out["conv1/kernel"], out["conv1"]["kernel"])
+    with pytest.raises(KeyError, match="missing/kernel"):
+        apply_masks(params, {"missing/kernel": mask})
+
+
+def test_densities_hand_made():
+    masks = {
+        "a": jnp.array([[True, False], [False, False]]),
+        "b": jnp.array([True, True, True, False, False, False]),
+    }
+    assert int(mask_count(masks)) == 4
+    chex.assert_type(mask_count(masks), jnp.int32)
+    np.testing.assert_allclose(mask_density(masks), 0.4)
+    dens = layer_density(masks)
+    np.testing.assert_allclose(dens["a"], 0.25)
+    np.testing.assert_allclose(dens["b"], 0.5)
+    params = {"a": jnp.array([[1.0, 0.0], [0.0, 2.0]]), "b": jnp.zeros(6), "c": jnp.ones(3)}
+    np.testing.assert_allclose(nonzero_density(params, ["a", "b"]), 0.2)
+    np.testing.assert_allclose(nonzero_density(params, ["a"]), 0.5)
+
+
+def test_magnitude_masks_global_vs_layer():
+    params = {
+        "small": {"kernel": jnp.linspace(-0.1, 0.1, 20).reshape(4, 5)},
+        "large": {"kernel": jnp.linspace(-10.0, 10.0, 10)},
+        "bias": jnp.ones(3),
+    }
+    paths = ("large/kernel", "small/kernel")
+    glob = magnitude_masks(params, paths, 0.3)  # 9 of 30: all from the large layer
+    assert _nnz(glob) == {"large/kernel": 9, "small/kernel": 0}
+    layer = magnitude_masks(params, paths, 0.3, scope="layer")
+    assert _nnz(layer) == {"large/kernel": 3, "small/kernel": 6}
+    small = np.abs(np.asarray(params["small"]["kernel"]))
+    assert small[np.asarray(layer["small/kernel"])].min() >= small[~np.asarray(layer["small/kernel"])].max()
+    glob_many = magnitude_masks(params, paths, 0.5)  # 15 of 30: large layer full, 5 small ones
+    assert _nnz(glob_many) == {"large/kernel": 10, "small/kernel": 5}
+    traced = jax.jit(lambda prm, d: magnitude_masks(prm, paths, d))(params, jnp.float32(0.5))
+    for p in paths:
+        np.testing.assert_array_equal(traced[p], glob_many[p])
+    with pytest.raises(ValueError, match="scope"):
+        magnitude_masks(params, paths, 0.3, scope="tensor")
+
+
+# --------------------------------------------------------------------------- sparse_learning.py
+
+
+def test_sl_init():
+    state = sl_init()
+    chex.assert_type([state.adjust, state.deficit_sum, state.deficit_count], [jnp.float32, jnp.float32, jnp.int32])
+    chex.assert_rank([state.adjust, state.deficit_sum, state.deficit_count], 0)
+
+
+def test_removed_counts_and_smallest_magnitudes():
+    # (a) r_l = ceil(p * a_l) with every z_l/n_l >= 0.2; (g) the removed ones are the smallest |w|.
+    params, masks = _setup({"a": (100, 40, 1.0, 0.01), "b": (50, 21, 2.0, 0.1), "c": (30, 7, 5.0, 1.0)})
+    new, _ = mask_update(KEY, params, masks, 0.25, 0.0, NO_GROWTH)
+    kept = {"a": 40 - math.ceil(0.25 * 40), "b": 21 - math.ceil(0.25 * 21), "c": 7 - math.ceil(0.25 * 7)}
+    assert _nnz(new) == kept == {"a": 30, "b": 15, "c": 5}
+    for path in masks:
+        # magnitudes grow with the index among the active entries, so the top entries survive
+        expected = (np.arange(masks[path].size) >= int(masks[path].sum()) - kept[path]) & np.asarray(masks[path])
+        np.testing.assert_array_equal(new[path], expected)
+
+
+def test_grown_counts_match_hand_computed_rho():
+    # (b) mu = 1, 3, 4 -> rho = 1/8, 3/8, 1/2; p = 0.25 removes 10, 5, 2 -> R = 17.
+    params, masks = _setup({"a": (100, 40, 1.0), "b": (50, 20, 3.0), "c": (20, 8, 4.0)})
+    new, _ = mask_update(KEY, params, masks, 0.25, 0.0, sl_init())
+    grown = {"a": math.ceil(17 / 8), "b": math.ceil(17 * 3 / 8), "c": math.ceil(17 / 2)}
+    assert grown == {"a": 3, "b": 7, "c": 9}
+    assert _nnz(new) == {"a": 30 + 3, "b": 15 + 7, "c": 6 + 9}
+    # with A = 7: R + A = 24 -> 3, 9, 12
+    state = SLState(jnp.float32(7.0), jnp.float32(0.0), jnp.int32(0))
+    new, _ = mask_update(KEY, params, masks, 0.25, 0.0, state)
+    assert _nnz(new) == {"a": 30 + 3, "b": 15 + 9, "c": 6 + 12}
+
+
+def test_total_count_kept_within_rounding():
+    # (c) A = 0, no cap binding: sum_l ceil(rho_l R) is in [R, R + L - 1], so the total nnz after the
+    # update is the total before plus 0 .. L-1 (each layer's ceil adds less than one entry).
+    shapes = {"a": (30, 40), "b": (200,), "c": (5, 5, 8), "d": (64,)}
+    keys = jax.random.split(jax.random.key(3), len(shapes))
+    params = {p: jax.random.normal(k, s) * (i + 1) for i, (k, (p, s)) in enumerate(zip(keys, shapes.items()))}
+    for density, p in [(0.1, 0.25), (0.3, 0.5), (0.05, 0.1)]:
+        masks = random_masks(KEY, shapes, density)
+        params_m = apply_masks(params, masks)
+        before = int(mask_count(masks))
+        new, state = mask_update(KEY, params_m, masks, p, before, sl_init())
+        after = int(mask_count(new))
+        assert before <= after <= before + len(shapes) - 1
+        assert float(state.deficit_sum) == before - after
+
+
+def test_density_moves_toward_larger_magnitudes():
+    # (d) layer B has 10x larger weights: it gains density, A loses, the total stays near d.
+    shapes = {"A": (1000,), "B": (1000,)}
+    k1, k2 = jax.random.split(jax.random.key(7))
+    params = {"A": jax.random.normal(k1, (1000,)), "B": 10.0 * jax.random.normal(k2, (1000,))}
+    masks = random_masks(KEY, shapes, 0.1)
+    target = 200.0
+    state = sl_init()
+    update = jax.jit(mask_update)
+    for step in range(5):
+        masks, state = update(jax.random.fold_in(KEY, step), apply_masks(params, masks), masks, 0.25, target, state)
+    dens = _nnz(masks)
+    assert dens["A"] < 100 < dens["B"]
+    assert abs(dens["A"] + dens["B"] - target) <= 4
+
+
+def test_redistribute_even_split_remainder_and_recap():
+    grown = _redistribute(jnp.array([10, 1, 1, 1]), jnp.array([2, 100, 100, 100]))
+    np.testing.assert_array_equal(grown, [2, 4, 4, 3])  # excess 8 over 3 open layers: 3, 3, 2
+    grown = _redistribute(jnp.array([20, 1, 1]), jnp.array([2, 4, 100]))  # b fills, rest to c
+    np.testing.assert_array_equal(grown, [2, 4, 16])
+    grown = _redistribute(jnp.array([20, 9]), jnp.array([2, 4]))  # nowhere to go: dropped
+    np.testing.assert_array_equal(grown, [2, 4])
+
+
+def test_capping_and_prune_rate_cap():
+    # (e) + (f). Layer a is nearly full (z/n = 0.05) and has the largest mean |w| (rho = 3/4 > 1/3):
+    # its prune rate drops to 0.05 -> ceil(0.05 * 95) = 5 removed; b and c lose ceil(0.5 * a_l).
+    params, masks = _setup({"a": (100, 95, 6.0), "b": (40, 30, 1.0), "c": (1000, 100, 1.0)})
+    state = SLState(jnp.float32(1.0), jnp.float32(0.0), jnp.int32(0))
+    new, _ = mask_update(KEY, params, masks, 0.5, 0.0, state)
+    removed = {"a": 5, "b": 15, "c": 50}
+    total = sum(removed.values()) + 1.0  # R + A = 71
+    want = {"a": math.ceil(0.75 * total), "b": math.ceil(0.125 * total), "c": math.ceil(0.125 * total)}
+    assert want == {"a": 54, "b": 9, "c": 9}
+    inactive = {p: masks[p].size - (int(masks[p].sum()) - removed[p]) for p in masks}
+    cap = {p: math.floor(0.99 * inactive[p]) for p in masks}
+    assert cap == {"a": 9, "b": 24, "c": 940}
+    # a capped at 9 -> excess 45 split 23/22 over b, c; b re-caps at 24 -> its 8 extra go to c.
+    grown = {p: _nnz(new)[p] - (int(masks[p].sum()) - removed[p]) for p in masks}
+    assert grown == {"a": 9, "b": 24, "c": 39}
+    assert all(grown[p] <= cap[p] for p in masks)
+    assert sum(grown.values()) == sum(want.values())
+
+
+def test_prune_rate_cap_needs_both_conditions():
+    # (f) both layers have z/n = 0.1; only the one with rho > 1/L gets p_l = min(p, 0.1).
+    params, masks = _setup({"x": (100, 90, 3.0), "y": (100, 90, 1.0)})
+    new, _ = mask_update(KEY, params, masks, 0.5, 0.0, NO_GROWTH)
+    assert _nnz(new) == {"x": 90 - 9, "y": 90 - 45}
+    # with p below the zero fraction the cap does not bind
+    new, _ = mask_update(KEY, params, masks, 0.05, 0.0, NO_GROWTH)
+    assert _nnz(new) == {"x": 90 - math.ceil(0.05 * 90), "y": 90 - math.ceil(0.05 * 90)}
+
+
+def test_grown_entries_are_inactive_and_random():
+    # (g) the kept (largest) entries all survive, the grown ones are extra, and keys matter.
+    # equal mean |w| -> rho = 1/2 each; p = 0.5 removes 25 + 25 -> R = 50 -> g = 25 per layer
+    params, masks = _setup({"a": (200, 50, 1.0, 0.01), "b": (300, 50, 1.0, 0.01)})
+    kept = {p: np.asarray(masks[p]) & (np.arange(masks[p].size) >= int(masks[p].sum()) // 2) for p in masks}
+    outs = [mask_update(jax.random.key(s), params, masks, 0.5, 100.0, sl_init())[0] for s in (0, 0, 1)]
+    for new in outs:
+        assert _nnz(new) == {"a": 25 + 25, "b": 25 + 25}
+    for p in masks:
+        for new in outs:
+            assert np.all(np.asarray(new[p])[kept[p]])  # survivors stay active
+        np.testing.assert_array_equal(outs[0][p], outs[1][p])
+        assert not np.array_equal(outs[0][p], outs[2][p])
+    # grown entries (new minus kept) came from the inactive set of the pruned mask; some were inactive
+    # before the update too (random growth over 150+ candidates essentially never picks only the 25 just removed)
+    grown_a = np.asarray(outs[0]["a"]) & ~kept["a"]
+    assert grown_a.sum() == 25 and (grown_a & ~np.asarray(masks["a"])).any()
+
+
+def test_grow_scores_pick_largest_inactive():
+    # (h) growth by score: the g_l inactive (after removal) entries with the largest scores.
+    params, masks = _setup({"a": (60, 20, 1.0, 0.01), "b": (40, 20, 1.0, 0.01)})
+    scores = {p: jax.random.permutation(jax.random.fold_in(KEY, i), masks[p].size).astype(jnp.float32)
+              for i, p in enumerate(masks)}
+    new, _ = mask_update(KEY, params, masks, 0.5, 0.0, sl_init(), grow_scores=scores)
+    for p in masks:
+        kept = np.asarray(masks[p]) & (np.arange(masks[p].size) >= 10)
+        s = np.where(kept, -np.inf, np.asarray(scores[p]))
+        top = np.argsort(-s, kind="stable")[:10]  # rho = 1/2, R = 20 -> g = 10 per layer
+        expected = kept.copy()
+        expected[top] = True
+        np.testing.assert_array_equal(new[p], expected)
+
+
+def test_jit_vmap_matches_unbatched_calls():
+    # (i) three clients, different p and target counts, batched states.
+    shapes = {"conv/kernel": (3, 3, 2, 4), "dense/kernel": (20, 6)}
+    keys = jax.random.split(jax.random.key(11), 3)
+    params = {p: jax.random.normal(jax.random.fold_in(KEY, i), (3, *s)) for i, (p, s) in enumerate(shapes.items())}
+    masks = jax.vmap(lambda k, c: random_masks_from_counts(k, shapes, c))(
+        keys, {"conv/kernel": jnp.array([10, 20, 30]), "dense/kernel": jnp.array([12, 40, 60])}
+    )
+    params = jax.vmap(apply_masks)(params, masks)
+    p = jnp.array([0.1, 0.3, 0.5])
+    target = jnp.array([25.0, 55.0, 100.0])
+    state = SLState(jnp.array([0.0, 2.0, -3.0]), jnp.array([0.0, 1.0, 4.0]), jnp.array([0, 1, 2], jnp.int32))
+    batched, bstate = jax.jit(jax.vmap(mask_update))(keys, params, masks, p, target, state)
+    chex.assert_shape([batched["conv/kernel"], batched["dense/kernel"]], [(3, 3, 3, 2, 4), (3, 20, 6)])
+    chex.assert_shape(list(bstate), [(3,)] * 3)
+    for c in range(3):
+        one = jax.tree.map(lambda x: x[c], (keys, params, masks, p, target, state))
+        new, st = mask_update(*one)
+        for path in shapes:
+            np.testing.assert_array_equal(batched[path][c], new[path])
+        chex.assert_trees_all_close(jax.tree.map(lambda x: x[c], bstate), st)
+
+
+def test_adjust_update_over_two_calls():
+    # (j) A <- 0.25 A + 0.75 deficit + mean(deficits so far), deficit = target - nnz(new masks).
+    params, masks = _setup({"a": (100, 40, 1.0, 0.01), "b": (50, 20, 3.0, 0.01)})
+    target = 57.0
+    m1, s1 = mask_update(jax.random.key(1), params, masks, 0.25, target, sl_init())
+    d1 = target - int(mask_count(m1))
+    np.testing.assert_allclose(s1.adjust, 0.75 * d1 + d1)
+    params = {p: jnp.where(m1[p], params[p] + 0.5, 0.0) for p in params}
+    m2, s2 = mask_update(jax.random.key(2), params, m1, 0.2, target, s1)
+    d2 = target - int(mask_count(m2))
+    np.testing.assert_allclose(s2.adjust, 0.25 * float(s1.adjust) + 0.75 * d2 + (d1 + d2) / 2)
+    assert float(s2.deficit_sum) == d1 + d2 and int(s2.deficit_count) == 2
