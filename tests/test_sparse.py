@@ -28,6 +28,8 @@ from flash_jax.sparse import (
 from flash_jax.sparse.sparse_learning import _redistribute
 
 KEY = jax.random.key(0)
+RNG = np.random.default_rng(0)  # test data from numpy: jax's threefry compiles slowly on CPU
+update = jax.jit(mask_update)  # one compile per shape set; eager op-by-op dispatch is slower here
 NO_GROWTH = SLState(jnp.float32(-1e9), jnp.float32(0.0), jnp.int32(0))  # A so negative g_l = 0
 
 
@@ -46,10 +48,14 @@ def _layer(n, active, magnitude, offset=0.0):
     return jnp.asarray(w * sign), jnp.asarray(mask)
 
 
-def _setup(spec):
+SIZES = {"a": 100, "b": 40, "c": 1000}  # one layout for the hand-made cases: a single jit compile
+
+
+def _setup(**active):
+    """Layers a, b, c of SIZES with (active count, magnitude[, offset]) each."""
     params, masks = {}, {}
-    for path, args in spec.items():
-        params[path], masks[path] = _layer(*args)
+    for path, args in active.items():
+        params[path], masks[path] = _layer(SIZES[path], *args)
     return params, masks
 
 
@@ -77,7 +83,7 @@ def test_topk_mask_exact_counts_and_ties():
 
 
 def test_topk_mask_traced_k_jit_and_vmap():
-    scores = jax.random.normal(KEY, (4, 3, 5))
+    scores = jnp.asarray(RNG.normal(size=(4, 3, 5)), jnp.float32)
     ks = jnp.array([0, 3, 15, 7])
     out = jax.jit(jax.vmap(topk_mask))(scores, ks)
     chex.assert_shape(out, (4, 3, 5))
@@ -210,62 +216,67 @@ def test_magnitude_masks_global_vs_layer():
 
 def test_sl_init():
     state = sl_init()
-    chex.assert_type([state.adjust, state.deficit_sum, state.deficit_count], [jnp.float32, jnp.float32, jnp.int32])
-    chex.assert_rank([state.adjust, state.deficit_sum, state.deficit_count], 0)
+    fields = [state.adjust, state.deficit_sum, state.deficit_count]
+    chex.assert_type(fields, [jnp.float32, jnp.float32, jnp.int32])
+    chex.assert_rank(fields, 0)
 
 
 def test_removed_counts_and_smallest_magnitudes():
     # (a) r_l = ceil(p * a_l) with every z_l/n_l >= 0.2; (g) the removed ones are the smallest |w|.
-    params, masks = _setup({"a": (100, 40, 1.0, 0.01), "b": (50, 21, 2.0, 0.1), "c": (30, 7, 5.0, 1.0)})
-    new, _ = mask_update(KEY, params, masks, 0.25, 0.0, NO_GROWTH)
-    kept = {"a": 40 - math.ceil(0.25 * 40), "b": 21 - math.ceil(0.25 * 21), "c": 7 - math.ceil(0.25 * 7)}
+    params, masks = _setup(a=(40, 1.0, 0.01), b=(21, 2.0, 0.1), c=(7, 5.0, 1.0))
+    new, _ = update(KEY, params, masks, 0.25, 0.0, NO_GROWTH)
+    kept = {p: int(m.sum()) - math.ceil(0.25 * int(m.sum())) for p, m in masks.items()}
     assert _nnz(new) == kept == {"a": 30, "b": 15, "c": 5}
-    for path in masks:
-        # magnitudes grow with the index among the active entries, so the top entries survive
-        expected = (np.arange(masks[path].size) >= int(masks[path].sum()) - kept[path]) & np.asarray(masks[path])
+    for path, m in masks.items():
+        # |w| grows with the index among the active entries, so the highest-index ones survive
+        expected = np.asarray(m) & (np.arange(m.size) >= int(m.sum()) - kept[path])
         np.testing.assert_array_equal(new[path], expected)
 
 
 def test_grown_counts_match_hand_computed_rho():
     # (b) mu = 1, 3, 4 -> rho = 1/8, 3/8, 1/2; p = 0.25 removes 10, 5, 2 -> R = 17.
-    params, masks = _setup({"a": (100, 40, 1.0), "b": (50, 20, 3.0), "c": (20, 8, 4.0)})
-    new, _ = mask_update(KEY, params, masks, 0.25, 0.0, sl_init())
+    params, masks = _setup(a=(40, 1.0), b=(20, 3.0), c=(8, 4.0))
+    new, _ = update(KEY, params, masks, 0.25, 0.0, sl_init())
     grown = {"a": math.ceil(17 / 8), "b": math.ceil(17 * 3 / 8), "c": math.ceil(17 / 2)}
     assert grown == {"a": 3, "b": 7, "c": 9}
     assert _nnz(new) == {"a": 30 + 3, "b": 15 + 7, "c": 6 + 9}
     # with A = 7: R + A = 24 -> 3, 9, 12
     state = SLState(jnp.float32(7.0), jnp.float32(0.0), jnp.int32(0))
-    new, _ = mask_update(KEY, params, masks, 0.25, 0.0, state)
+    new, _ = update(KEY, params, masks, 0.25, 0.0, state)
     assert _nnz(new) == {"a": 30 + 3, "b": 15 + 9, "c": 6 + 12}
 
 
+AB = {"A": (1000,), "B": (1000,)}
+
+
+def _ab_params():
+    """Layer B has 10x larger weights than layer A."""
+    return {"A": jnp.asarray(RNG.normal(size=1000), jnp.float32),
+            "B": jnp.asarray(10.0 * RNG.normal(size=1000), jnp.float32)}
+
+
 def test_total_count_kept_within_rounding():
-    # (c) A = 0, no cap binding: sum_l ceil(rho_l R) is in [R, R + L - 1], so the total nnz after the
-    # update is the total before plus 0 .. L-1 (each layer's ceil adds less than one entry).
-    shapes = {"a": (30, 40), "b": (200,), "c": (5, 5, 8), "d": (64,)}
-    keys = jax.random.split(jax.random.key(3), len(shapes))
-    params = {p: jax.random.normal(k, s) * (i + 1) for i, (k, (p, s)) in enumerate(zip(keys, shapes.items()))}
+    # (c) A = 0 and no cap binding: sum_l ceil(rho_l R) lies in [R, R + L - 1] (each layer's ceil adds
+    # less than one entry), so total nnz after = total before + 0 .. L-1; here L = 2.
+    params = _ab_params()
     for density, p in [(0.1, 0.25), (0.3, 0.5), (0.05, 0.1)]:
-        masks = random_masks(KEY, shapes, density)
-        params_m = apply_masks(params, masks)
+        masks = random_masks(KEY, AB, density)
         before = int(mask_count(masks))
-        new, state = mask_update(KEY, params_m, masks, p, before, sl_init())
+        new, state = update(KEY, apply_masks(params, masks), masks, p, before, sl_init())
         after = int(mask_count(new))
-        assert before <= after <= before + len(shapes) - 1
+        assert before <= after <= before + 1
         assert float(state.deficit_sum) == before - after
 
 
 def test_density_moves_toward_larger_magnitudes():
     # (d) layer B has 10x larger weights: it gains density, A loses, the total stays near d.
-    shapes = {"A": (1000,), "B": (1000,)}
-    k1, k2 = jax.random.split(jax.random.key(7))
-    params = {"A": jax.random.normal(k1, (1000,)), "B": 10.0 * jax.random.normal(k2, (1000,))}
-    masks = random_masks(KEY, shapes, 0.1)
+    params = _ab_params()
+    masks = random_masks(KEY, AB, 0.1)
     target = 200.0
     state = sl_init()
-    update = jax.jit(mask_update)
     for step in range(5):
-        masks, state = update(jax.random.fold_in(KEY, step), apply_masks(params, masks), masks, 0.25, target, state)
+        key = jax.random.fold_in(KEY, step)
+        masks, state = update(key, apply_masks(params, masks), masks, 0.25, target, state)
     dens = _nnz(masks)
     assert dens["A"] < 100 < dens["B"]
     assert abs(dens["A"] + dens["B"] - target) <= 4
@@ -280,12 +291,12 @@ def test_redistribute_even_split_remainder_and_recap():
     np.testing.assert_array_equal(grown, [2, 4])
 
 
-def test_capping_and_prune_rate_cap():
+def test_capping_and_excess_redistribution():
     # (e) + (f). Layer a is nearly full (z/n = 0.05) and has the largest mean |w| (rho = 3/4 > 1/3):
     # its prune rate drops to 0.05 -> ceil(0.05 * 95) = 5 removed; b and c lose ceil(0.5 * a_l).
-    params, masks = _setup({"a": (100, 95, 6.0), "b": (40, 30, 1.0), "c": (1000, 100, 1.0)})
+    params, masks = _setup(a=(95, 6.0), b=(30, 1.0), c=(100, 1.0))
     state = SLState(jnp.float32(1.0), jnp.float32(0.0), jnp.int32(0))
-    new, _ = mask_update(KEY, params, masks, 0.5, 0.0, state)
+    new, _ = update(KEY, params, masks, 0.5, 0.0, state)
     removed = {"a": 5, "b": 15, "c": 50}
     total = sum(removed.values()) + 1.0  # R + A = 71
     want = {"a": math.ceil(0.75 * total), "b": math.ceil(0.125 * total), "c": math.ceil(0.125 * total)}
@@ -301,81 +312,81 @@ def test_capping_and_prune_rate_cap():
 
 
 def test_prune_rate_cap_needs_both_conditions():
-    # (f) both layers have z/n = 0.1; only the one with rho > 1/L gets p_l = min(p, 0.1).
-    params, masks = _setup({"x": (100, 90, 3.0), "y": (100, 90, 1.0)})
-    new, _ = mask_update(KEY, params, masks, 0.5, 0.0, NO_GROWTH)
-    assert _nnz(new) == {"x": 90 - 9, "y": 90 - 45}
+    # (f) a and b both have z/n = 0.1; mu = 3, 1, 1 -> rho = 0.6, 0.2, 0.2 and 1/L = 1/3, so only a
+    # gets p_l = min(p, 0.1).
+    params, masks = _setup(a=(90, 3.0), b=(36, 1.0), c=(10, 1.0))
+    new, _ = update(KEY, params, masks, 0.5, 0.0, NO_GROWTH)
+    assert _nnz(new) == {"a": 90 - 9, "b": 36 - 18, "c": 10 - 5}
     # with p below the zero fraction the cap does not bind
-    new, _ = mask_update(KEY, params, masks, 0.05, 0.0, NO_GROWTH)
-    assert _nnz(new) == {"x": 90 - math.ceil(0.05 * 90), "y": 90 - math.ceil(0.05 * 90)}
+    new, _ = update(KEY, params, masks, 0.05, 0.0, NO_GROWTH)
+    assert _nnz(new) == {"a": 90 - 5, "b": 36 - 2, "c": 10 - 1}
 
 
 def test_grown_entries_are_inactive_and_random():
-    # (g) the kept (largest) entries all survive, the grown ones are extra, and keys matter.
-    # equal mean |w| -> rho = 1/2 each; p = 0.5 removes 25 + 25 -> R = 50 -> g = 25 per layer
-    params, masks = _setup({"a": (200, 50, 1.0, 0.01), "b": (300, 50, 1.0, 0.01)})
-    kept = {p: np.asarray(masks[p]) & (np.arange(masks[p].size) >= int(masks[p].sum()) // 2) for p in masks}
-    outs = [mask_update(jax.random.key(s), params, masks, 0.5, 100.0, sl_init())[0] for s in (0, 0, 1)]
+    # (g) equal mean |w| (1.195) -> rho = 1/3; p = 0.5 removes 20, 10, 20 -> R = 50 -> g = 17 each.
+    params, masks = _setup(a=(40, 1.0, 0.01), b=(20, 1.1, 0.01), c=(40, 1.0, 0.01))
+    kept = {p: np.asarray(m) & (np.arange(m.size) >= int(m.sum()) // 2) for p, m in masks.items()}
+    outs = [update(jax.random.key(s), params, masks, 0.5, 0.0, sl_init())[0] for s in (0, 0, 1)]
     for new in outs:
-        assert _nnz(new) == {"a": 25 + 25, "b": 25 + 25}
+        assert _nnz(new) == {"a": 20 + 17, "b": 10 + 17, "c": 20 + 17}
+        for p in masks:
+            assert np.all(np.asarray(new[p])[kept[p]])  # the largest active entries survive
     for p in masks:
-        for new in outs:
-            assert np.all(np.asarray(new[p])[kept[p]])  # survivors stay active
         np.testing.assert_array_equal(outs[0][p], outs[1][p])
         assert not np.array_equal(outs[0][p], outs[2][p])
-    # grown entries (new minus kept) came from the inactive set of the pruned mask; some were inactive
-    # before the update too (random growth over 150+ candidates essentially never picks only the 25 just removed)
-    grown_a = np.asarray(outs[0]["a"]) & ~kept["a"]
-    assert grown_a.sum() == 25 and (grown_a & ~np.asarray(masks["a"])).any()
+    # grown = new minus kept: drawn among inactive and just-removed entries alike
+    grown_c = np.asarray(outs[0]["c"]) & ~kept["c"]
+    assert (grown_c & ~np.asarray(masks["c"])).any()
 
 
 def test_grow_scores_pick_largest_inactive():
-    # (h) growth by score: the g_l inactive (after removal) entries with the largest scores.
-    params, masks = _setup({"a": (60, 20, 1.0, 0.01), "b": (40, 20, 1.0, 0.01)})
-    scores = {p: jax.random.permutation(jax.random.fold_in(KEY, i), masks[p].size).astype(jnp.float32)
-              for i, p in enumerate(masks)}
-    new, _ = mask_update(KEY, params, masks, 0.5, 0.0, sl_init(), grow_scores=scores)
+    # (h) equal means -> rho = 1/3; p = 0.5 removes 10 each -> R = 30 -> g = 10 per layer, grown at
+    # the inactive (after removal) entries with the largest scores.
+    params, masks = _setup(a=(20, 1.0, 0.01), b=(20, 1.0, 0.01), c=(20, 1.0, 0.01))
+    scores = {p: jnp.asarray(RNG.permutation(n), jnp.float32) for p, n in SIZES.items()}
+    new, _ = update(KEY, params, masks, 0.5, 0.0, sl_init(), grow_scores=scores)
     for p in masks:
-        kept = np.asarray(masks[p]) & (np.arange(masks[p].size) >= 10)
+        kept = np.asarray(masks[p]) & (np.arange(SIZES[p]) >= 10)
         s = np.where(kept, -np.inf, np.asarray(scores[p]))
-        top = np.argsort(-s, kind="stable")[:10]  # rho = 1/2, R = 20 -> g = 10 per layer
         expected = kept.copy()
-        expected[top] = True
+        expected[np.argsort(-s, kind="stable")[:10]] = True
         np.testing.assert_array_equal(new[p], expected)
 
 
 def test_jit_vmap_matches_unbatched_calls():
-    # (i) three clients, different p and target counts, batched states.
-    shapes = {"conv/kernel": (3, 3, 2, 4), "dense/kernel": (20, 6)}
+    # (i) three clients, different p, target counts and states.
     keys = jax.random.split(jax.random.key(11), 3)
-    params = {p: jax.random.normal(jax.random.fold_in(KEY, i), (3, *s)) for i, (p, s) in enumerate(shapes.items())}
-    masks = jax.vmap(lambda k, c: random_masks_from_counts(k, shapes, c))(
-        keys, {"conv/kernel": jnp.array([10, 20, 30]), "dense/kernel": jnp.array([12, 40, 60])}
-    )
+    counts = {"a": jnp.array([10, 30, 60]), "b": jnp.array([5, 20, 39]), "c": jnp.array([50, 100, 10])}
+    masks = jax.jit(jax.vmap(lambda k, c: random_masks_from_counts(k, SIZES_SHAPES, c)))(keys, counts)
+    params = {p: jnp.asarray(RNG.normal(size=(3, n)), jnp.float32) for p, n in SIZES.items()}
     params = jax.vmap(apply_masks)(params, masks)
     p = jnp.array([0.1, 0.3, 0.5])
-    target = jnp.array([25.0, 55.0, 100.0])
+    target = jnp.array([60.0, 150.0, 100.0])
     state = SLState(jnp.array([0.0, 2.0, -3.0]), jnp.array([0.0, 1.0, 4.0]), jnp.array([0, 1, 2], jnp.int32))
     batched, bstate = jax.jit(jax.vmap(mask_update))(keys, params, masks, p, target, state)
-    chex.assert_shape([batched["conv/kernel"], batched["dense/kernel"]], [(3, 3, 3, 2, 4), (3, 20, 6)])
+    chex.assert_shape([batched[k] for k in SIZES], [(3, n) for n in SIZES.values()])
     chex.assert_shape(list(bstate), [(3,)] * 3)
     for c in range(3):
-        one = jax.tree.map(lambda x: x[c], (keys, params, masks, p, target, state))
-        new, st = mask_update(*one)
-        for path in shapes:
+        new, st = update(*jax.tree.map(lambda x: x[c], (keys, params, masks, p, target, state)))
+        for path in SIZES:
             np.testing.assert_array_equal(batched[path][c], new[path])
-        chex.assert_trees_all_close(jax.tree.map(lambda x: x[c], bstate), st)
+        chex.assert_trees_all_equal(jax.tree.map(lambda x: x[c], bstate), st)
+    assert len({int(mask_count(jax.tree.map(lambda x: x[c], batched))) for c in range(3)}) == 3
+
+
+SIZES_SHAPES = {p: (n,) for p, n in SIZES.items()}
 
 
 def test_adjust_update_over_two_calls():
     # (j) A <- 0.25 A + 0.75 deficit + mean(deficits so far), deficit = target - nnz(new masks).
-    params, masks = _setup({"a": (100, 40, 1.0, 0.01), "b": (50, 20, 3.0, 0.01)})
-    target = 57.0
-    m1, s1 = mask_update(jax.random.key(1), params, masks, 0.25, target, sl_init())
+    params, masks = _setup(a=(40, 1.0, 0.01), b=(20, 3.0, 0.01), c=(10, 2.0, 0.01))
+    target = 67.0
+    m1, s1 = update(jax.random.key(1), params, masks, 0.25, target, sl_init())
     d1 = target - int(mask_count(m1))
     np.testing.assert_allclose(s1.adjust, 0.75 * d1 + d1)
     params = {p: jnp.where(m1[p], params[p] + 0.5, 0.0) for p in params}
-    m2, s2 = mask_update(jax.random.key(2), params, m1, 0.2, target, s1)
+    m2, s2 = update(jax.random.key(2), params, m1, 0.2, target, s1)
     d2 = target - int(mask_count(m2))
+    assert d1 != d2
     np.testing.assert_allclose(s2.adjust, 0.25 * float(s1.adjust) + 0.75 * d2 + (d1 + d2) / 2)
     assert float(s2.deficit_sum) == d1 + d2 and int(s2.deficit_count) == 2

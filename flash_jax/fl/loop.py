@@ -28,8 +28,7 @@ from flash_jax.fl.cohort import train_cohort
 from flash_jax.fl.evaluate import evaluate
 from flash_jax.fl.methods import METHODS, Method
 from flash_jax.models import ModelDef, get_model, init_variables
-from flash_jax.sparse import (apply_masks, layer_counts, magnitude_masks, maskable_paths, nonzero_density,
-                              random_masks)
+from flash_jax.sparse import apply_masks, magnitude_masks, maskable_paths, random_masks
 from flax import traverse_util
 
 # Key streams folded into the seed's key.
@@ -134,9 +133,17 @@ def run_round(setup: Setup, state: dict[str, Any]) -> tuple[dict[str, Any], dict
     return new_state, {"train_loss": float(jnp.mean(losses)), "lr": setup.lr(r)}
 
 
-def _layer_density(params, paths) -> dict[str, float]:
+@jax.jit
+def _nonzero_counts(tensors: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    return {p: jnp.count_nonzero(t) for p, t in tensors.items()}
+
+
+def model_density(params, paths) -> tuple[float, dict[str, float]]:
+    """Overall and per-tensor non-zero fraction of the maskable tensors, from exact integer counts."""
     flat = traverse_util.flatten_dict(params, sep="/")
-    return {p: float(jnp.mean(flat[p] != 0)) for p in paths}
+    counts = jax.device_get(_nonzero_counts({p: flat[p] for p in paths}))
+    sizes = {p: flat[p].size for p in paths}
+    return sum(int(c) for c in counts.values()) / sum(sizes.values()), {p: int(counts[p]) / sizes[p] for p in paths}
 
 
 def evaluate_state(setup: Setup, state: dict[str, Any]) -> dict[str, Any]:
@@ -148,15 +155,14 @@ def evaluate_state(setup: Setup, state: dict[str, Any]) -> dict[str, Any]:
 
     params = state["params"]
     metrics = scores(params)
-    metrics["density"] = float(nonzero_density(params, setup.paths))
-    metrics["layer_density"] = _layer_density(params, setup.paths)
+    metrics["density"], metrics["layer_density"] = model_density(params, setup.paths)
     if setup.method.report_pruned:
         metrics["union_density"] = metrics["density"]
         pruned = apply_masks(params, magnitude_masks(params, setup.paths, setup.config.density, scope="global"))
         pruned_scores = scores(pruned)
         metrics["accuracy_pruned"] = pruned_scores["accuracy"]
         metrics["loss_pruned"] = pruned_scores["loss"]
-        metrics["density_pruned"] = float(nonzero_density(pruned, setup.paths))
+        metrics["density_pruned"] = model_density(pruned, setup.paths)[0]
     return metrics
 
 

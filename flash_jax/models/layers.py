@@ -2,11 +2,12 @@
 
 Federated cohorts are trained by vmapping one client update over a leading client axis of the
 parameters. On CPU, XLA turns a vmapped `lax.conv_general_dilated` with per-client kernels into a
-grouped convolution that runs very slowly, while patches x matmul becomes a fast batched matmul. The
-gradient of `nn.max_pool` (select_and_scatter) is likewise slow on CPU; a max over shifted slices has
-a cheap elementwise gradient.
+grouped convolution that runs very slowly; an im2col (patches) followed by a matmul vmaps into a
+batched matmul instead. The gradient of `nn.max_pool` (select_and_scatter) is likewise slow on CPU; a
+max over shifted strided slices has a cheap elementwise gradient.
 """
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -14,14 +15,14 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax import lax
 
-CONV_IMPLS = ("xla", "patches")
+CONV_IMPLS = ("xla", "patches", "slices")
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
 
 def resolve_conv_impl(impl: str) -> str:
-    """Turn "auto" into the convolution formulation that is fastest on the current backend."""
+    """Turn "auto" into the convolution formulation measured fastest on the current backend."""
     if impl == "auto":
-        return "patches" if jax.default_backend() == "cpu" else "xla"
+        return "slices" if jax.default_backend() == "cpu" else "xla"
     if impl not in CONV_IMPLS:
         raise ValueError(f"unknown conv impl {impl!r}; choose one of 'auto', {', '.join(map(repr, CONV_IMPLS))}")
     return impl
@@ -31,18 +32,42 @@ def _pair(v: int | Sequence[int]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-def _conv_padding(padding: str | int | Sequence) -> str | list[tuple[int, int]]:
-    """nn.Conv's padding conventions: a string, one int for every side, or per-dimension pairs."""
+def _explicit_padding(
+    padding: str | int | Sequence, spatial: Sequence[int], window: Sequence[int], strides: Sequence[int]
+) -> list[tuple[int, int]]:
+    """nn.Conv's padding conventions (a string, one int for every side, or per-dimension pairs) as
+    (low, high) pairs."""
     if isinstance(padding, str):
-        return padding
+        return list(lax.padtype_to_pads(spatial, window, strides, padding))
     if isinstance(padding, int):
         return [(padding, padding)] * 2
     return [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
 
 
+def _window_slices(x: jax.Array, window: tuple[int, int], strides: tuple[int, int]) -> list[jax.Array]:
+    """For each offset in the window (row-major), the strided view of (..., H, W, C) that it sees."""
+    (wh, ww), (sh, sw) = window, strides
+    h, w = x.shape[-3:-1]
+    out_h, out_w = (h - wh) // sh + 1, (w - ww) // sw + 1
+    lead = x.ndim - 3
+    return [
+        lax.slice(
+            x,
+            (0,) * lead + (i, j, 0),
+            x.shape[:lead] + (i + sh * (out_h - 1) + 1, j + sw * (out_w - 1) + 1, x.shape[-1]),
+            (1,) * lead + (sh, sw, 1),
+        )
+        for i in range(wh)
+        for j in range(ww)
+    ]
+
+
 class Conv(nn.Module):
     """2-D NHWC convolution with exactly `nn.Conv`'s parameters, so checkpoints and masks are shared
-    between implementations; `impl` only changes how the same function is computed."""
+    between implementations; `impl` only changes how the same function is computed:
+    "xla" is `lax.conv_general_dilated`; "patches" is `lax.conv_general_dilated_patches` x matmul;
+    "slices" is im2col from strided slices x matmul, whose gradient is pads and adds rather than the
+    depthwise convolution behind "patches"."""
 
     features: int
     kernel_size: int | Sequence[int]
@@ -55,19 +80,25 @@ class Conv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kh, kw = _pair(self.kernel_size)
+        window = _pair(self.kernel_size)
         in_features = x.shape[-1]
-        kernel = self.param("kernel", self.kernel_init, (kh, kw, in_features, self.features), jnp.float32)
+        kernel = self.param("kernel", self.kernel_init, (*window, in_features, self.features), jnp.float32)
         strides = _pair(self.strides)
-        padding = _conv_padding(self.padding)
-        if resolve_conv_impl(self.impl) == "xla":
+        padding = _explicit_padding(self.padding, x.shape[-3:-1], window, strides)
+        impl = resolve_conv_impl(self.impl)
+        if impl == "xla":
             y = lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_DIMENSION_NUMBERS)
-        else:
+        elif impl == "patches":
             patches = lax.conv_general_dilated_patches(
-                x, (kh, kw), strides, padding, dimension_numbers=_DIMENSION_NUMBERS
+                x, window, strides, padding, dimension_numbers=_DIMENSION_NUMBERS
             )
             # The patch features are ordered (C, kh, kw), so bring the HWIO kernel's I axis first.
-            y = patches @ kernel.transpose(2, 0, 1, 3).reshape(in_features * kh * kw, self.features)
+            y = patches @ kernel.transpose(2, 0, 1, 3).reshape(-1, self.features)
+        else:
+            x = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + padding + [(0, 0)])
+            # Concatenating the row-major window offsets orders features (kh, kw, C), as HWIO does.
+            patches = jnp.concatenate(_window_slices(x, window, strides), axis=-1)
+            y = patches @ kernel.reshape(-1, self.features)
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32)
         return y
@@ -79,26 +110,12 @@ def max_pool(
     """Same values as `nn.max_pool` on (..., H, W, C), as a max over strided slices whose gradient is
     elementwise instead of select_and_scatter. At exact ties the gradient is split between the tied
     inputs rather than sent to one of them (both are valid subgradients)."""
-    (wh, ww), (sh, sw) = _pair(window), _pair(stride)
-    if padding == "SAME":
-        pads = lax.padtype_to_pads(x.shape[-3:-1], (wh, ww), (sh, sw), "SAME")
-        x = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + list(pads) + [(0, 0)], constant_values=-jnp.inf)
-    elif padding != "VALID":
+    window, stride = _pair(window), _pair(stride)
+    if padding not in ("VALID", "SAME"):
         raise ValueError(f"max_pool padding must be 'VALID' or 'SAME', got {padding!r}")
-    h, w = x.shape[-3:-1]
-    out_h, out_w = (h - wh) // sh + 1, (w - ww) // sw + 1
-    lead = x.ndim - 3
-    out = None
-    for i in range(wh):
-        for j in range(ww):
-            window_slice = lax.slice(
-                x,
-                (0,) * lead + (i, j, 0),
-                x.shape[:lead] + (i + sh * (out_h - 1) + 1, j + sw * (out_w - 1) + 1, x.shape[-1]),
-                (1,) * lead + (sh, sw, 1),
-            )
-            out = window_slice if out is None else jnp.maximum(out, window_slice)
-    return out
+    pads = lax.padtype_to_pads(x.shape[-3:-1], window, stride, padding)
+    x = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + list(pads) + [(0, 0)], constant_values=-jnp.inf)
+    return functools.reduce(jnp.maximum, _window_slices(x, window, stride))
 
 
 def batch_norm(train: bool, name: str) -> nn.BatchNorm:

@@ -129,6 +129,12 @@ def layer_counts(
     return {p: _round_count(densities, _size(s)) for p, s in shapes.items()}
 
 
+def _uniform_flat(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Uniform scores drawn as a vector: with jax's default partitionable threefry, XLA:CPU takes
+    seconds to compile a draw of a rank-4 (conv kernel) shape but well under one for a flat one."""
+    return jax.random.uniform(key, (_size(shape),))
+
+
 def random_masks_from_counts(
     key: jax.Array, shapes_or_params: Mapping[str, Any], counts: Mapping[str, int | jax.Array]
 ) -> Masks:
@@ -139,7 +145,7 @@ def random_masks_from_counts(
     """
     shapes = _shapes(shapes_or_params)
     return {
-        p: topk_mask(jax.random.uniform(jax.random.fold_in(key, i), s), counts[p])
+        p: topk_mask(_uniform_flat(jax.random.fold_in(key, i), s), counts[p]).reshape(s)
         for i, (p, s) in enumerate(shapes.items())
     }
 
