@@ -28,7 +28,6 @@ from flash_jax.sparse import (
 from flash_jax.sparse.sparse_learning import _redistribute
 
 KEY = jax.random.key(0)
-RNG = np.random.default_rng(0)  # test data from numpy: jax's threefry compiles slowly on CPU
 update = jax.jit(mask_update)  # one compile per shape set; eager op-by-op dispatch is slower here
 NO_GROWTH = SLState(jnp.float32(-1e9), jnp.float32(0.0), jnp.int32(0))  # A so negative g_l = 0
 
@@ -49,6 +48,11 @@ def _layer(n, active, magnitude, offset=0.0):
 
 
 SIZES = {"a": 100, "b": 40, "c": 1000}  # one layout for the hand-made cases: a single jit compile
+
+
+def _rng(seed=0):
+    """Test data from numpy: every jax.random call shape costs a slow threefry compile on CPU."""
+    return np.random.default_rng(seed)
 
 
 def _setup(**active):
@@ -83,7 +87,7 @@ def test_topk_mask_exact_counts_and_ties():
 
 
 def test_topk_mask_traced_k_jit_and_vmap():
-    scores = jnp.asarray(RNG.normal(size=(4, 3, 5)), jnp.float32)
+    scores = jnp.asarray(_rng().normal(size=(4, 3, 5)), jnp.float32)
     ks = jnp.array([0, 3, 15, 7])
     out = jax.jit(jax.vmap(topk_mask))(scores, ks)
     chex.assert_shape(out, (4, 3, 5))
@@ -91,7 +95,8 @@ def test_topk_mask_traced_k_jit_and_vmap():
     for row, k in zip(range(4), [0, 3, 15, 7]):
         np.testing.assert_array_equal(out[row], topk_mask(scores[row], k))
         kept = np.sort(np.asarray(scores[row]).ravel())[::-1][:k]
-        np.testing.assert_allclose(np.sort(np.asarray(scores[row])[np.asarray(out[row])])[::-1], kept)
+        chosen = np.asarray(scores[row])[np.asarray(out[row])]
+        np.testing.assert_allclose(np.sort(chosen)[::-1], kept)
 
 
 def test_maskable_paths():
@@ -123,7 +128,8 @@ def test_random_masks_exact_counts_and_keys():
     for p, s in shapes.items():
         chex.assert_shape(masks[p], s)
         chex.assert_type(masks[p], bool)
-    assert _nnz(masks) == layer_counts(shapes, 0.1) == {"l0/kernel": 5, "l1/kernel": 13, "l2/kernel": 29}
+    expected = {"l0/kernel": 5, "l1/kernel": 13, "l2/kernel": 29}
+    assert _nnz(masks) == layer_counts(shapes, 0.1) == expected
     again = random_masks(KEY, shapes, 0.1)
     other = random_masks(jax.random.key(1), shapes, 0.1)
     for p in shapes:
@@ -201,7 +207,8 @@ def test_magnitude_masks_global_vs_layer():
     layer = magnitude_masks(params, paths, 0.3, scope="layer")
     assert _nnz(layer) == {"large/kernel": 3, "small/kernel": 6}
     small = np.abs(np.asarray(params["small"]["kernel"]))
-    assert small[np.asarray(layer["small/kernel"])].min() >= small[~np.asarray(layer["small/kernel"])].max()
+    keep = np.asarray(layer["small/kernel"])
+    assert small[keep].min() >= small[~keep].max()
     glob_many = magnitude_masks(params, paths, 0.5)  # 15 of 30: large layer full, 5 small ones
     assert _nnz(glob_many) == {"large/kernel": 10, "small/kernel": 5}
     traced = jax.jit(lambda prm, d: magnitude_masks(prm, paths, d))(params, jnp.float32(0.5))
@@ -251,13 +258,14 @@ AB = {"A": (1000,), "B": (1000,)}
 
 def _ab_params():
     """Layer B has 10x larger weights than layer A."""
-    return {"A": jnp.asarray(RNG.normal(size=1000), jnp.float32),
-            "B": jnp.asarray(10.0 * RNG.normal(size=1000), jnp.float32)}
+    rng = _rng()
+    return {"A": jnp.asarray(rng.normal(size=1000), jnp.float32),
+            "B": jnp.asarray(10.0 * rng.normal(size=1000), jnp.float32)}
 
 
 def test_total_count_kept_within_rounding():
-    # (c) A = 0 and no cap binding: sum_l ceil(rho_l R) lies in [R, R + L - 1] (each layer's ceil adds
-    # less than one entry), so total nnz after = total before + 0 .. L-1; here L = 2.
+    # (c) A = 0 and no cap binding: sum_l ceil(rho_l R) lies in [R, R + L - 1] (each layer's ceil
+    # adds less than one entry), so total nnz after = total before + 0 .. L-1; here L = 2.
     params = _ab_params()
     for density, p in [(0.1, 0.25), (0.3, 0.5), (0.05, 0.1)]:
         masks = random_masks(KEY, AB, density)
@@ -299,7 +307,7 @@ def test_capping_and_excess_redistribution():
     new, _ = update(KEY, params, masks, 0.5, 0.0, state)
     removed = {"a": 5, "b": 15, "c": 50}
     total = sum(removed.values()) + 1.0  # R + A = 71
-    want = {"a": math.ceil(0.75 * total), "b": math.ceil(0.125 * total), "c": math.ceil(0.125 * total)}
+    want = {p: math.ceil(rho * total) for p, rho in {"a": 0.75, "b": 0.125, "c": 0.125}.items()}
     assert want == {"a": 54, "b": 9, "c": 9}
     inactive = {p: masks[p].size - (int(masks[p].sum()) - removed[p]) for p in masks}
     cap = {p: math.floor(0.99 * inactive[p]) for p in masks}
@@ -343,7 +351,8 @@ def test_grow_scores_pick_largest_inactive():
     # (h) equal means -> rho = 1/3; p = 0.5 removes 10 each -> R = 30 -> g = 10 per layer, grown at
     # the inactive (after removal) entries with the largest scores.
     params, masks = _setup(a=(20, 1.0, 0.01), b=(20, 1.0, 0.01), c=(20, 1.0, 0.01))
-    scores = {p: jnp.asarray(RNG.permutation(n), jnp.float32) for p, n in SIZES.items()}
+    rng = _rng()
+    scores = {p: jnp.asarray(rng.permutation(n), jnp.float32) for p, n in SIZES.items()}
     new, _ = update(KEY, params, masks, 0.5, 0.0, sl_init(), grow_scores=scores)
     for p in masks:
         kept = np.asarray(masks[p]) & (np.arange(SIZES[p]) >= 10)
@@ -356,13 +365,16 @@ def test_grow_scores_pick_largest_inactive():
 def test_jit_vmap_matches_unbatched_calls():
     # (i) three clients, different p, target counts and states.
     keys = jax.random.split(jax.random.key(11), 3)
-    counts = {"a": jnp.array([10, 30, 60]), "b": jnp.array([5, 20, 39]), "c": jnp.array([50, 100, 10])}
-    masks = jax.jit(jax.vmap(lambda k, c: random_masks_from_counts(k, SIZES_SHAPES, c)))(keys, counts)
-    params = {p: jnp.asarray(RNG.normal(size=(3, n)), jnp.float32) for p, n in SIZES.items()}
+    counts = {"a": [10, 30, 60], "b": [5, 20, 39], "c": [50, 100, 10]}  # b: z/n = 1/40 for client 2
+    rng = _rng()
+    masks = {p: jnp.asarray([rng.permutation(SIZES[p]) < k for k in c]) for p, c in counts.items()}
+    params = {p: jnp.asarray(rng.normal(size=(3, n)), jnp.float32) for p, n in SIZES.items()}
     params = jax.vmap(apply_masks)(params, masks)
     p = jnp.array([0.1, 0.3, 0.5])
     target = jnp.array([60.0, 150.0, 100.0])
-    state = SLState(jnp.array([0.0, 2.0, -3.0]), jnp.array([0.0, 1.0, 4.0]), jnp.array([0, 1, 2], jnp.int32))
+    state = SLState(
+        jnp.array([0.0, 2.0, -3.0]), jnp.array([0.0, 1.0, 4.0]), jnp.array([0, 1, 2], jnp.int32)
+    )
     batched, bstate = jax.jit(jax.vmap(mask_update))(keys, params, masks, p, target, state)
     chex.assert_shape([batched[k] for k in SIZES], [(3, n) for n in SIZES.values()])
     chex.assert_shape(list(bstate), [(3,)] * 3)
@@ -372,9 +384,6 @@ def test_jit_vmap_matches_unbatched_calls():
             np.testing.assert_array_equal(batched[path][c], new[path])
         chex.assert_trees_all_equal(jax.tree.map(lambda x: x[c], bstate), st)
     assert len({int(mask_count(jax.tree.map(lambda x: x[c], batched))) for c in range(3)}) == 3
-
-
-SIZES_SHAPES = {p: (n,) for p, n in SIZES.items()}
 
 
 def test_adjust_update_over_two_calls():

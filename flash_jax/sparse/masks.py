@@ -1,8 +1,8 @@
 """Binary weight masks as flat dicts of bool arrays, and the exact-count tools to build them.
 
 A mask set is ``Masks = dict[str, jax.Array]``: one bool array per maskable tensor, keyed by the
-tensor's '/'-joined path in the parameter tree (``flax.traverse_util.flatten_dict(params, sep="/")``)
-and shaped like it; dense tensors have no entry. Every function here is pure and shape-static, so it
+tensor's '/'-joined path (``flax.traverse_util.flatten_dict(params, sep="/")``) and shaped like it;
+dense tensors have no entry. Every function here is pure and shape-static, so it
 runs under ``jit`` with traced densities / counts and under ``vmap`` with a leading client axis.
 
 Counts are exact rather than thresholded: FLASH compares layer densities across clients and rounds,
@@ -117,9 +117,9 @@ def layer_counts(
     """Exact active counts ``round(d_l * n_l)`` clipped to ``[0, n_l]``.
 
     Rounding is to nearest with ties to even (Python's ``round``; ``jnp.round`` agrees), so e.g.
-    d=0.5 on n=5 gives 2. Concrete densities are multiplied in float64 and give Python ints; a traced
-    density (inside jit/vmap) gives an int32 scalar computed in float32, which can differ by one only
-    when d_l*n_l lies within float32 error of a half-integer.
+    d=0.5 on n=5 gives 2. Concrete densities are multiplied in float64 and give Python ints; a
+    traced density (inside jit/vmap) gives an int32 scalar computed in float32, which can differ by
+    one only when d_l*n_l lies within float32 error of a half-integer.
     """
     if isinstance(densities, Mapping):
         missing = set(shapes) - set(densities)
@@ -154,7 +154,8 @@ def random_masks(
     key: jax.Array, shapes_or_params: Mapping[str, Any], densities: float | Mapping[str, Any]
 ) -> Masks:
     """Uniform random masks at ``densities`` (one float or one per path) with the exact counts of
-    :func:`layer_counts`. ``shapes_or_params``: {path: shape}, or a tree of just the maskable tensors."""
+    :func:`layer_counts`. ``shapes_or_params``: {path: shape}, or a tree of the maskable tensors
+    only (every entry gets a mask)."""
     shapes = _shapes(shapes_or_params)
     return random_masks_from_counts(key, shapes, layer_counts(shapes, densities))
 

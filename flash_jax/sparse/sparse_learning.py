@@ -2,9 +2,9 @@
 magnitude, regrow at random (or by a score such as |gradient|).
 
 One pure function of arrays with static shapes: the prune rate, the target count and the RNG key are
-data, so a cohort of clients runs it under one ``vmap`` with per-client budgets. Per-layer work is a
-Python loop over the (static, small) set of maskable tensors with one sort each; the per-layer scalars
-are stacked into length-L vectors for the redistribution arithmetic.
+data, so a cohort of clients runs it under one ``vmap`` with per-client budgets. Per-layer work is
+a Python loop over the (static, small) set of maskable tensors with two sorts each (prune, grow);
+the per-layer scalars are stacked into length-L vectors for the redistribution arithmetic.
 """
 
 from __future__ import annotations
@@ -76,12 +76,12 @@ def mask_update(
 ) -> tuple[Masks, SLState]:
     """One MASK_UPDATE of ALGORITHMS.md §1 with exact counts.
 
-    ``params_flat`` holds (at least) the masked tensors, keyed like ``masks``; ``prune_rate`` is the
-    current p; ``target_count`` is d_c * N_m. Layer order (for the slices of the growth noise and for
-    remainders) is sorted path order. Growth picks uniformly among the inactive entries after
-    removal (a just-removed entry may come back), or, with ``grow_scores`` (e.g. |gradient|, finite
-    values), the inactive entries with the largest score. The caller re-applies the returned masks to
-    the parameters. If every active weight is zero, rho is uniform (1/L) instead of 0/0.
+    ``params_flat`` holds (at least) the masked tensors, keyed like ``masks``; ``prune_rate`` is
+    the current p; ``target_count`` is d_c * N_m. Layer order (for the slices of the growth noise
+    and for remainders) is sorted path order. Growth picks uniformly among the inactive entries
+    after removal (a just-removed entry may come back), or, with ``grow_scores`` (e.g. |gradient|,
+    finite values), the inactive entries with the largest score. The caller re-applies the returned
+    masks to the parameters. If every active weight is zero, rho is uniform (1/L) instead of 0/0.
     """
     paths = sorted(masks)
     n_layers = len(paths)
@@ -93,7 +93,8 @@ def mask_update(
     mag_sum = jnp.stack([jnp.sum(jnp.where(m, w, 0.0)) for m, w in zip(mask, mag)])
     mean_mag = mag_sum / jnp.maximum(active, 1)
     total_mag = jnp.sum(mean_mag)
-    rho = jnp.where(total_mag > 0, mean_mag / jnp.where(total_mag > 0, total_mag, 1.0), 1.0 / n_layers)
+    safe_total = jnp.where(total_mag > 0, total_mag, 1.0)
+    rho = jnp.where(total_mag > 0, mean_mag / safe_total, 1.0 / n_layers)
 
     # Prune: a nearly dense layer that is gaining density is not pruned below its zero fraction.
     p = jnp.asarray(prune_rate, jnp.float32)
@@ -116,7 +117,7 @@ def mask_update(
     grown = _redistribute(want, cap)
 
     if grow_scores is None:
-        # One draw for all layers, sliced: each separate threefry call adds ~0.3 s of XLA:CPU compile.
+        # One draw for all layers, sliced: each threefry call adds ~0.3 s of XLA:CPU compile time.
         bounds = np.cumsum([0] + [m.size for m in mask])
         noise = jax.random.uniform(key, (int(bounds[-1]),))
         grow_scores = {
