@@ -151,7 +151,7 @@ def evaluate_state(setup: Setup, state: dict[str, Any]) -> dict[str, Any]:
     def scores(params):
         variables = {"params": params, "batch_stats": state["batch_stats"]} if setup.model.has_batch_stats \
             else {"params": params}
-        return evaluate(setup.model.module.apply, variables, setup.test_x, setup.test_y)
+        return evaluate(setup.model.module.apply, variables, setup.test_x, setup.test_y, setup.test_partition)
 
     params = state["params"]
     metrics = scores(params)
