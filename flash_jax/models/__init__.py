@@ -1,12 +1,13 @@
 """Flax models applied functionally to parameter pytrees, and the registry naming their maskable tensors."""
 
 from flash_jax.models.cnn import LeafCNN, MNISTNet
-from flash_jax.models.layers import Conv, max_pool, resolve_conv_impl
+from flash_jax.models.layers import CONV_IMPLS, Conv, max_pool, resolve_conv_impl
 from flash_jax.models.registry import MODEL_TYPES, ModelDef, get_model, init_variables
 from flash_jax.models.resnet import ResNet, ResNet18, ResNet34
 from flash_jax.models.vgg import VGG16
 
 __all__ = [
+    "CONV_IMPLS",
     "MODEL_TYPES",
     "VGG16",
     "Conv",

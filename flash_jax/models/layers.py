@@ -2,9 +2,8 @@
 
 Federated cohorts are trained by vmapping one client update over a leading client axis of the
 parameters. On CPU, XLA turns a vmapped `lax.conv_general_dilated` with per-client kernels into a
-grouped convolution that runs very slowly; an im2col (patches) followed by a matmul vmaps into a
-batched matmul instead. The gradient of `nn.max_pool` (select_and_scatter) is likewise slow on CPU; a
-max over shifted strided slices has a cheap elementwise gradient.
+grouped convolution that runs very slowly; an im2col followed by a matmul vmaps into a batched matmul
+instead. The gradient of `nn.max_pool` (select_and_scatter) is likewise slow on CPU.
 """
 
 import functools
@@ -66,8 +65,9 @@ class Conv(nn.Module):
     """2-D NHWC convolution with exactly `nn.Conv`'s parameters, so checkpoints and masks are shared
     between implementations; `impl` only changes how the same function is computed:
     "xla" is `lax.conv_general_dilated`; "patches" is `lax.conv_general_dilated_patches` x matmul;
-    "slices" is im2col from strided slices x matmul, whose gradient is pads and adds rather than the
-    depthwise convolution behind "patches"."""
+    "slices" is im2col from strided slices x matmul. On CPU "patches" measured several times slower
+    than "slices" forward and backward, because its extraction is a depthwise convolution with an
+    identity kernel (and its transpose), while the slices' gradient is pads and adds."""
 
     features: int
     kernel_size: int | Sequence[int]
@@ -107,15 +107,63 @@ class Conv(nn.Module):
 def max_pool(
     x: jax.Array, window: int | Sequence[int], stride: int | Sequence[int], padding: str = "VALID"
 ) -> jax.Array:
-    """Same values as `nn.max_pool` on (..., H, W, C), as a max over strided slices whose gradient is
-    elementwise instead of select_and_scatter. At exact ties the gradient is split between the tied
-    inputs rather than sent to one of them (both are valid subgradients)."""
+    """`nn.max_pool` on (..., H, W, C) with a cheap gradient.
+
+    The forward pass is `nn.max_pool`'s reduce_window: a max over shifted slices gets fused by XLA
+    into every slice of the next convolution's im2col and recomputed there (25x for a 5x5 kernel),
+    and XLA's CPU pipeline drops optimization barriers. The backward pass avoids select_and_scatter
+    (slow on CPU): an elementwise compare-and-pad over the window offsets, done separably (rows, then
+    columns). At exact ties the gradient goes to one of the tied inputs, not necessarily the one
+    `nn.max_pool` picks; both are valid subgradients.
+    """
     window, stride = _pair(window), _pair(stride)
     if padding not in ("VALID", "SAME"):
         raise ValueError(f"max_pool padding must be 'VALID' or 'SAME', got {padding!r}")
     pads = lax.padtype_to_pads(x.shape[-3:-1], window, stride, padding)
     x = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + list(pads) + [(0, 0)], constant_values=-jnp.inf)
-    return functools.reduce(jnp.maximum, _window_slices(x, window, stride))
+    return _valid_max_pool(x, window, stride)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _valid_max_pool(x: jax.Array, window: tuple[int, int], stride: tuple[int, int]) -> jax.Array:
+    lead = (1,) * (x.ndim - 3)
+    return lax.reduce_window(
+        x, jnp.array(-jnp.inf, x.dtype), lax.max, lead + (*window, 1), lead + (*stride, 1), "VALID"
+    )
+
+
+def _valid_max_pool_fwd(x, window, stride):
+    y = _valid_max_pool(x, window, stride)
+    return y, (x, y)
+
+
+def _valid_max_pool_bwd(window, stride, residuals, g):
+    x, y = residuals
+    row_window, row_stride = (window[0], 1), (stride[0], 1)
+    rows = functools.reduce(jnp.maximum, _window_slices(x, row_window, row_stride))
+    g_rows = _first_max_gradient(rows, y, g, (1, window[1]), (1, stride[1]))
+    return (_first_max_gradient(x, rows, g_rows, row_window, row_stride),)
+
+
+_valid_max_pool.defvjp(_valid_max_pool_fwd, _valid_max_pool_bwd)
+
+
+def _first_max_gradient(x, y, g, window, stride):
+    """Cotangent of x for y = max over window slices of x, routed to the first slice attaining y."""
+    (wh, ww), (sh, sw) = window, stride
+    h, w = x.shape[-3:-1]
+    out_h, out_w = y.shape[-3:-1]
+    no_padding = [(0, 0, 0)] * (x.ndim - 3)
+    taken = jnp.zeros(y.shape, bool)
+    gx = jnp.zeros_like(x)
+    offsets = [(i, j) for i in range(wh) for j in range(ww)]
+    for (i, j), window_slice in zip(offsets, _window_slices(x, window, stride)):
+        hit = (window_slice == y) & ~taken
+        taken = taken | hit
+        # Scatter back to the slice's positions: the transpose of the strided slice.
+        placement = [(i, h - i - sh * (out_h - 1) - 1, sh - 1), (j, w - j - sw * (out_w - 1) - 1, sw - 1), (0, 0, 0)]
+        gx = gx + lax.pad(jnp.where(hit, g, 0), jnp.zeros((), x.dtype), no_padding + placement)
+    return gx
 
 
 def batch_norm(train: bool, name: str) -> nn.BatchNorm:
