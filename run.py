@@ -34,7 +34,7 @@ HELP = {
     "path": "folder with the dataset's files (IDX for fashion_mnist, CIFAR python pickles)",
     "data_dir": "TFDS data dir holding prepared datasets",
     "mask_pattern": "regex over '/'-joined parameter paths selecting the maskable tensors",
-    "conv_impl": "convolution formulation: auto (patches on CPU, xla elsewhere), xla, patches",
+    "conv_impl": "convolution formulation: auto (slices on CPU, xla elsewhere), xla, patches, slices",
     "eval_every": "evaluate the global model every this many rounds (and at the last)",
     "workdir": "folder for config.json and metrics.jsonl",
     "quiet": "no progress bar",

@@ -7,7 +7,7 @@ import math
 EXPERIMENT_TYPES = ("dense", "nst", "pdst", "spdst", "jmwst")
 IMPLEMENTED_TYPES = ("dense", "nst", "pdst")
 LR_SCHEDULES = ("run", "authors")
-CONV_IMPLS = ("auto", "xla", "patches")
+CONV_IMPLS = ("auto", "xla", "patches", "slices")
 
 
 class ConfigError(ValueError):

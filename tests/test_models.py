@@ -69,7 +69,9 @@ def test_conv_params_are_nn_conv_params():
     chex.assert_trees_all_equal(ours, flax_conv)
 
 
-@pytest.mark.parametrize("window,stride,padding", [(3, 1, "VALID"), (2, 2, "VALID"), (3, 2, "SAME"), ((2, 3), (1, 2), "SAME")])
+@pytest.mark.parametrize(
+    "window,stride,padding", [(3, 1, "VALID"), (2, 2, "VALID"), (3, 2, "SAME"), ((2, 3), (1, 2), "SAME")]
+)
 def test_max_pool_matches_nn_max_pool(window, stride, padding):
     """Values and gradients (no ties in random inputs), with a leading client axis as under vmap."""
     x = jnp.asarray(np.random.default_rng(2).normal(size=(3, 2, 7, 7, 3)), jnp.float32)

@@ -161,7 +161,11 @@ def _first_max_gradient(x, y, g, window, stride):
         hit = (window_slice == y) & ~taken
         taken = taken | hit
         # Scatter back to the slice's positions: the transpose of the strided slice.
-        placement = [(i, h - i - sh * (out_h - 1) - 1, sh - 1), (j, w - j - sw * (out_w - 1) - 1, sw - 1), (0, 0, 0)]
+        placement = [
+            (i, h - i - sh * (out_h - 1) - 1, sh - 1),
+            (j, w - j - sw * (out_w - 1) - 1, sw - 1),
+            (0, 0, 0),
+        ]
         gx = gx + lax.pad(jnp.where(hit, g, 0), jnp.zeros((), x.dtype), no_padding + placement)
     return gx
 
