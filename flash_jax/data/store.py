@@ -106,6 +106,7 @@ def cohort_plan(shuffle_keys, client_ids, store: ClientStore, *, batch_size: int
     client_ids = np.asarray(client_ids)
     counts = store.counts[client_ids]
     max_count = int(counts.max())
+    batch_size = min(batch_size, max_count)  # same batches, no slots that no client can fill
     phases = phase_layout(steps_per_epoch(max_count, batch_size), epochs)
     plan = _cohort_plan_jit(shuffle_keys, jnp.asarray(store.offsets[client_ids]), jnp.asarray(counts),
                             max_count, batch_size, epochs, phases)

@@ -87,7 +87,7 @@ def local_train(spec: ClientSpec, phase_lengths: tuple[int, ...], store_x, store
         span = slice(start, start + length)
         xs = (example_index[span], example_valid[span], step_valid[span], jnp.arange(start, start + length))
         (params, batch_stats, opt_state), losses = jax.lax.scan(
-            step, (params, batch_stats, opt_state), xs, unroll=int(__import__("os").environ.get("UNROLL", "1")))
+            step, (params, batch_stats, opt_state), xs, unroll=1)
         loss_sum += jnp.sum(losses)
         start += length
         if spec.sparse_learning and phase < len(phase_lengths) - 1:
