@@ -5,7 +5,7 @@ import dataclasses
 import math
 
 EXPERIMENT_TYPES = ("dense", "nst", "pdst", "spdst", "jmwst")
-IMPLEMENTED_TYPES = ("dense", "nst", "pdst")
+IMPLEMENTED_TYPES = ("dense", "nst", "pdst", "spdst")
 LR_SCHEDULES = ("run", "authors")
 
 

@@ -147,8 +147,47 @@ def test_learning_rate_schedules():
 
 
 def test_sample_clients_is_pure_function_of_seed_and_round():
-    a = sample_clients(1, 7, 100, 10)
-    np.testing.assert_array_equal(a, sample_clients(1, 7, 100, 10))
+    a = sample_clients(1, 2, 7, 100, 10)
+    np.testing.assert_array_equal(a, sample_clients(1, 2, 7, 100, 10))
     assert len(set(a.tolist())) == 10 and a.min() >= 0 and a.max() < 100
-    assert not np.array_equal(a, sample_clients(1, 8, 100, 10))
-    assert not np.array_equal(a, sample_clients(2, 7, 100, 10))
+    assert not np.array_equal(a, sample_clients(1, 2, 8, 100, 10))
+    assert not np.array_equal(a, sample_clients(2, 2, 7, 100, 10))
+    assert not np.array_equal(a, sample_clients(1, 3, 7, 100, 10))
+
+
+class TinyBNNet(nn.Module):
+    """Conv + BatchNorm: exercises batch statistics through local training and FedAvg."""
+
+    @nn.compact
+    def __call__(self, x, train: bool, example_mask=None):
+        x = nn.Conv(4, (3, 3), padding="VALID", use_bias=False, name="conv")(x)
+        mask = None if example_mask is None else example_mask.reshape(-1, 1, 1, 1).astype(bool)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn")(x, mask=mask)
+        return nn.Dense(3, name="out")(nn.relu(x).mean(axis=(1, 2)))
+
+
+def test_cohort_averages_batch_norm_statistics_and_augments():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(28, 8, 8, 3)).astype(np.float32)
+    store = build_store(x, rng.integers(0, 3, 28), [np.arange(0, 12), np.arange(12, 28)])
+    model = TinyBNNet()
+    variables = model.init(jax.random.PRNGKey(1), jnp.zeros((1, 8, 8, 3)), train=False)
+    spec = ClientSpec(apply_fn=model.apply, has_batch_stats=True, sparse_learning=False, prune_rate=0.25,
+                      augment=True)
+    keys = jax.random.split(jax.random.PRNGKey(3), 2)
+    plan = cohort_plan(keys, [0, 1], store, batch_size=8, epochs=1)
+    fn = jax.jit(local_train, static_argnums=(0, 1))
+    outs = [fn(spec, plan.phase_lengths, store.x, store.y, variables["params"], variables["batch_stats"], {},
+               0.1, keys[k], plan.example_index[k], plan.example_valid[k], plan.step_valid[k], 0.0)
+            for k in range(2)]
+    weights = jnp.asarray(store.counts[[0, 1]], jnp.float32)
+    params, stats, masks, _ = train_cohort(spec, plan.phase_lengths, False, store.x, store.y, variables["params"],
+                                           variables["batch_stats"], {}, 0.1, keys, plan.example_index,
+                                           plan.example_valid, plan.step_valid, jnp.zeros(2), weights)
+    expected = {k: (12 * outs[0][1]["bn"][k] + 16 * outs[1][1]["bn"][k]) / 28 for k in ("mean", "var")}
+    chex.assert_trees_all_close(stats["bn"], expected, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(stats["bn"]["mean"], variables["batch_stats"]["bn"]["mean"])
+    # augmentation is keyed per client and step: a different client key changes the result
+    other = fn(spec, plan.phase_lengths, store.x, store.y, variables["params"], variables["batch_stats"], {}, 0.1,
+               jax.random.PRNGKey(99), plan.example_index[0], plan.example_valid[0], plan.step_valid[0], 0.0)
+    assert not np.allclose(other[0]["conv"]["kernel"], outs[0][0]["conv"]["kernel"])

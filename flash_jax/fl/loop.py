@@ -28,11 +28,12 @@ from flash_jax.fl.cohort import train_cohort
 from flash_jax.fl.evaluate import evaluate
 from flash_jax.fl.methods import METHODS, Method
 from flash_jax.models import ModelDef, get_model, init_variables
-from flash_jax.sparse import apply_masks, magnitude_masks, maskable_paths, random_masks
+from flash_jax.sparse import (apply_masks, client_layer_densities, magnitude_masks, maskable_paths, random_masks,
+                              sensitivity_densities)
 from flax import traverse_util
 
-# Key streams folded into the seed's key.
-INIT_STREAM, MASK_STREAM, ROUND_STREAM = 0, 1, 2
+# Streams folded into the seed's key (and into client sampling), one per use.
+INIT_STREAM, MASK_STREAM, ROUND_STREAM, SENSITIVITY_STREAM, REINIT_STREAM, STAGE2_MASK_STREAM = range(6)
 AUGMENTED_DATASETS = ("cifar10", "cifar100")
 
 
@@ -47,9 +48,9 @@ def learning_rate_schedule(config: Config) -> Callable[[int], float]:
     return lambda r: float(schedule(max(r - 1, 0)))
 
 
-def sample_clients(seed: int, round_index: int, num_clients: int, per_round: int) -> np.ndarray:
-    """Cohort of a round: a pure function of (seed, round), sampled without replacement."""
-    return np.random.default_rng([seed, round_index]).choice(num_clients, per_round, replace=False)
+def sample_clients(seed: int, stream: int, round_index: int, num_clients: int, per_round: int) -> np.ndarray:
+    """Cohort of a round: a pure function of (seed, stage stream, round), sampled without replacement."""
+    return np.random.default_rng([seed, stream, round_index]).choice(num_clients, per_round, replace=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +66,8 @@ class Setup:
     model: ModelDef
     eval_apply: Callable  # same parameters; XLA's native conv is fastest for one un-vmapped model
     paths: tuple[str, ...]
+    shapes: dict[str, tuple[int, ...]]
+    input_shape: tuple[int, ...]
     num_maskable: int
     spec: ClientSpec
     lr: Callable[[int], float]
@@ -88,6 +91,7 @@ def build_setup(config: Config, dataset: Dataset) -> Setup:
                  test_x=jnp.asarray(dataset.test_x), test_y=jnp.asarray(dataset.test_y),
                  test_partition=test_parts, model=model,
                  eval_apply=get_model(config.model_type, dataset.num_classes, "xla").module.apply, paths=paths,
+                 shapes={p: flat[p].shape for p in paths}, input_shape=dataset.input_shape,
                  num_maskable=sum(math.prod(flat[p].shape) for p in paths), spec=spec,
                  lr=learning_rate_schedule(config))
 
@@ -95,14 +99,11 @@ def build_setup(config: Config, dataset: Dataset) -> Setup:
 def init_state(setup: Setup) -> dict[str, Any]:
     config = setup.config
     base = jax.random.PRNGKey(config.seed)
-    variables = init_variables(setup.model, jax.random.fold_in(base, INIT_STREAM),
-                               tuple(setup.store.x.shape[1:]))
+    variables = init_variables(setup.model, jax.random.fold_in(base, INIT_STREAM), setup.input_shape)
     params = variables["params"]
     masks = {}
     if setup.method.sparse:
-        masks = random_masks(jax.random.fold_in(base, MASK_STREAM),
-                             {p: a for p, a in traverse_util.flatten_dict(params, sep="/").items()
-                              if p in setup.paths}, config.density)
+        masks = random_masks(jax.random.fold_in(base, MASK_STREAM), setup.shapes, config.density)
         params = apply_masks(params, masks)
     client_masks = {}
     if setup.method.per_client_masks:
@@ -111,23 +112,51 @@ def init_state(setup: Setup) -> dict[str, Any]:
             "server_mask": masks, "client_masks": client_masks}
 
 
+def train_clients(setup: Setup, spec: ClientSpec, ids: np.ndarray, round_key, params, batch_stats, masks, *,
+                  per_client_masks: bool, epochs: int, lr: float):
+    """One cohort's local training and FedAvg; client keys are fold_in(round_key, client id)."""
+    keys = jax.vmap(lambda c: client_key(round_key, c))(jnp.asarray(ids))
+    shuffle_keys = jax.vmap(lambda k: jax.random.fold_in(k, SHUFFLE_STREAM))(keys)
+    plan = cohort_plan(shuffle_keys, ids, setup.store, batch_size=setup.config.local_bs, epochs=epochs)
+    targets = jnp.full((len(ids),), setup.config.density * setup.num_maskable, jnp.float32)
+    weights = jnp.asarray(setup.store.counts[ids], jnp.float32)
+    return train_cohort(spec, plan.phase_lengths, per_client_masks, setup.store.x, setup.store.y, params,
+                        batch_stats, masks, lr, keys, plan.example_index, plan.example_valid, plan.step_valid,
+                        targets, weights)
+
+
+def sensitivity_stage(setup: Setup, state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """FLASH stage 1: K_d clients run sparse learning for init_epoch epochs from the shared init and
+    mask; only their per-layer densities reach the server, which rescales them to d, draws the
+    stage-2 mask with those layer densities and re-initialises the model."""
+    config = setup.config
+    base = jax.random.PRNGKey(config.seed)
+    ids = sample_clients(config.seed, SENSITIVITY_STREAM, 0, config.num_users, config.stage1_clients)
+    _, _, client_masks, _ = train_clients(
+        setup, dataclasses.replace(setup.spec, sparse_learning=True), ids, jax.random.fold_in(base, SENSITIVITY_STREAM),
+        state["params"], state["batch_stats"], state["server_mask"], per_client_masks=False,
+        epochs=config.init_epoch, lr=config.lr_start)
+    reported = client_layer_densities(client_masks)
+    sizes = {p: m.size for p, m in state["server_mask"].items()}
+    densities = sensitivity_densities(reported, sizes, config.density)
+    masks = random_masks(jax.random.fold_in(base, STAGE2_MASK_STREAM), setup.shapes, densities)
+    variables = init_variables(setup.model, jax.random.fold_in(base, REINIT_STREAM), setup.input_shape)
+    new_state = dict(state, params=apply_masks(variables["params"], masks),
+                     batch_stats=variables.get("batch_stats", {}), server_mask=masks)
+    return new_state, {"clients": ids.tolist(), "reported_layer_density": reported, "layer_density": densities}
+
+
 def run_round(setup: Setup, state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
     config, method = setup.config, setup.method
     r = state["round"]
-    ids = sample_clients(config.seed, r, config.num_users, config.clients_per_round)
+    ids = sample_clients(config.seed, ROUND_STREAM, r, config.num_users, config.clients_per_round)
     round_key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), ROUND_STREAM), r)
-    keys = jax.vmap(lambda c: client_key(round_key, c))(jnp.asarray(ids))
-    shuffle_keys = jax.vmap(lambda k: jax.random.fold_in(k, SHUFFLE_STREAM))(keys)
-    plan = cohort_plan(shuffle_keys, ids, setup.store, batch_size=config.local_bs, epochs=config.local_epoch)
     masks = state["server_mask"]
     if method.per_client_masks:
         masks = jax.tree.map(lambda m: m[ids], state["client_masks"])
-    targets = jnp.full((len(ids),), config.density * setup.num_maskable, jnp.float32)
-    weights = jnp.asarray(setup.store.counts[ids], jnp.float32)
-    params, batch_stats, client_masks, losses = train_cohort(
-        setup.spec, plan.phase_lengths, method.per_client_masks, setup.store.x, setup.store.y,
-        state["params"], state["batch_stats"], masks, setup.lr(r), keys, plan.example_index,
-        plan.example_valid, plan.step_valid, targets, weights)
+    params, batch_stats, client_masks, losses = train_clients(
+        setup, setup.spec, ids, round_key, state["params"], state["batch_stats"], masks,
+        per_client_masks=method.per_client_masks, epochs=config.local_epoch, lr=setup.lr(r))
     new_state = dict(state, round=r + 1, params=params, batch_stats=batch_stats)
     if method.per_client_masks:
         new_state["client_masks"] = jax.tree.map(lambda all_, new: all_.at[ids].set(new),
@@ -186,10 +215,14 @@ def _write_config(workdir: str, config: Config, setup: Setup) -> None:
                 "num_maskable": setup.num_maskable, "num_classes": int(setup.model.module.num_classes),
                 "mask_pattern": config.mask_pattern or setup.model.mask_pattern,
                 "jax_backend": jax.default_backend(), "jax_version": jax.__version__}
-    tmp = os.path.join(workdir, "config.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump({**config.to_dict(), "resolved": resolved}, f, indent=2)
-    os.replace(tmp, os.path.join(workdir, "config.json"))
+    write_json(os.path.join(workdir, "config.json"), {**config.to_dict(), "resolved": resolved})
+
+
+def write_json(path: str, record: dict[str, Any]) -> None:
+    """Write through a temporary file so a killed run never leaves half a file."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f, indent=2)
+    os.replace(path + ".tmp", path)
 
 
 def append_jsonl(path: str, record: dict[str, Any]) -> None:
@@ -206,8 +239,12 @@ def run(config: Config, dataset: Dataset | None = None) -> list[dict[str, Any]]:
     setup = build_setup(config, dataset)
     metrics_path = prepare_workdir(config.workdir, config, setup) if config.workdir else None
     state = init_state(setup)
-    history = []
     start = time.perf_counter()
+    if setup.method.sensitivity_stage:
+        state, sensitivity = sensitivity_stage(setup, state)
+        if config.workdir:
+            write_json(os.path.join(config.workdir, "sensitivity.json"), sensitivity)
+    history = []
     bar = tqdm(range(config.fl_rounds), desc=f"{config.experiment_type} rounds", disable=config.quiet,
                dynamic_ncols=True)
     for r in bar:

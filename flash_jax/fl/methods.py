@@ -10,10 +10,13 @@ class Method:
     client_sparse_learning: bool   # clients run SL (prune / redistribute / regrow) during local training
     per_client_masks: bool         # each client keeps its own mask across rounds (NST)
     report_pruned: bool            # also evaluate the global model magnitude-pruned back to d (NST)
+    sensitivity_stage: bool = False  # FLASH stage 1 chooses the layer densities of the first mask
 
 
 METHODS = {
     "dense": Method(sparse=False, client_sparse_learning=False, per_client_masks=False, report_pruned=False),
     "pdst": Method(sparse=True, client_sparse_learning=False, per_client_masks=False, report_pruned=False),
+    "spdst": Method(sparse=True, client_sparse_learning=False, per_client_masks=False, report_pruned=False,
+                    sensitivity_stage=True),
     "nst": Method(sparse=True, client_sparse_learning=True, per_client_masks=True, report_pruned=True),
 }

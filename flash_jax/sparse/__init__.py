@@ -15,12 +15,14 @@ from flash_jax.sparse.masks import (
     random_masks_from_counts,
     topk_mask,
 )
+from flash_jax.sparse.consensus import client_layer_densities, sensitivity_densities
 from flash_jax.sparse.sparse_learning import SLState, mask_update, sl_init
 
 __all__ = [
     "Masks",
     "SLState",
     "apply_masks",
+    "client_layer_densities",
     "layer_counts",
     "layer_density",
     "magnitude_masks",
@@ -32,6 +34,7 @@ __all__ = [
     "nonzero_density",
     "random_masks",
     "random_masks_from_counts",
+    "sensitivity_densities",
     "sl_init",
     "topk_mask",
 ]

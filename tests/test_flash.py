@@ -1,0 +1,44 @@
+"""FLASH stage 1 (sensitivity) and SPDST."""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flash_jax.config import Config
+from flash_jax.data.sources import load_dataset
+from flash_jax.fl.loop import run
+from flash_jax.sparse import client_layer_densities, layer_counts, sensitivity_densities
+
+
+def test_client_layer_densities_average_over_clients():
+    masks = {"a": jnp.array([[1, 0, 0, 0], [1, 1, 1, 0]], bool), "b": jnp.array([[[1, 1]], [[0, 0]]], bool)}
+    assert client_layer_densities(masks) == pytest.approx({"a": 0.5, "b": 0.5})
+
+
+def test_sensitivity_rescales_to_the_budget_and_caps_at_one():
+    sizes = {"a": 1000, "b": 9000}
+    dens = sensitivity_densities({"a": 0.3, "b": 0.02}, sizes, 0.05)
+    assert sum(dens[p] * sizes[p] for p in sizes) == pytest.approx(0.05 * 10000)
+    assert dens["a"] / dens["b"] == pytest.approx(15.0)
+    counts = layer_counts({"a": (1000,), "b": (9000,)}, dens)
+    assert abs(sum(counts.values()) - 500) <= len(sizes) / 2  # exact counts, within rounding
+    capped = sensitivity_densities({"a": 0.9, "b": 0.001}, sizes, 0.5)
+    assert capped["a"] == 1.0
+
+
+def test_spdst_end_to_end_on_digits(tmp_path):
+    digits = load_dataset("digits")
+    config = Config(experiment_type="spdst", dataset="digits", num_users=10, frac=0.5, init_frac=0.2, init_epoch=2,
+                    fl_rounds=4, eval_every=2, density=0.05, quiet=True, workdir=str(tmp_path / "w"))
+    history = run(config, digits)
+    sizes = {"conv2/kernel": 5000, "fc1/kernel": 256000}
+    last = history[-1]
+    # the stage-2 mask has the sensitivity layer densities and exactly d*N_m weights within rounding
+    assert abs(last["density"] * sum(sizes.values()) - 0.05 * sum(sizes.values())) <= 1
+    assert last["layer_density"]["conv2/kernel"] > 0.06  # moved away from the uniform 0.05
+    assert all(m["layer_density"] == last["layer_density"] for m in history)  # same mask every round
+    import json
+    sensitivity = json.load(open(tmp_path / "w" / "sensitivity.json"))
+    assert len(sensitivity["clients"]) == 2
+    for p, n in sizes.items():
+        assert last["layer_density"][p] == pytest.approx(round(sensitivity["layer_density"][p] * n) / n)
+    assert np.isfinite(last["loss"])
