@@ -28,8 +28,8 @@ from flash_jax.fl.cohort import train_cohort
 from flash_jax.fl.evaluate import evaluate
 from flash_jax.fl.methods import METHODS, Method
 from flash_jax.models import ModelDef, get_model, init_variables
-from flash_jax.sparse import (apply_masks, client_layer_densities, magnitude_masks, maskable_paths, random_masks,
-                              sensitivity_densities)
+from flash_jax.sparse import (apply_masks, client_layer_densities, magnitude_masks, mask_consensus, maskable_paths,
+                              random_masks, sensitivity_densities)
 from flax import traverse_util
 
 # Streams folded into the seed's key (and into client sampling), one per use.
@@ -158,10 +158,19 @@ def run_round(setup: Setup, state: dict[str, Any]) -> tuple[dict[str, Any], dict
         setup, setup.spec, ids, round_key, state["params"], state["batch_stats"], masks,
         per_client_masks=method.per_client_masks, epochs=config.local_epoch, lr=setup.lr(r))
     new_state = dict(state, round=r + 1, params=params, batch_stats=batch_stats)
+    info = {"train_loss": float(jnp.mean(losses)), "lr": setup.lr(r)}
     if method.per_client_masks:
         new_state["client_masks"] = jax.tree.map(lambda all_, new: all_.at[ids].set(new),
                                                  state["client_masks"], client_masks)
-    return new_state, {"train_loss": float(jnp.mean(losses)), "lr": setup.lr(r)}
+        # without a shared mask, the server's mask is the support of the averaged model (the union)
+        flat = traverse_util.flatten_dict(params, sep="/")
+        new_state["server_mask"] = {p: flat[p] != 0 for p in setup.paths}
+    if method.sparse:
+        if client_masks is None:  # every participant trained with the server mask
+            client_masks = jax.tree.map(lambda m: jnp.broadcast_to(m, (len(ids),) + m.shape), masks)
+        consensus = mask_consensus(client_masks, new_state["server_mask"], state["server_mask"])
+        info.update({k: float(v) for k, v in consensus.items()})
+    return new_state, info
 
 
 @jax.jit
@@ -188,7 +197,6 @@ def evaluate_state(setup: Setup, state: dict[str, Any]) -> dict[str, Any]:
     metrics = scores(params)
     metrics["density"], metrics["layer_density"] = model_density(params, setup.paths)
     if setup.method.report_pruned:
-        metrics["union_density"] = metrics["density"]
         pruned = apply_masks(params, magnitude_masks(params, setup.paths, setup.config.density, scope="global"))
         pruned_scores = scores(pruned)
         metrics["accuracy_pruned"] = pruned_scores["accuracy"]

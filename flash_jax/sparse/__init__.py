@@ -15,7 +15,8 @@ from flash_jax.sparse.masks import (
     random_masks_from_counts,
     topk_mask,
 )
-from flash_jax.sparse.consensus import client_layer_densities, sensitivity_densities
+from flash_jax.sparse.consensus import (client_layer_densities, hamming, mask_consensus,
+                                        sensitivity_densities)
 from flash_jax.sparse.sparse_learning import SLState, mask_update, sl_init
 
 __all__ = [
@@ -23,9 +24,11 @@ __all__ = [
     "SLState",
     "apply_masks",
     "client_layer_densities",
+    "hamming",
     "layer_counts",
     "layer_density",
     "magnitude_masks",
+    "mask_consensus",
     "mask_count",
     "mask_density",
     "mask_shapes",

@@ -22,3 +22,35 @@ def sensitivity_densities(layer_density: dict[str, float], sizes: dict[str, int]
     budget = density * sum(sizes.values())
     scale = budget / sum(layer_density[p] * sizes[p] for p in sizes)
     return {p: min(scale * layer_density[p], 1.0) for p in sizes}
+
+
+def _flat(masks: Masks, lead: int) -> jax.Array:
+    return jnp.concatenate([masks[p].reshape(masks[p].shape[:lead] + (-1,)) for p in sorted(masks)], axis=-1)
+
+
+def hamming(a: Masks, b: Masks) -> jax.Array:
+    """Normalised Hamming distance H(a, b) = #[a != b] / N_m over all maskable entries (§5)."""
+    return jnp.mean(_flat(a, 0) != _flat(b, 0))
+
+
+@jax.jit
+def mask_consensus(client_masks: Masks, server_mask: Masks, previous_server_mask: Masks) -> dict[str, jax.Array]:
+    """The paper's consensus measures for one round.
+
+    client_masks has a leading participant axis. Mean pairwise Hamming distance uses that a
+    coordinate held by c of K clients differs in c*(K-c) of the K*(K-1)/2 pairs.
+    """
+    clients = _flat(client_masks, 1)
+    server = _flat(server_mask, 0)
+    k = clients.shape[0]
+    held = jnp.sum(clients, axis=0, dtype=jnp.float32)
+    pairs = max(k * (k - 1) / 2, 1.0)
+    intersection = jnp.sum(clients & server, axis=1)
+    union = jnp.sum(clients | server, axis=1)
+    return {
+        "mask_hamming_clients": jnp.sum(held * (k - held)) / (pairs * server.size),
+        "mask_hamming_to_server": jnp.mean(clients != server),
+        "mask_iou_to_server": jnp.mean(intersection / jnp.maximum(union, 1)),
+        "server_mask_change": jnp.mean(server != _flat(previous_server_mask, 0)),
+        "union_density": jnp.mean(jnp.any(clients, axis=0)),
+    }
