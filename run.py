@@ -13,7 +13,7 @@ from flash_jax.config import Config, ConfigError
 from flash_jax.data.sources import DataError
 
 HELP = {
-    "experiment_type": "method: dense (FedAvg), nst, pdst, spdst, jmwst",
+    "experiment_type": "method: dense (FedAvg), nst, pdst, spdst (FLASH), jmwst (FLASH)",
     "dataset": "digits (offline default), fashion_mnist, mnist, cifar10, cifar100, emnist",
     "model_type": "mnistnet, leaf_cnn, resnet18, resnet18_64, resnet34, vgg16",
     "alpha": "Dirichlet concentration of the label partition (1 non-IID, 1000 ~ IID)",
@@ -30,6 +30,8 @@ HELP = {
     "lr_schedule": "run: decay reaches lr_end at the last round; authors: their 1000-round horizon",
     "fl_rounds": "federated rounds T (paper: 600)",
     "prune_rate": "initial prune rate p0 of client sparse learning",
+    "subsample_method": "JMWST's NEXT_MASK budgets: avg (clients' mean layer counts) or aggregate (model support)",
+    "jmwst_update_interval": "JMWST: rounds between server-mask updates r_int (clients keep the mask fixed between)",
     "seed": "seed of partition, init, masks, sampling and shuffling",
     "path": "folder with the dataset's files (IDX for fashion_mnist, CIFAR python pickles)",
     "data_dir": "TFDS data dir holding prepared datasets",

@@ -5,7 +5,7 @@ import dataclasses
 import math
 
 EXPERIMENT_TYPES = ("dense", "nst", "pdst", "spdst", "jmwst")
-IMPLEMENTED_TYPES = ("dense", "nst", "pdst", "spdst")
+IMPLEMENTED_TYPES = ("dense", "nst", "pdst", "spdst", "jmwst")
 LR_SCHEDULES = ("run", "authors")
 
 
@@ -39,6 +39,8 @@ class Config:
     lr_schedule: str = "run"
     fl_rounds: int = 60
     prune_rate: float = 0.25
+    subsample_method: str = "avg"
+    jmwst_update_interval: int = 1
     seed: int = 1
     path: str | None = None
     data_dir: str | None = None
@@ -78,6 +80,8 @@ class Config:
             (self.lr_schedule in LR_SCHEDULES, "--lr_schedule", f"one of {', '.join(LR_SCHEDULES)}"),
             (self.fl_rounds >= 1, "--fl_rounds", ">= 1"),
             (0.0 <= self.prune_rate < 1.0, "--prune_rate", "in [0, 1)"),
+            (self.subsample_method in ("avg", "aggregate"), "--subsample_method", "one of avg, aggregate"),
+            (self.jmwst_update_interval >= 1, "--jmwst_update_interval", ">= 1"),
             (self.eval_every >= 1, "--eval_every", ">= 1"),
             (self.conv_impl in ("auto",) + CONV_IMPLS, "--conv_impl", f"one of auto, {', '.join(CONV_IMPLS)}"),
         ]

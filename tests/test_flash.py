@@ -59,3 +59,40 @@ def test_hamming_and_consensus_on_hand_made_masks():
     assert got["union_density"] == pytest.approx(5 / 8)
     # IoU with the server: 1, 2/5 (|{a0,b0}| / |{a0,a1,a2,b0,b3}|), 0 (empty client vs 3 active)
     assert got["mask_iou_to_server"] == pytest.approx((1 + 2 / 5 + 0) / 3)
+
+
+@pytest.mark.parametrize("method", ["avg", "aggregate"])
+def test_next_mask_is_exact_per_tensor_topk_with_formula_counts(method):
+    from flash_jax.sparse import next_mask
+    rng = np.random.default_rng(0)
+    shapes = {"a": (6, 5), "b": (40,)}
+    params = {p: rng.normal(size=s).astype(np.float32) for p, s in shapes.items()}
+    params["b"][rng.random(40) < 0.5] = 0.0  # a sparse aggregate: 'aggregate' counts its support
+    clients = {p: rng.random((3,) + s) < 0.3 for p, s in shapes.items()}
+    density = 0.2
+    got = next_mask({p: jnp.asarray(m) for p, m in clients.items()}, {p: jnp.asarray(v) for p, v in params.items()},
+                    density, method)
+    e = {p: (clients[p].reshape(3, -1).sum(1).mean() if method == "avg" else np.count_nonzero(params[p]))
+         for p in shapes}
+    lam = min(1.0, density * 70 / sum(e.values()))
+    for p in shapes:
+        m = int(np.floor(lam * e[p]))
+        assert int(got[p].sum()) == m
+        order = np.argsort(-np.abs(params[p]).ravel(), kind="stable")
+        expected = np.zeros(params[p].size, bool)
+        expected[order[:m]] = True
+        np.testing.assert_array_equal(np.asarray(got[p]).ravel(), expected)
+
+
+def test_jmwst_end_to_end_keeps_density_d_and_reports_consensus():
+    digits = load_dataset("digits")
+    history = run(Config(experiment_type="jmwst", dataset="digits", num_users=10, frac=0.5, init_frac=0.2,
+                         init_epoch=2, fl_rounds=4, eval_every=2, density=0.05, jmwst_update_interval=2,
+                         quiet=True), digits)
+    n_m, n_layers = 261000, 2
+    for m in history:
+        assert abs(m["density"] - 0.05) * n_m <= n_layers  # floor(lam*e_l) per tensor
+        assert 0.0 <= m["mask_hamming_clients"] <= 1.0 and 0.0 <= m["mask_hamming_to_server"] <= 1.0
+    # round 4 is a fixed-mask round (r_int=2: updates at rounds 1 and 3): the clients agree with the server
+    assert history[-1]["mask_hamming_to_server"] == 0.0 and history[-1]["server_mask_change"] == 0.0
+    assert history[0]["server_mask_change"] == 0.0  # round 2 (index 1) keeps round 1's mask

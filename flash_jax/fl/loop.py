@@ -29,7 +29,7 @@ from flash_jax.fl.evaluate import evaluate
 from flash_jax.fl.methods import METHODS, Method
 from flash_jax.models import ModelDef, get_model, init_variables
 from flash_jax.sparse import (apply_masks, client_layer_densities, magnitude_masks, mask_consensus, maskable_paths,
-                              random_masks, sensitivity_densities)
+                              next_mask, random_masks, sensitivity_densities)
 from flax import traverse_util
 
 # Streams folded into the seed's key (and into client sampling), one per use.
@@ -146,6 +146,9 @@ def sensitivity_stage(setup: Setup, state: dict[str, Any]) -> tuple[dict[str, An
     return new_state, {"clients": ids.tolist(), "reported_layer_density": reported, "layer_density": densities}
 
 
+_next_mask = jax.jit(next_mask, static_argnums=3)
+
+
 def run_round(setup: Setup, state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
     config, method = setup.config, setup.method
     r = state["round"]
@@ -154,10 +157,19 @@ def run_round(setup: Setup, state: dict[str, Any]) -> tuple[dict[str, Any], dict
     masks = state["server_mask"]
     if method.per_client_masks:
         masks = jax.tree.map(lambda m: m[ids], state["client_masks"])
+    update_mask = method.next_mask and r % config.jmwst_update_interval == 0
+    spec = setup.spec
+    if method.next_mask and not update_mask:  # JMWST between server-mask updates: the mask stays fixed
+        spec = dataclasses.replace(spec, sparse_learning=False)
     params, batch_stats, client_masks, losses = train_clients(
-        setup, setup.spec, ids, round_key, state["params"], state["batch_stats"], masks,
+        setup, spec, ids, round_key, state["params"], state["batch_stats"], masks,
         per_client_masks=method.per_client_masks, epochs=config.local_epoch, lr=setup.lr(r))
     new_state = dict(state, round=r + 1, params=params, batch_stats=batch_stats)
+    if update_mask:
+        flat = traverse_util.flatten_dict(params, sep="/")
+        server_mask = _next_mask(client_masks, {p: flat[p] for p in setup.paths}, config.density,
+                                 config.subsample_method)
+        new_state.update(server_mask=server_mask, params=apply_masks(params, server_mask))
     info = {"train_loss": float(jnp.mean(losses)), "lr": setup.lr(r)}
     if method.per_client_masks:
         new_state["client_masks"] = jax.tree.map(lambda all_, new: all_.at[ids].set(new),

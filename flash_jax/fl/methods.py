@@ -11,6 +11,7 @@ class Method:
     per_client_masks: bool         # each client keeps its own mask across rounds (NST)
     report_pruned: bool            # also evaluate the global model magnitude-pruned back to d (NST)
     sensitivity_stage: bool = False  # FLASH stage 1 chooses the layer densities of the first mask
+    next_mask: bool = False          # the server recomputes its mask with NEXT_MASK every r_int rounds (JMWST)
 
 
 METHODS = {
@@ -18,5 +19,7 @@ METHODS = {
     "pdst": Method(sparse=True, client_sparse_learning=False, per_client_masks=False, report_pruned=False),
     "spdst": Method(sparse=True, client_sparse_learning=False, per_client_masks=False, report_pruned=False,
                     sensitivity_stage=True),
+    "jmwst": Method(sparse=True, client_sparse_learning=True, per_client_masks=False, report_pruned=False,
+                    sensitivity_stage=True, next_mask=True),
     "nst": Method(sparse=True, client_sparse_learning=True, per_client_masks=True, report_pruned=True),
 }

@@ -15,11 +15,12 @@ from flash_jax.sparse.masks import (
     random_masks_from_counts,
     topk_mask,
 )
-from flash_jax.sparse.consensus import (client_layer_densities, hamming, mask_consensus,
-                                        sensitivity_densities)
+from flash_jax.sparse.consensus import (SUBSAMPLE_METHODS, client_layer_densities, hamming, mask_consensus,
+                                        next_mask, sensitivity_densities)
 from flash_jax.sparse.sparse_learning import SLState, mask_update, sl_init
 
 __all__ = [
+    "SUBSAMPLE_METHODS",
     "Masks",
     "SLState",
     "apply_masks",
@@ -32,6 +33,7 @@ __all__ = [
     "mask_count",
     "mask_density",
     "mask_shapes",
+    "next_mask",
     "mask_update",
     "maskable_paths",
     "nonzero_density",

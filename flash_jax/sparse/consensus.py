@@ -6,7 +6,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from flash_jax.sparse.masks import Masks
+from flash_jax.sparse.masks import Masks, topk_mask
 
 
 def client_layer_densities(client_masks: Masks) -> dict[str, float]:
@@ -54,3 +54,23 @@ def mask_consensus(client_masks: Masks, server_mask: Masks, previous_server_mask
         "server_mask_change": jnp.mean(server != _flat(previous_server_mask, 0)),
         "union_density": jnp.mean(jnp.any(clients, axis=0)),
     }
+
+
+SUBSAMPLE_METHODS = ("avg", "aggregate")
+
+
+def next_mask(client_masks: Masks, params_flat: dict[str, jax.Array], density, subsample_method: str) -> Masks:
+    """JMWST's NEXT_MASK (§3): per-tensor budgets e_l from the clients' mean counts ('avg') or the
+    aggregated model's support ('aggregate'), scaled by lam = min(1, d*N_m / sum e_l) and floored;
+    each tensor keeps exactly its m_l largest |theta_l|."""
+    paths = sorted(client_masks)
+    if subsample_method == "avg":
+        budget = {p: jnp.mean(jnp.sum(client_masks[p].reshape(client_masks[p].shape[0], -1), axis=1,
+                                      dtype=jnp.float32)) for p in paths}
+    elif subsample_method == "aggregate":
+        budget = {p: jnp.count_nonzero(params_flat[p]).astype(jnp.float32) for p in paths}
+    else:
+        raise ValueError(f"subsample_method must be one of {SUBSAMPLE_METHODS}, got {subsample_method!r}")
+    total = sum(params_flat[p].size for p in paths)
+    scale = jnp.minimum(1.0, density * total / jnp.maximum(sum(budget.values()), 1.0))
+    return {p: topk_mask(jnp.abs(params_flat[p]), jnp.floor(scale * budget[p]).astype(jnp.int32)) for p in paths}
