@@ -180,8 +180,7 @@ def run_round(setup: Setup, state: dict[str, Any]) -> tuple[dict[str, Any], dict
     if method.sparse:
         if client_masks is None:  # every participant trained with the server mask
             client_masks = jax.tree.map(lambda m: jnp.broadcast_to(m, (len(ids),) + m.shape), masks)
-        consensus = mask_consensus(client_masks, new_state["server_mask"], state["server_mask"])
-        info.update({k: float(v) for k, v in consensus.items()})
+        info.update(mask_consensus(client_masks, new_state["server_mask"], state["server_mask"]))
     return new_state, info
 
 

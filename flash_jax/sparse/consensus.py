@@ -34,25 +34,36 @@ def hamming(a: Masks, b: Masks) -> jax.Array:
 
 
 @jax.jit
-def mask_consensus(client_masks: Masks, server_mask: Masks, previous_server_mask: Masks) -> dict[str, jax.Array]:
-    """The paper's consensus measures for one round.
+def _consensus_counts(client_masks: Masks, server_mask: Masks, previous_server_mask: Masks):
+    clients = _flat(client_masks, 1)
+    server = _flat(server_mask, 0)
+    held = jnp.sum(clients, axis=0, dtype=jnp.int32)
+    k = clients.shape[0]
+    return {
+        "differing_pairs": jnp.sum(held.astype(jnp.float32) * (k - held)),
+        "to_server": jnp.sum(clients != server, dtype=jnp.int32),
+        "iou_to_server": jnp.sum(jnp.sum(clients & server, axis=1) / jnp.maximum(jnp.sum(clients | server, axis=1), 1)),
+        "server_change": jnp.sum(server != _flat(previous_server_mask, 0), dtype=jnp.int32),
+        "union": jnp.sum(held > 0, dtype=jnp.int32),
+    }
+
+
+def mask_consensus(client_masks: Masks, server_mask: Masks, previous_server_mask: Masks) -> dict[str, float]:
+    """The paper's consensus measures for one round (§5), as Python floats from exact counts.
 
     client_masks has a leading participant axis. Mean pairwise Hamming distance uses that a
     coordinate held by c of K clients differs in c*(K-c) of the K*(K-1)/2 pairs.
     """
-    clients = _flat(client_masks, 1)
-    server = _flat(server_mask, 0)
-    k = clients.shape[0]
-    held = jnp.sum(clients, axis=0, dtype=jnp.float32)
-    pairs = max(k * (k - 1) / 2, 1.0)
-    intersection = jnp.sum(clients & server, axis=1)
-    union = jnp.sum(clients | server, axis=1)
+    counts = {name: float(v) for name, v in jax.device_get(
+        _consensus_counts(client_masks, server_mask, previous_server_mask)).items()}
+    k = next(iter(client_masks.values())).shape[0]
+    n = sum(m.size for m in server_mask.values())
     return {
-        "mask_hamming_clients": jnp.sum(held * (k - held)) / (pairs * server.size),
-        "mask_hamming_to_server": jnp.mean(clients != server),
-        "mask_iou_to_server": jnp.mean(intersection / jnp.maximum(union, 1)),
-        "server_mask_change": jnp.mean(server != _flat(previous_server_mask, 0)),
-        "union_density": jnp.mean(jnp.any(clients, axis=0)),
+        "mask_hamming_clients": counts["differing_pairs"] / (max(k * (k - 1) / 2, 1) * n),
+        "mask_hamming_to_server": counts["to_server"] / (k * n),
+        "mask_iou_to_server": counts["iou_to_server"] / k,
+        "server_mask_change": counts["server_change"] / n,
+        "union_density": counts["union"] / n,
     }
 
 
