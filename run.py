@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     extra = f", pruned-to-d accuracy {last['accuracy_pruned']:.4f}" if "accuracy_pruned" in last else ""
     print(f"{config.experiment_type} on {config.dataset}: round {last['round']} accuracy {last['accuracy']:.4f} "
           f"loss {last['loss']:.4f} density {last['density']:.4f}{extra} "
-          f"({last['wall_s'] / last['round']:.3f} s/round)")
+          f"({last['round_s']:.3f} s/round of training, {last['wall_s']:.0f} s in all)")
     return 0
 
 

@@ -22,7 +22,7 @@ class Config:
     (paper: 600). The presets in experiments/ spell out the paper's settings.
     """
 
-    experiment_type: str = "pdst"
+    experiment_type: str = "spdst"
     dataset: str = "digits"
     model_type: str = "mnistnet"
     alpha: float = 1.0

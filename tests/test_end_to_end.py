@@ -62,7 +62,8 @@ def cli(*args, cwd=ROOT):
     (["--dataset", "nope"], "--dataset"),
     (["--model_type", "nope"], "--model_type"),
     (["--local_bs", "abc"], "--local_bs"),
-    (["--experiment_type", "spdst"], "--experiment_type"),
+    (["--experiment_type", "fedx"], "--experiment_type"),
+    (["--subsample_method", "median"], "--subsample_method"),
 ])
 def test_bad_input_is_one_line_exit_2(args, flag, tmp_path):
     workdir = tmp_path / "w"

@@ -266,11 +266,17 @@ def run(config: Config, dataset: Dataset | None = None) -> list[dict[str, Any]]:
     history = []
     bar = tqdm(range(config.fl_rounds), desc=f"{config.experiment_type} rounds", disable=config.quiet,
                dynamic_ncols=True)
+    train_s, rounds_since_eval = 0.0, 0
     for r in bar:
-        state, info = run_round(setup, state)
+        tic = time.perf_counter()
+        state, info = run_round(setup, state)  # returns after the device work (it reads the losses)
+        train_s += time.perf_counter() - tic
+        rounds_since_eval += 1
         if (r + 1) % config.eval_every == 0 or r + 1 == config.fl_rounds:
             record = {"round": r + 1, **evaluate_state(setup, state), **info,
+                      "round_s": round(train_s / rounds_since_eval, 4),
                       "wall_s": round(time.perf_counter() - start, 3)}
+            train_s, rounds_since_eval = 0.0, 0
             history.append(record)
             if metrics_path:
                 append_jsonl(metrics_path, record)
