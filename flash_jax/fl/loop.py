@@ -19,6 +19,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from flash_jax.comm import VALUE_BITS, dense_model_bits, model_bits
 from flash_jax.config import Config, ConfigError
 from flash_jax.data.partition import partition
 from flash_jax.data.sources import Dataset, load_dataset
@@ -69,6 +70,7 @@ class Setup:
     shapes: dict[str, tuple[int, ...]]
     input_shape: tuple[int, ...]
     num_maskable: int
+    dense_size: int  # entries sent dense in every transfer: unmasked params and BatchNorm statistics
     spec: ClientSpec
     lr: Callable[[int], float]
 
@@ -93,6 +95,8 @@ def build_setup(config: Config, dataset: Dataset) -> Setup:
                  eval_apply=get_model(config.model_type, dataset.num_classes, "xla").module.apply, paths=paths,
                  shapes={p: flat[p].shape for p in paths}, input_shape=dataset.input_shape,
                  num_maskable=sum(math.prod(flat[p].shape) for p in paths), spec=spec,
+                 dense_size=sum(math.prod(v.shape) for v in jax.tree.leaves(variables))
+                 - sum(math.prod(flat[p].shape) for p in paths),
                  lr=learning_rate_schedule(config))
 
 
@@ -108,8 +112,12 @@ def init_state(setup: Setup) -> dict[str, Any]:
     client_masks = {}
     if setup.method.per_client_masks:
         client_masks = jax.tree.map(lambda m: jnp.broadcast_to(m, (config.num_users,) + m.shape), masks)
+    # mask_version counts server-mask changes; a client holding the current version downloads no mask
+    # (version 0, drawn from the shared seed, is known to everybody)
     return {"round": 0, "params": params, "batch_stats": variables.get("batch_stats", {}),
-            "server_mask": masks, "client_masks": client_masks}
+            "server_mask": masks, "client_masks": client_masks, "mask_version": 0,
+            "client_mask_version": np.zeros(config.num_users, np.int64), "cumulative_bits": 0,
+            "dense_cumulative_bits": 0}
 
 
 def train_clients(setup: Setup, spec: ClientSpec, ids: np.ndarray, round_key, params, batch_stats, masks, *,
@@ -141,8 +149,13 @@ def sensitivity_stage(setup: Setup, state: dict[str, Any]) -> tuple[dict[str, An
     densities = sensitivity_densities(reported, sizes, config.density)
     masks = random_masks(jax.random.fold_in(base, STAGE2_MASK_STREAM), setup.shapes, densities)
     variables = init_variables(setup.model, jax.random.fold_in(base, REINIT_STREAM), setup.input_shape)
+    # K_d downloads of the seeded initial model, one scalar per layer per client up; the stage-2
+    # mask is again drawn from the shared seed (plus the broadcast layer densities)
+    download = model_bits(server_nnz(state["params"], setup.paths), sizes, setup.dense_size, mask_known=True)
+    stage_bits = len(ids) * (download + VALUE_BITS * len(sizes))
     new_state = dict(state, params=apply_masks(variables["params"], masks),
-                     batch_stats=variables.get("batch_stats", {}), server_mask=masks)
+                     batch_stats=variables.get("batch_stats", {}), server_mask=masks,
+                     cumulative_bits=state["cumulative_bits"] + stage_bits)
     return new_state, {"clients": ids.tolist(), "reported_layer_density": reported, "layer_density": densities}
 
 
@@ -177,11 +190,48 @@ def run_round(setup: Setup, state: dict[str, Any]) -> tuple[dict[str, Any], dict
         # without a shared mask, the server's mask is the support of the averaged model (the union)
         flat = traverse_util.flatten_dict(params, sep="/")
         new_state["server_mask"] = {p: flat[p] != 0 for p in setup.paths}
+    trained_masks = client_masks
     if method.sparse:
         if client_masks is None:  # every participant trained with the server mask
             client_masks = jax.tree.map(lambda m: jnp.broadcast_to(m, (len(ids),) + m.shape), masks)
         info.update(mask_consensus(client_masks, new_state["server_mask"], state["server_mask"]))
+    info.update(_account_communication(setup, state, new_state, ids, client_masks, trained_masks is not None,
+                                       mask_changed=method.per_client_masks or update_mask))
     return new_state, info
+
+
+def _account_communication(setup: Setup, state, new_state, ids, client_masks, clients_changed_masks: bool,
+                           mask_changed: bool) -> dict[str, float]:
+    """Bits of this round (§5), updating the cumulative totals and who holds which server mask."""
+    sizes = {p: math.prod(shape) for p, shape in setup.shapes.items()}
+    dense = dense_model_bits(setup.dense_size + setup.num_maskable)
+    if not setup.method.sparse:
+        down = up = dense * len(ids)
+    else:
+        down_nnz = server_nnz(state["params"], setup.paths)
+        holds = state["client_mask_version"][ids] == state["mask_version"]
+        down = sum(model_bits(down_nnz, sizes, setup.dense_size, mask_known=bool(h)) for h in holds)
+        up_nnz = jax.device_get(_client_mask_counts(client_masks))
+        up = sum(model_bits({p: up_nnz[p][k] for p in sizes}, sizes, setup.dense_size,
+                            mask_known=not clients_changed_masks) for k in range(len(ids)))
+        versions = state["client_mask_version"].copy()
+        versions[ids] = state["mask_version"]
+        new_state["client_mask_version"] = versions
+        new_state["mask_version"] = state["mask_version"] + int(mask_changed)
+    new_state["cumulative_bits"] = state["cumulative_bits"] + up + down
+    new_state["dense_cumulative_bits"] = state["dense_cumulative_bits"] + 2 * dense * len(ids)
+    return {"upload_bits": up, "download_bits": down, "cumulative_bits": new_state["cumulative_bits"],
+            "comm_ratio_vs_dense": new_state["cumulative_bits"] / new_state["dense_cumulative_bits"]}
+
+
+@jax.jit
+def _client_mask_counts(client_masks):
+    return {p: jnp.sum(m.reshape(m.shape[0], -1), axis=1, dtype=jnp.int32) for p, m in client_masks.items()}
+
+
+def server_nnz(params, paths) -> dict[str, int]:
+    flat = traverse_util.flatten_dict(params, sep="/")
+    return {p: int(c) for p, c in jax.device_get(_nonzero_counts({p: flat[p] for p in paths})).items()}
 
 
 @jax.jit
@@ -191,10 +241,10 @@ def _nonzero_counts(tensors: dict[str, jax.Array]) -> dict[str, jax.Array]:
 
 def model_density(params, paths) -> tuple[float, dict[str, float]]:
     """Overall and per-tensor non-zero fraction of the maskable tensors, from exact integer counts."""
+    counts = server_nnz(params, paths)
     flat = traverse_util.flatten_dict(params, sep="/")
-    counts = jax.device_get(_nonzero_counts({p: flat[p] for p in paths}))
     sizes = {p: flat[p].size for p in paths}
-    return sum(int(c) for c in counts.values()) / sum(sizes.values()), {p: int(counts[p]) / sizes[p] for p in paths}
+    return sum(counts.values()) / sum(sizes.values()), {p: counts[p] / sizes[p] for p in paths}
 
 
 def evaluate_state(setup: Setup, state: dict[str, Any]) -> dict[str, Any]:
