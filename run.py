@@ -31,6 +31,7 @@ HELP = {
     "fl_rounds": "federated rounds T (paper: 600)",
     "prune_rate": "initial prune rate p0 of client sparse learning",
     "subsample_method": "JMWST's NEXT_MASK budgets: avg (clients' mean layer counts) or aggregate (model support)",
+    "update_mode": "server aggregation: 0 FedAvg, 1 FMA (per-coordinate mean over the clients holding it)",
     "jmwst_update_interval": "JMWST: rounds between server-mask updates r_int (clients keep the mask fixed between)",
     "seed": "seed of partition, init, masks, sampling and shuffling",
     "path": "folder with the dataset's files (IDX for fashion_mnist, CIFAR python pickles)",

@@ -40,6 +40,7 @@ class Config:
     fl_rounds: int = 60
     prune_rate: float = 0.25
     subsample_method: str = "avg"
+    update_mode: int = 0
     jmwst_update_interval: int = 1
     seed: int = 1
     path: str | None = None
@@ -81,6 +82,7 @@ class Config:
             (self.fl_rounds >= 1, "--fl_rounds", ">= 1"),
             (0.0 <= self.prune_rate < 1.0, "--prune_rate", "in [0, 1)"),
             (self.subsample_method in ("avg", "aggregate"), "--subsample_method", "one of avg, aggregate"),
+            (self.update_mode in (0, 1), "--update_mode", "0 (FedAvg) or 1 (FMA, masked average)"),
             (self.jmwst_update_interval >= 1, "--jmwst_update_interval", ">= 1"),
             (self.eval_every >= 1, "--eval_every", ">= 1"),
             (self.conv_impl in ("auto",) + CONV_IMPLS, "--conv_impl", f"one of auto, {', '.join(CONV_IMPLS)}"),

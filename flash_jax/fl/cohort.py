@@ -5,15 +5,16 @@ import functools
 
 import jax
 
-from flash_jax.fl.aggregate import fedavg
+from flash_jax.fl.aggregate import fedavg, masked_average
 from flash_jax.fl.client import ClientSpec, local_train
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def train_cohort(spec: ClientSpec, phase_lengths: tuple[int, ...], per_client_masks: bool, store_x, store_y,
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def train_cohort(spec: ClientSpec, phase_lengths: tuple[int, ...], per_client_masks: bool, fma: bool, store_x, store_y,
                  params, batch_stats, masks, lr, keys, example_index, example_valid, step_valid,
                  target_counts, weights):
-    """vmap(local_train) over the cohort, then FedAvg of parameters and BatchNorm statistics.
+    """vmap(local_train) over the cohort, then FedAvg (or FMA, `fma`) of parameters and FedAvg of
+    BatchNorm statistics.
 
     Server params are shared (broadcast); masks are either shared or one per client
     (`per_client_masks`). Returns the aggregated params and statistics, the clients' final masks
@@ -26,5 +27,6 @@ def train_cohort(spec: ClientSpec, phase_lengths: tuple[int, ...], per_client_ma
     mask_axis = 0 if per_client_masks else None
     client_params, client_stats, client_masks, losses = jax.vmap(one_client, in_axes=(mask_axis, 0, 0, 0, 0, 0))(
         masks, keys, example_index, example_valid, step_valid, target_counts)
-    return (fedavg(client_params, weights), fedavg(client_stats, weights),
+    aggregate = masked_average(client_params, client_masks, weights) if fma else fedavg(client_params, weights)
+    return (aggregate, fedavg(client_stats, weights),
             client_masks if spec.sparse_learning else None, losses)

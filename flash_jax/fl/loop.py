@@ -128,7 +128,8 @@ def train_clients(setup: Setup, spec: ClientSpec, ids: np.ndarray, round_key, pa
     plan = cohort_plan(shuffle_keys, ids, setup.store, batch_size=setup.config.local_bs, epochs=epochs)
     targets = jnp.full((len(ids),), setup.config.density * setup.num_maskable, jnp.float32)
     weights = jnp.asarray(setup.store.counts[ids], jnp.float32)
-    return train_cohort(spec, plan.phase_lengths, per_client_masks, setup.store.x, setup.store.y, params,
+    fma = setup.config.update_mode == 1 and setup.method.sparse
+    return train_cohort(spec, plan.phase_lengths, per_client_masks, fma, setup.store.x, setup.store.y, params,
                         batch_stats, masks, lr, keys, plan.example_index, plan.example_valid, plan.step_valid,
                         targets, weights)
 
