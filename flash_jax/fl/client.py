@@ -60,22 +60,25 @@ def local_train(spec: ClientSpec, phase_lengths: tuple[int, ...], store_x, store
     """Train one client; returns (params, batch_stats, masks, mean training loss over its steps).
 
     The mask update of ALGORITHMS.md §1 runs between phases (mid-epoch for E=1, between epochs for
-    E>1); its prune rate decays linearly with the client's own completed steps.
+    E>1); its prune rate decays linearly with the client's own completed steps. Equal phases (E>1
+    epochs) run as a scan over epochs, so compile time does not grow with E.
     """
     optimizer = spec.make_optimizer(lr)
     params = apply_masks(params, masks)
-    opt_state = optimizer.init(params)
-    sl_state = sl_init()
     num_steps = jnp.sum(step_valid)  # E * steps_per_epoch of this client
-    loss_sum = jnp.zeros(())
-    start = 0
-    for phase, length in enumerate(phase_lengths):
+    augment_key = jax.random.fold_in(key, AUGMENT_STREAM)
+    update_key = jax.random.fold_in(key, MASK_UPDATE_STREAM)
+
+    def train_phase(carry, phase_inputs):
+        """Local SGD over one phase's steps with the phase's mask fixed."""
+        params, batch_stats, opt_state, masks, sl_state = carry
+
         def step(carry, inputs):
             params, batch_stats, opt_state = carry
             index, weight_mask, valid, t = inputs
             x, y = store_x[index], store_y[index]
             if spec.augment:
-                x = random_crop_flip(jax.random.fold_in(jax.random.fold_in(key, AUGMENT_STREAM), t), x)
+                x = random_crop_flip(jax.random.fold_in(augment_key, t), x)
             weight = weight_mask.astype(jnp.float32)
             (loss, new_stats), grads = jax.value_and_grad(_loss, argnums=1, has_aux=True)(
                 spec, params, batch_stats, x, y, weight)
@@ -84,17 +87,41 @@ def local_train(spec: ClientSpec, phase_lengths: tuple[int, ...], store_x, store
             carry = _keep_if(valid, (new_params, new_stats, new_opt), (params, batch_stats, opt_state))
             return carry, jnp.where(valid, loss, 0.0)
 
-        span = slice(start, start + length)
-        xs = (example_index[span], example_valid[span], step_valid[span], jnp.arange(start, start + length))
-        (params, batch_stats, opt_state), losses = jax.lax.scan(
-            step, (params, batch_stats, opt_state), xs, unroll=1)
-        loss_sum += jnp.sum(losses)
-        start += length
-        if spec.sparse_learning and phase < len(phase_lengths) - 1:
-            done = jnp.sum(step_valid[:start])
-            prune_rate = spec.prune_rate * (1.0 - done / num_steps)
-            update_key = jax.random.fold_in(jax.random.fold_in(key, MASK_UPDATE_STREAM), phase)
-            flat = traverse_util.flatten_dict(params, sep="/")
-            masks, sl_state = mask_update(update_key, flat, masks, prune_rate, target_count, sl_state)
-            params = apply_masks(params, masks)
+        (params, batch_stats, opt_state), losses = jax.lax.scan(step, (params, batch_stats, opt_state),
+                                                                phase_inputs)
+        return (params, batch_stats, opt_state, masks, sl_state), jnp.sum(losses)
+
+    def update_masks(carry, phase, steps_done):
+        params, batch_stats, opt_state, masks, sl_state = carry
+        prune_rate = spec.prune_rate * (1.0 - steps_done / num_steps)
+        flat = traverse_util.flatten_dict(params, sep="/")
+        masks, sl_state = mask_update(jax.random.fold_in(update_key, phase), flat, masks, prune_rate,
+                                      target_count, sl_state)
+        return apply_masks(params, masks), batch_stats, opt_state, masks, sl_state
+
+    carry = (params, batch_stats, optimizer.init(params), masks, sl_init())
+    inputs = (example_index, example_valid, step_valid, jnp.arange(step_valid.shape[0]))
+    num_phases = len(phase_lengths)
+    if num_phases > 1 and len(set(phase_lengths)) == 1:  # E > 1: one phase per epoch
+        by_epoch = jax.tree.map(lambda a: a.reshape((num_phases, phase_lengths[0]) + a.shape[1:]), inputs)
+        steps_done = jnp.cumsum(jnp.sum(by_epoch[2], axis=1))
+
+        def epoch(carry, epoch_inputs):
+            e, phase_inputs = epoch_inputs
+            carry, loss = train_phase(carry, phase_inputs)
+            if spec.sparse_learning:
+                carry = jax.lax.cond(e < num_phases - 1, lambda c: update_masks(c, e, steps_done[e]),
+                                     lambda c: c, carry)
+            return carry, loss
+
+        carry, losses = jax.lax.scan(epoch, carry, (jnp.arange(num_phases), by_epoch))
+        loss_sum = jnp.sum(losses)
+    else:  # E = 1: the mask update splits the epoch into two phases of different lengths
+        loss_sum, start = jnp.zeros(()), 0
+        for phase, length in enumerate(phase_lengths):
+            carry, loss = train_phase(carry, jax.tree.map(lambda a: a[start:start + length], inputs))
+            loss_sum, start = loss_sum + loss, start + length
+            if spec.sparse_learning and phase < num_phases - 1:
+                carry = update_masks(carry, phase, jnp.sum(step_valid[:start]))
+    params, batch_stats, _, masks, _ = carry
     return params, batch_stats, masks, loss_sum / jnp.maximum(num_steps, 1)
