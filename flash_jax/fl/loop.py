@@ -68,6 +68,7 @@ class Setup:
     eval_apply: Callable  # same parameters; XLA's native conv is fastest for one un-vmapped model
     paths: tuple[str, ...]
     shapes: dict[str, tuple[int, ...]]
+    sizes: dict[str, int]
     input_shape: tuple[int, ...]
     num_maskable: int
     dense_size: int  # entries sent dense in every transfer: unmasked params and BatchNorm statistics
@@ -86,6 +87,7 @@ def build_setup(config: Config, dataset: Dataset) -> Setup:
     variables = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), dataset.input_shape))
     paths = maskable_paths(variables["params"], config.mask_pattern or model.mask_pattern)
     flat = traverse_util.flatten_dict(variables["params"], sep="/")
+    num_maskable = sum(math.prod(flat[p].shape) for p in paths)
     spec = ClientSpec(apply_fn=model.module.apply, has_batch_stats=model.has_batch_stats,
                       sparse_learning=method.client_sparse_learning, prune_rate=config.prune_rate,
                       augment=config.dataset in AUGMENTED_DATASETS)
@@ -93,10 +95,10 @@ def build_setup(config: Config, dataset: Dataset) -> Setup:
                  test_x=jnp.asarray(dataset.test_x), test_y=jnp.asarray(dataset.test_y),
                  test_partition=test_parts, model=model,
                  eval_apply=get_model(config.model_type, dataset.num_classes, "xla").module.apply, paths=paths,
-                 shapes={p: flat[p].shape for p in paths}, input_shape=dataset.input_shape,
-                 num_maskable=sum(math.prod(flat[p].shape) for p in paths), spec=spec,
-                 dense_size=sum(math.prod(v.shape) for v in jax.tree.leaves(variables))
-                 - sum(math.prod(flat[p].shape) for p in paths),
+                 shapes={p: flat[p].shape for p in paths}, sizes={p: math.prod(flat[p].shape) for p in paths},
+                 input_shape=dataset.input_shape,
+                 num_maskable=num_maskable, spec=spec,
+                 dense_size=sum(math.prod(v.shape) for v in jax.tree.leaves(variables)) - num_maskable,
                  lr=learning_rate_schedule(config))
 
 
@@ -146,7 +148,7 @@ def sensitivity_stage(setup: Setup, state: dict[str, Any]) -> tuple[dict[str, An
         state["params"], state["batch_stats"], state["server_mask"], per_client_masks=False,
         epochs=config.init_epoch, lr=config.lr_start)
     reported = client_layer_densities(client_masks)
-    sizes = {p: m.size for p, m in state["server_mask"].items()}
+    sizes = setup.sizes
     densities = sensitivity_densities(reported, sizes, config.density)
     masks = random_masks(jax.random.fold_in(base, STAGE2_MASK_STREAM), setup.shapes, densities)
     variables = init_variables(setup.model, jax.random.fold_in(base, REINIT_STREAM), setup.input_shape)
@@ -204,7 +206,7 @@ def run_round(setup: Setup, state: dict[str, Any]) -> tuple[dict[str, Any], dict
 def _account_communication(setup: Setup, state, new_state, ids, client_masks, clients_changed_masks: bool,
                            mask_changed: bool) -> dict[str, float]:
     """Bits of this round (§5), updating the cumulative totals and who holds which server mask."""
-    sizes = {p: math.prod(shape) for p, shape in setup.shapes.items()}
+    sizes = setup.sizes
     dense = dense_model_bits(setup.dense_size + setup.num_maskable)
     if not setup.method.sparse:
         down = up = dense * len(ids)
@@ -240,12 +242,10 @@ def _nonzero_counts(tensors: dict[str, jax.Array]) -> dict[str, jax.Array]:
     return {p: jnp.count_nonzero(t) for p, t in tensors.items()}
 
 
-def model_density(params, paths) -> tuple[float, dict[str, float]]:
+def model_density(params, sizes: dict[str, int]) -> tuple[float, dict[str, float]]:
     """Overall and per-tensor non-zero fraction of the maskable tensors, from exact integer counts."""
-    counts = server_nnz(params, paths)
-    flat = traverse_util.flatten_dict(params, sep="/")
-    sizes = {p: flat[p].size for p in paths}
-    return sum(counts.values()) / sum(sizes.values()), {p: counts[p] / sizes[p] for p in paths}
+    counts = server_nnz(params, tuple(sizes))
+    return sum(counts.values()) / sum(sizes.values()), {p: counts[p] / sizes[p] for p in sizes}
 
 
 def evaluate_state(setup: Setup, state: dict[str, Any]) -> dict[str, Any]:
@@ -257,13 +257,13 @@ def evaluate_state(setup: Setup, state: dict[str, Any]) -> dict[str, Any]:
 
     params = state["params"]
     metrics = scores(params)
-    metrics["density"], metrics["layer_density"] = model_density(params, setup.paths)
+    metrics["density"], metrics["layer_density"] = model_density(params, setup.sizes)
     if setup.method.report_pruned:
         pruned = apply_masks(params, magnitude_masks(params, setup.paths, setup.config.density, scope="global"))
         pruned_scores = scores(pruned)
         metrics["accuracy_pruned"] = pruned_scores["accuracy"]
         metrics["loss_pruned"] = pruned_scores["loss"]
-        metrics["density_pruned"] = model_density(pruned, setup.paths)[0]
+        metrics["density_pruned"] = model_density(pruned, setup.sizes)[0]
     return metrics
 
 
