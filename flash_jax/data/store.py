@@ -117,12 +117,3 @@ def cohort_plan(shuffle_keys, client_ids, store: ClientStore, *, batch_size: int
 def _cohort_plan_jit(shuffle_keys, offsets, counts, max_count, batch_size, epochs, phases):
     return jax.vmap(lambda k, o, c: client_plan(k, o, c, max_count=max_count, batch_size=batch_size,
                                                 epochs=epochs, phase_lengths=phases))(shuffle_keys, offsets, counts)
-
-
-def num_padded_steps(plan: CohortPlan) -> int:
-    return int(sum(plan.phase_lengths))
-
-
-def padding_efficiency(plan: CohortPlan) -> float:
-    """Fraction of the cohort's step slots that do real work (1.0 = no padding)."""
-    return float(jnp.mean(plan.step_valid))

@@ -29,8 +29,8 @@ from flash_jax.fl.cohort import train_cohort
 from flash_jax.fl.evaluate import evaluate
 from flash_jax.fl.methods import METHODS, Method
 from flash_jax.models import ModelDef, get_model, init_variables
-from flash_jax.sparse import (apply_masks, client_layer_densities, magnitude_masks, mask_consensus, maskable_paths,
-                              next_mask, random_masks, sensitivity_densities)
+from flash_jax.sparse import (apply_masks, client_layer_densities, client_mask_counts, magnitude_masks,
+                              mask_consensus, maskable_paths, next_mask, random_masks, sensitivity_densities)
 from flax import traverse_util
 
 # Streams folded into the seed's key (and into client sampling), one per use.
@@ -214,7 +214,7 @@ def _account_communication(setup: Setup, state, new_state, ids, client_masks, cl
         down_nnz = server_nnz(state["params"], setup.paths)
         holds = state["client_mask_version"][ids] == state["mask_version"]
         down = sum(model_bits(down_nnz, sizes, setup.dense_size, mask_known=bool(h)) for h in holds)
-        up_nnz = jax.device_get(_client_mask_counts(client_masks))
+        up_nnz = jax.device_get(client_mask_counts(client_masks))
         up = sum(model_bits({p: up_nnz[p][k] for p in sizes}, sizes, setup.dense_size,
                             mask_known=not clients_changed_masks) for k in range(len(ids)))
         versions = state["client_mask_version"].copy()
@@ -225,11 +225,6 @@ def _account_communication(setup: Setup, state, new_state, ids, client_masks, cl
     new_state["dense_cumulative_bits"] = state["dense_cumulative_bits"] + 2 * dense * len(ids)
     return {"upload_bits": up, "download_bits": down, "cumulative_bits": new_state["cumulative_bits"],
             "comm_ratio_vs_dense": new_state["cumulative_bits"] / new_state["dense_cumulative_bits"]}
-
-
-@jax.jit
-def _client_mask_counts(client_masks):
-    return {p: jnp.sum(m.reshape(m.shape[0], -1), axis=1, dtype=jnp.int32) for p, m in client_masks.items()}
 
 
 def server_nnz(params, paths) -> dict[str, int]:

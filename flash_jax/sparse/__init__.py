@@ -15,8 +15,8 @@ from flash_jax.sparse.masks import (
     random_masks_from_counts,
     topk_mask,
 )
-from flash_jax.sparse.consensus import (SUBSAMPLE_METHODS, client_layer_densities, hamming, mask_consensus,
-                                        next_mask, sensitivity_densities)
+from flash_jax.sparse.consensus import (SUBSAMPLE_METHODS, client_layer_densities, client_mask_counts, hamming,
+                                        mask_consensus, next_mask, sensitivity_densities)
 from flash_jax.sparse.sparse_learning import SLState, mask_update, sl_init
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "SLState",
     "apply_masks",
     "client_layer_densities",
+    "client_mask_counts",
     "hamming",
     "layer_counts",
     "layer_density",

@@ -9,10 +9,15 @@ import jax.numpy as jnp
 from flash_jax.sparse.masks import Masks, topk_mask
 
 
+@jax.jit
+def client_mask_counts(client_masks: Masks) -> dict[str, jax.Array]:
+    """Active entries per client and tensor (masks with a leading client axis)."""
+    return {p: jnp.sum(m.reshape(m.shape[0], -1), axis=1, dtype=jnp.int32) for p, m in client_masks.items()}
+
+
 def client_layer_densities(client_masks: Masks) -> dict[str, float]:
-    """Per-tensor density averaged over clients (masks with a leading client axis): the only thing
-    stage-1 clients send back."""
-    counts = jax.device_get({p: jnp.sum(m.reshape(m.shape[0], -1), axis=1) for p, m in client_masks.items()})
+    """Per-tensor density averaged over clients: the only thing stage-1 clients send back."""
+    counts = jax.device_get(client_mask_counts(client_masks))
     return {p: float(counts[p].mean()) / math.prod(client_masks[p].shape[1:]) for p in client_masks}
 
 
