@@ -13,7 +13,7 @@ from flash_jax.config import Config, ConfigError
 from flash_jax.data.sources import DataError
 
 HELP = {
-    "experiment_type": "method: dense (FedAvg), nst, pdst, spdst (FLASH), jmwst (FLASH)",
+    "experiment_type": "method: dense (FedAvg), nst, pdst, spdst (FLASH), jmwst (FLASH), feddst",
     "dataset": "digits (offline default), fashion_mnist, mnist, cifar10, cifar100, emnist",
     "model_type": "mnistnet, leaf_cnn, resnet18, resnet18_64, resnet34, vgg16",
     "alpha": "Dirichlet concentration of the label partition (1 non-IID, 1000 ~ IID)",
@@ -33,6 +33,15 @@ HELP = {
     "subsample_method": "JMWST's NEXT_MASK budgets: avg (clients' mean layer counts) or aggregate (model support)",
     "update_mode": "server aggregation: 0 FedAvg, 1 FMA (per-coordinate mean over the clients holding it)",
     "jmwst_update_interval": "JMWST: rounds between server-mask updates r_int (clients keep the mask fixed between)",
+    "growth": "client sparse learning regrows at random (authors) or by largest |gradient| (RigL-like)",
+    "hetero_client": "hetero-FLASH (spdst, jmwst): clients have density budgets, one server mask per level",
+    "hetero_levels": "hetero-FLASH budget levels as fractions of --density (must include 1)",
+    "hetero_proportions": "hetero-FLASH share of clients at each level",
+    "hetero_assign": "client: a budget per client, fixed for the run; slot: the authors' i-th-participant assignment",
+    "feddst_readjust_ratio": "FedDST: fraction of active weights readjusted (cosine-decayed to 0 at half the rounds)",
+    "feddst_readjust_every": "FedDST: rounds between mask readjustments R_adj",
+    "feddst_momentum": "FedDST: client SGD momentum",
+    "feddst_weight_decay": "FedDST: client weight decay",
     "seed": "seed of partition, init, masks, sampling and shuffling",
     "path": "folder with the dataset's files (IDX for fashion_mnist, CIFAR python pickles)",
     "data_dir": "TFDS data dir holding prepared datasets",

@@ -4,9 +4,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
-EXPERIMENT_TYPES = ("dense", "nst", "pdst", "spdst", "jmwst")
-IMPLEMENTED_TYPES = ("dense", "nst", "pdst", "spdst", "jmwst")
+EXPERIMENT_TYPES = ("dense", "nst", "pdst", "spdst", "jmwst", "feddst")
+HETERO_TYPES = ("spdst", "jmwst")
 LR_SCHEDULES = ("run", "authors")
+GROWTH_METHODS = ("random", "gradient")
+HETERO_ASSIGNMENTS = ("client", "slot")
 
 
 class ConfigError(ValueError):
@@ -42,6 +44,15 @@ class Config:
     subsample_method: str = "avg"
     update_mode: int = 0
     jmwst_update_interval: int = 1
+    growth: str = "random"
+    hetero_client: bool = False
+    hetero_levels: str = "0.5,0.75,1"
+    hetero_proportions: str = "0.3,0.3,0.4"
+    hetero_assign: str = "client"
+    feddst_readjust_ratio: float = 0.05
+    feddst_readjust_every: int = 10
+    feddst_momentum: float = 0.9
+    feddst_weight_decay: float = 1e-3
     seed: int = 1
     path: str | None = None
     data_dir: str | None = None
@@ -58,6 +69,19 @@ class Config:
     @property
     def stage1_clients(self) -> int:
         return max(math.floor(self.init_frac * self.num_users), 1)
+
+    @property
+    def density_levels(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """hetero-FLASH's budget levels h (fractions of d) and their shares, sorted by level, highest
+        (h = 1, the server's own mask) first; one level of share 1 without --hetero_client."""
+        if not self.hetero_client:
+            return (1.0,), (1.0,)
+        levels = _float_list(self.hetero_levels, "--hetero_levels")
+        shares = _float_list(self.hetero_proportions, "--hetero_proportions")
+        if len(levels) != len(shares):
+            raise ConfigError(f"--hetero_levels has {len(levels)} entries but --hetero_proportions has {len(shares)}")
+        pairs = sorted(zip(levels, shares), reverse=True)
+        return tuple(h for h, _ in pairs), tuple(w for _, w in pairs)
 
     def validate(self) -> "Config":
         """Check every range that does not need the data; raises ConfigError on the first problem."""
@@ -84,16 +108,33 @@ class Config:
             (self.subsample_method in ("avg", "aggregate"), "--subsample_method", "one of avg, aggregate"),
             (self.update_mode in (0, 1), "--update_mode", "0 (FedAvg) or 1 (FMA, masked average)"),
             (self.jmwst_update_interval >= 1, "--jmwst_update_interval", ">= 1"),
+            (self.growth in GROWTH_METHODS, "--growth", f"one of {', '.join(GROWTH_METHODS)}"),
+            (self.hetero_assign in HETERO_ASSIGNMENTS, "--hetero_assign", f"one of {', '.join(HETERO_ASSIGNMENTS)}"),
+            (0.0 <= self.feddst_readjust_ratio < 1.0, "--feddst_readjust_ratio", "in [0, 1)"),
+            (self.feddst_readjust_every >= 1, "--feddst_readjust_every", ">= 1"),
+            (0.0 <= self.feddst_momentum < 1.0, "--feddst_momentum", "in [0, 1)"),
+            (self.feddst_weight_decay >= 0.0, "--feddst_weight_decay", ">= 0"),
             (self.eval_every >= 1, "--eval_every", ">= 1"),
             (self.conv_impl in ("auto",) + CONV_IMPLS, "--conv_impl", f"one of auto, {', '.join(CONV_IMPLS)}"),
         ]
         for ok, flag, valid in checks:
             if not ok:
                 raise ConfigError(f"{flag}={getattr(self, flag[2:])!r} is invalid: must be {valid}")
-        if self.experiment_type not in IMPLEMENTED_TYPES:
-            raise ConfigError(f"--experiment_type={self.experiment_type} is not implemented yet; "
-                              f"implemented: {', '.join(IMPLEMENTED_TYPES)}")
+        if self.hetero_client:
+            self._validate_hetero()
         return self
+
+    def _validate_hetero(self) -> None:
+        if self.experiment_type not in HETERO_TYPES:
+            raise ConfigError(f"--hetero_client works with --experiment_type {' or '.join(HETERO_TYPES)}, "
+                              f"not {self.experiment_type}")
+        levels, shares = self.density_levels
+        if levels[0] != 1.0 or levels[-1] <= 0.0 or len(set(levels)) != len(levels):
+            raise ConfigError(f"--hetero_levels={self.hetero_levels!r} is invalid: must be distinct fractions of "
+                              "--density in (0, 1], including 1 (the server's own mask)")
+        if min(shares) < 0.0 or abs(sum(shares) - 1.0) > 1e-6:
+            raise ConfigError(f"--hetero_proportions={self.hetero_proportions!r} is invalid: must be >= 0 "
+                              "and sum to 1")
 
     def validate_against_data(self, num_train_examples: int) -> None:
         if self.num_users > num_train_examples:
@@ -102,3 +143,10 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _float_list(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{flag}={text!r} is invalid: must be comma-separated numbers") from None

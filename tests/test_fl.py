@@ -53,7 +53,7 @@ def train_alone(spec, store, ids, params, masks, keys, target, batch_size=4, epo
     fn = jax.jit(local_train, static_argnums=(0, 1))
     outs = []
     for k in range(len(ids)):
-        outs.append(fn(spec, plan.phase_lengths, store.x, store.y, params, {}, masks, 0.1, keys[k],
+        outs.append(fn(spec, plan.phase_lengths, store.x, store.y, params, {}, masks, 0.1, 0.0, keys[k],
                        plan.example_index[k], plan.example_valid[k], plan.step_valid[k], target))
     return plan, outs
 
@@ -97,7 +97,7 @@ def test_vmapped_cohort_equals_sequential_clients(sparse_learning):
     weights = jnp.asarray(store.counts[ids], jnp.float32)
     per_client = jax.tree.map(lambda m: jnp.broadcast_to(m, (3,) + m.shape), masks)
     agg, _, client_masks, losses = train_cohort(
-        spec, plan.phase_lengths, True, False, store.x, store.y, params, {}, per_client, 0.1, keys,
+        spec, plan.phase_lengths, True, False, store.x, store.y, params, {}, per_client, 0.1, 0.0, keys,
         plan.example_index, plan.example_valid, plan.step_valid, jnp.full((3,), target), weights)
     expected = fedavg(jax.tree.map(lambda *xs: jnp.stack(xs), *[o[0] for o in outs]), weights)
     chex.assert_trees_all_close(agg, expected, rtol=1e-5, atol=1e-6)
@@ -178,17 +178,17 @@ def test_cohort_averages_batch_norm_statistics_and_augments():
     plan = cohort_plan(keys, [0, 1], store, batch_size=8, epochs=1)
     fn = jax.jit(local_train, static_argnums=(0, 1))
     outs = [fn(spec, plan.phase_lengths, store.x, store.y, variables["params"], variables["batch_stats"], {},
-               0.1, keys[k], plan.example_index[k], plan.example_valid[k], plan.step_valid[k], 0.0)
+               0.1, 0.0, keys[k], plan.example_index[k], plan.example_valid[k], plan.step_valid[k], 0.0)
             for k in range(2)]
     weights = jnp.asarray(store.counts[[0, 1]], jnp.float32)
     params, stats, masks, _ = train_cohort(spec, plan.phase_lengths, False, False, store.x, store.y, variables["params"],
-                                           variables["batch_stats"], {}, 0.1, keys, plan.example_index,
+                                           variables["batch_stats"], {}, 0.1, 0.0, keys, plan.example_index,
                                            plan.example_valid, plan.step_valid, jnp.zeros(2), weights)
     expected = {k: (12 * outs[0][1]["bn"][k] + 16 * outs[1][1]["bn"][k]) / 28 for k in ("mean", "var")}
     chex.assert_trees_all_close(stats["bn"], expected, rtol=1e-5, atol=1e-7)
     assert not np.allclose(stats["bn"]["mean"], variables["batch_stats"]["bn"]["mean"])
     # augmentation is keyed per client and step: a different client key changes the result
-    other = fn(spec, plan.phase_lengths, store.x, store.y, variables["params"], variables["batch_stats"], {}, 0.1,
+    other = fn(spec, plan.phase_lengths, store.x, store.y, variables["params"], variables["batch_stats"], {}, 0.1, 0.0,
                jax.random.PRNGKey(99), plan.example_index[0], plan.example_valid[0], plan.step_valid[0], 0.0)
     assert not np.allclose(other[0]["conv"]["kernel"], outs[0][0]["conv"]["kernel"])
 
@@ -197,8 +197,10 @@ def test_masked_average_hand_computed():
     from flash_jax.fl.aggregate import masked_average
     stacked = {"w": jnp.array([[2.0, 0.0, 4.0], [6.0, 3.0, 0.0]]), "b": jnp.array([1.0, 3.0])}
     masks = {"w": jnp.array([[True, False, True], [True, True, False]])}
+    equal = masked_average(stacked, masks, jnp.array([5.0, 5.0]))
+    np.testing.assert_allclose(equal["w"], [4.0, 3.0, 4.0])  # §2's FMA: (2+6)/2, 3/1, 4/1
     out = masked_average(stacked, masks, jnp.array([1.0, 3.0]))
-    np.testing.assert_allclose(out["w"], [4.0, 3.0, 4.0])  # (2+6)/2, 3/1, 4/1
+    np.testing.assert_allclose(out["w"], [5.0, 3.0, 4.0])  # FedDST: (2*1+6*3)/4 over holders
     np.testing.assert_allclose(out["b"], 2.5)  # FedAvg, weighted 1:3
     nobody = masked_average(stacked, {"w": jnp.zeros((2, 3), bool)}, jnp.ones(2))
     np.testing.assert_array_equal(nobody["w"], 0.0)

@@ -13,12 +13,16 @@ def fedavg(stacked, weights):
 
 
 def masked_average(stacked_params, client_masks, weights):
-    """FMA (§2): a maskable coordinate is the sum of the client values over the number of clients
-    whose mask holds it (0 where nobody does); every other tensor is FedAvg'd."""
+    """FMA (§2): a maskable coordinate is the sample-weighted mean over the clients whose mask holds
+    it (0 where nobody does); every other tensor is FedAvg'd. With equal client sizes (the LDA and
+    IID partitions) this is §2's plain sum over holders divided by their number; with sample
+    weights it is also FedDST's aggregation."""
     averaged = traverse_util.flatten_dict(fedavg(stacked_params, weights), sep="/")
     stacked = traverse_util.flatten_dict(stacked_params, sep="/")
     for path, masks in client_masks.items():
-        holders = jnp.sum(masks, axis=0, dtype=jnp.float32)
-        total = jnp.sum(jnp.where(masks, stacked[path], 0.0), axis=0)
-        averaged[path] = jnp.where(holders > 0, total / jnp.maximum(holders, 1.0), 0.0).astype(stacked[path].dtype)
+        held = masks * weights.reshape((-1,) + (1,) * (masks.ndim - 1))
+        holders = jnp.sum(held, axis=0)
+        total = jnp.sum(held * stacked[path], axis=0)
+        averaged[path] = jnp.where(holders > 0, total / jnp.where(holders > 0, holders, 1.0), 0.0).astype(
+            stacked[path].dtype)
     return traverse_util.unflatten_dict(averaged, sep="/")

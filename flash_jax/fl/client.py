@@ -15,7 +15,7 @@ import optax
 from flax import traverse_util
 
 from flash_jax.data.augment import random_crop_flip
-from flash_jax.sparse import apply_masks, mask_update, sl_init
+from flash_jax.sparse import apply_masks, mask_update, readjust_masks, sl_init
 
 # Stream ids folded into a client's key, one per use, so the draws never overlap.
 SHUFFLE_STREAM, MASK_UPDATE_STREAM, AUGMENT_STREAM = 0, 1, 2
@@ -27,10 +27,20 @@ class ClientSpec:
 
     apply_fn: Callable
     has_batch_stats: bool
-    sparse_learning: bool
+    sparse_learning: bool          # MASK_UPDATE of §1 at every phase boundary
     prune_rate: float
     augment: bool
     make_optimizer: Callable[[jax.Array], optax.GradientTransformation] = optax.sgd
+    growth: str = "random"         # sparse learning regrows at random or by largest |gradient|
+    readjust: bool = False         # FedDST: one prune-and-regrow-by-|gradient| before the last phase
+
+    @property
+    def changes_masks(self) -> bool:
+        return self.sparse_learning or self.readjust
+
+    @property
+    def tracks_gradient(self) -> bool:
+        return self.readjust or (self.sparse_learning and self.growth == "gradient")
 
 
 def client_key(round_key, client_id):
@@ -56,12 +66,16 @@ def _keep_if(valid, new, old):
 
 
 def local_train(spec: ClientSpec, phase_lengths: tuple[int, ...], store_x, store_y, params, batch_stats,
-                masks, lr, key, example_index, example_valid, step_valid, target_count):
+                masks, lr, readjust_ratio, key, example_index, example_valid, step_valid, target_count):
     """Train one client; returns (params, batch_stats, masks, mean training loss over its steps).
 
     The mask update of ALGORITHMS.md §1 runs between phases (mid-epoch for E=1, between epochs for
-    E>1); its prune rate decays linearly with the client's own completed steps. Equal phases (E>1
-    epochs) run as a scan over epochs, so compile time does not grow with E.
+    E>1); its prune rate decays linearly with the client's own completed steps. FedDST's
+    readjustment (fraction ``readjust_ratio``) runs once, at the last phase boundary, so the regrown
+    weights (which start at 0) train for the rest of the last epoch instead of reaching the server
+    at 0, where its magnitude pruning would drop them at once. Gradient growth scores an inactive
+    entry by |gradient| of the latest step. Equal phases (E>1 epochs) run as a scan over epochs, so
+    compile time does not grow with E.
     """
     optimizer = spec.make_optimizer(lr)
     params = apply_masks(params, masks)
@@ -71,10 +85,10 @@ def local_train(spec: ClientSpec, phase_lengths: tuple[int, ...], store_x, store
 
     def train_phase(carry, phase_inputs):
         """Local SGD over one phase's steps with the phase's mask fixed."""
-        params, batch_stats, opt_state, masks, sl_state = carry
+        params, batch_stats, opt_state, masks, sl_state, grads_seen = carry
 
         def step(carry, inputs):
-            params, batch_stats, opt_state = carry
+            params, batch_stats, opt_state, grads_seen = carry
             index, weight_mask, valid, t = inputs
             x, y = store_x[index], store_y[index]
             if spec.augment:
@@ -84,22 +98,33 @@ def local_train(spec: ClientSpec, phase_lengths: tuple[int, ...], store_x, store
                 spec, params, batch_stats, x, y, weight)
             updates, new_opt = optimizer.update(grads, opt_state, params)
             new_params = apply_masks(optax.apply_updates(params, updates), masks)
-            carry = _keep_if(valid, (new_params, new_stats, new_opt), (params, batch_stats, opt_state))
+            if spec.tracks_gradient:  # the dense gradient, inactive entries included
+                flat_grads = traverse_util.flatten_dict(grads, sep="/")
+                new_grads_seen = {p: flat_grads[p] for p in masks}
+            else:
+                new_grads_seen = grads_seen
+            carry = _keep_if(valid, (new_params, new_stats, new_opt, new_grads_seen),
+                             (params, batch_stats, opt_state, grads_seen))
             return carry, jnp.where(valid, loss, 0.0)
 
-        (params, batch_stats, opt_state), losses = jax.lax.scan(step, (params, batch_stats, opt_state),
-                                                                phase_inputs)
-        return (params, batch_stats, opt_state, masks, sl_state), jnp.sum(losses)
+        (params, batch_stats, opt_state, grads_seen), losses = jax.lax.scan(
+            step, (params, batch_stats, opt_state, grads_seen), phase_inputs)
+        return (params, batch_stats, opt_state, masks, sl_state, grads_seen), jnp.sum(losses)
 
     def update_masks(carry, phase, steps_done):
-        params, batch_stats, opt_state, masks, sl_state = carry
-        prune_rate = spec.prune_rate * (1.0 - steps_done / num_steps)
+        params, batch_stats, opt_state, masks, sl_state, grads_seen = carry
         flat = traverse_util.flatten_dict(params, sep="/")
-        masks, sl_state = mask_update(jax.random.fold_in(update_key, phase), flat, masks, prune_rate,
-                                      target_count, sl_state)
-        return apply_masks(params, masks), batch_stats, opt_state, masks, sl_state
+        gradient_scores = {p: jnp.abs(g) for p, g in grads_seen.items()} if spec.tracks_gradient else None
+        if spec.readjust:
+            masks = readjust_masks(flat, masks, gradient_scores, readjust_ratio)
+        else:
+            prune_rate = spec.prune_rate * (1.0 - steps_done / num_steps)
+            masks, sl_state = mask_update(jax.random.fold_in(update_key, phase), flat, masks, prune_rate,
+                                          target_count, sl_state, grow_scores=gradient_scores)
+        return apply_masks(params, masks), batch_stats, opt_state, masks, sl_state, grads_seen
 
-    carry = (params, batch_stats, optimizer.init(params), masks, sl_init())
+    grads_seen = {p: jnp.zeros(m.shape, jnp.float32) for p, m in masks.items()} if spec.tracks_gradient else {}
+    carry = (params, batch_stats, optimizer.init(params), masks, sl_init(), grads_seen)
     inputs = (example_index, example_valid, step_valid, jnp.arange(step_valid.shape[0]))
     num_phases = len(phase_lengths)
     if num_phases > 1 and len(set(phase_lengths)) == 1:  # E > 1: one phase per epoch
@@ -109,9 +134,9 @@ def local_train(spec: ClientSpec, phase_lengths: tuple[int, ...], store_x, store
         def epoch(carry, epoch_inputs):
             e, phase_inputs = epoch_inputs
             carry, loss = train_phase(carry, phase_inputs)
-            if spec.sparse_learning:
-                carry = jax.lax.cond(e < num_phases - 1, lambda c: update_masks(c, e, steps_done[e]),
-                                     lambda c: c, carry)
+            if spec.changes_masks:
+                boundary = e == num_phases - 2 if spec.readjust else e < num_phases - 1
+                carry = jax.lax.cond(boundary, lambda c: update_masks(c, e, steps_done[e]), lambda c: c, carry)
             return carry, loss
 
         carry, losses = jax.lax.scan(epoch, carry, (jnp.arange(num_phases), by_epoch))
@@ -121,7 +146,12 @@ def local_train(spec: ClientSpec, phase_lengths: tuple[int, ...], store_x, store
         for phase, length in enumerate(phase_lengths):
             carry, loss = train_phase(carry, jax.tree.map(lambda a: a[start:start + length], inputs))
             loss_sum, start = loss_sum + loss, start + length
-            if spec.sparse_learning and phase < num_phases - 1:
+            if spec.changes_masks and phase < num_phases - 1:
                 carry = update_masks(carry, phase, jnp.sum(step_valid[:start]))
-    params, batch_stats, _, masks, _ = carry
+    params, batch_stats, _, masks, _, _ = carry
     return params, batch_stats, masks, loss_sum / jnp.maximum(num_steps, 1)
+
+
+def momentum_sgd(lr, momentum: float, weight_decay: float) -> optax.GradientTransformation:
+    """SGD with momentum and L2 weight decay added to the gradient (PyTorch's SGD; FedDST's clients)."""
+    return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(lr, momentum=momentum))

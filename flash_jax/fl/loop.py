@@ -7,6 +7,7 @@ and, for NST, every client's private mask. All randomness comes from keys derive
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -24,17 +25,18 @@ from flash_jax.config import Config, ConfigError
 from flash_jax.data.partition import partition
 from flash_jax.data.sources import Dataset, load_dataset
 from flash_jax.data.store import ClientStore, build_store, cohort_plan
-from flash_jax.fl.client import SHUFFLE_STREAM, ClientSpec, client_key
+from flash_jax.fl.client import SHUFFLE_STREAM, ClientSpec, client_key, momentum_sgd
 from flash_jax.fl.cohort import train_cohort
 from flash_jax.fl.evaluate import evaluate
 from flash_jax.fl.methods import METHODS, Method
 from flash_jax.models import ModelDef, get_model, init_variables
-from flash_jax.sparse import (apply_masks, client_layer_densities, client_mask_counts, magnitude_masks,
-                              mask_consensus, maskable_paths, next_mask, random_masks, sensitivity_densities)
+from flash_jax.sparse import (apply_masks, client_layer_densities, client_mask_counts, layer_counts, level_masks,
+                              magnitude_masks, mask_consensus, maskable_paths, next_mask, prune_union, random_masks,
+                              sensitivity_densities)
 from flax import traverse_util
 
 # Streams folded into the seed's key (and into client sampling), one per use.
-INIT_STREAM, MASK_STREAM, ROUND_STREAM, SENSITIVITY_STREAM, REINIT_STREAM, STAGE2_MASK_STREAM = range(6)
+INIT_STREAM, MASK_STREAM, ROUND_STREAM, SENSITIVITY_STREAM, REINIT_STREAM, STAGE2_MASK_STREAM, HETERO_STREAM = range(7)
 AUGMENTED_DATASETS = ("cifar10", "cifar100")
 
 
@@ -52,6 +54,40 @@ def learning_rate_schedule(config: Config) -> Callable[[int], float]:
 def sample_clients(seed: int, stream: int, round_index: int, num_clients: int, per_round: int) -> np.ndarray:
     """Cohort of a round: a pure function of (seed, stage stream, round), sampled without replacement."""
     return np.random.default_rng([seed, stream, round_index]).choice(num_clients, per_round, replace=False)
+
+
+def feddst_readjust_ratio(config: Config, round_index: int) -> float:
+    """FedDST's readjustment fraction: on rounds 1, 1+R_adj, 1+2R_adj, ... (its code's schedule), cosine-
+    annealed from --feddst_readjust_ratio to 0 at half the rounds, after which masks stay fixed."""
+    end = config.fl_rounds // 2
+    if round_index >= end or (round_index - 1) % config.feddst_readjust_every != 0:
+        return 0.0
+    return config.feddst_readjust_ratio * (1.0 + math.cos(math.pi * round_index / end)) / 2.0
+
+
+def _largest_remainder(shares: tuple[float, ...], total: int) -> np.ndarray:
+    """Integer counts summing to `total` in proportion to `shares` (Hamilton's method)."""
+    quotas = np.asarray(shares) * total
+    counts = np.floor(quotas).astype(np.int64)
+    order = np.argsort(-(quotas - counts), kind="stable")
+    counts[order[:total - counts.sum()]] += 1
+    return counts
+
+
+def client_budget_levels(config: Config) -> np.ndarray:
+    """hetero-FLASH: each client's budget level (index into Config.density_levels), fixed for the run
+    like a device's resource limit: exact shares of the N clients, assigned by a seeded permutation."""
+    levels, shares = config.density_levels
+    assigned = np.repeat(np.arange(len(levels)), _largest_remainder(shares, config.num_users))
+    return np.random.default_rng([config.seed, HETERO_STREAM]).permutation(assigned)
+
+
+def slot_budget_levels(config: Config) -> np.ndarray:
+    """The authors' assignment: the i-th sampled participant gets the i-th entry of a K-long list,
+    lowest budgets first (their [0.5]*3 + [0.75]*3 + [1]*4 for K=10)."""
+    levels, shares = config.density_levels
+    per_slot = np.repeat(np.arange(len(levels)), _largest_remainder(shares, config.clients_per_round))
+    return per_slot[::-1].copy()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +110,8 @@ class Setup:
     dense_size: int  # entries sent dense in every transfer: unmasked params and BatchNorm statistics
     spec: ClientSpec
     lr: Callable[[int], float]
+    levels: tuple[float, ...]  # budget levels as fractions of d, highest (the server mask) first
+    layer_counts: dict[str, int]  # exact per-tensor counts at density d (FedDST keeps them)
 
 
 def build_setup(config: Config, dataset: Dataset) -> Setup:
@@ -88,9 +126,11 @@ def build_setup(config: Config, dataset: Dataset) -> Setup:
     paths = maskable_paths(variables["params"], config.mask_pattern or model.mask_pattern)
     flat = traverse_util.flatten_dict(variables["params"], sep="/")
     num_maskable = sum(math.prod(flat[p].shape) for p in paths)
+    optimizer = functools.partial(momentum_sgd, momentum=config.feddst_momentum,
+                                  weight_decay=config.feddst_weight_decay) if method.readjust else optax.sgd
     spec = ClientSpec(apply_fn=model.module.apply, has_batch_stats=model.has_batch_stats,
                       sparse_learning=method.client_sparse_learning, prune_rate=config.prune_rate,
-                      augment=config.dataset in AUGMENTED_DATASETS)
+                      augment=config.dataset in AUGMENTED_DATASETS, make_optimizer=optimizer, growth=config.growth)
     return Setup(config=config, method=method, store=build_store(dataset.train_x, dataset.train_y, train_parts),
                  test_x=jnp.asarray(dataset.test_x), test_y=jnp.asarray(dataset.test_y),
                  test_partition=test_parts, model=model,
@@ -99,7 +139,8 @@ def build_setup(config: Config, dataset: Dataset) -> Setup:
                  input_shape=dataset.input_shape,
                  num_maskable=num_maskable, spec=spec,
                  dense_size=sum(math.prod(v.shape) for v in jax.tree.leaves(variables)) - num_maskable,
-                 lr=learning_rate_schedule(config))
+                 lr=learning_rate_schedule(config), levels=config.density_levels[0],
+                 layer_counts=layer_counts({p: flat[p].shape for p in paths}, config.density))
 
 
 def init_state(setup: Setup) -> dict[str, Any]:
@@ -108,32 +149,61 @@ def init_state(setup: Setup) -> dict[str, Any]:
     variables = init_variables(setup.model, jax.random.fold_in(base, INIT_STREAM), setup.input_shape)
     params = variables["params"]
     masks = {}
-    if setup.method.sparse:
+    if setup.method.readjust:  # FedDST: the seeded init, magnitude-pruned tensor by tensor
+        masks = magnitude_masks(params, setup.paths, config.density, scope="layer")
+    elif setup.method.sparse:
         masks = random_masks(jax.random.fold_in(base, MASK_STREAM), setup.shapes, config.density)
-        params = apply_masks(params, masks)
+    params = apply_masks(params, masks)
     client_masks = {}
     if setup.method.per_client_masks:
         client_masks = jax.tree.map(lambda m: jnp.broadcast_to(m, (config.num_users,) + m.shape), masks)
-    # mask_version counts server-mask changes; a client holding the current version downloads no mask
-    # (version 0, drawn from the shared seed, is known to everybody)
-    return {"round": 0, "params": params, "batch_stats": variables.get("batch_stats", {}),
-            "server_mask": masks, "client_masks": client_masks, "mask_version": 0,
-            "client_mask_version": np.zeros(config.num_users, np.int64), "cumulative_bits": 0,
-            "dense_cumulative_bits": 0}
+    # Every server mask (one per budget level) has an id, renewed whenever it changes; a client that
+    # holds its level's current id downloads no mask. Id 0, derived from the shared seed, is known
+    # to everybody.
+    state = {"round": 0, "params": params, "batch_stats": variables.get("batch_stats", {}),
+             "server_mask": masks, "client_masks": client_masks, "mask_ids": np.arange(len(setup.levels)),
+             "client_mask_id": np.zeros(config.num_users, np.int64), "cumulative_bits": 0,
+             "dense_cumulative_bits": 0}
+    if config.hetero_client:
+        state["client_level"] = client_budget_levels(config)
+        state["level_masks"] = _hetero_masks(setup, params, masks)
+    return state
+
+
+def _hetero_masks(setup: Setup, params, server_mask):
+    flat = traverse_util.flatten_dict(params, sep="/")
+    return _level_masks({p: flat[p] for p in setup.paths}, server_mask, setup.config.density, setup.levels)
+
+
+_level_masks = jax.jit(level_masks, static_argnums=3)
+
+
+def participant_levels(setup: Setup, state: dict[str, Any], ids: np.ndarray) -> np.ndarray:
+    """Budget level of each participant: its own (hetero 'client'), its slot's (hetero 'slot'; round 0
+    all at d, as in the authors' code), or the only level."""
+    config = setup.config
+    if config.hetero_client and config.hetero_assign == "client":
+        return state["client_level"][ids]
+    if config.hetero_client and state["round"] > 0:
+        return slot_budget_levels(config)
+    return np.zeros(len(ids), np.int64)
 
 
 def train_clients(setup: Setup, spec: ClientSpec, ids: np.ndarray, round_key, params, batch_stats, masks, *,
-                  per_client_masks: bool, epochs: int, lr: float):
-    """One cohort's local training and FedAvg; client keys are fold_in(round_key, client id)."""
+                  per_client_masks: bool, epochs: int, lr: float, readjust_ratio: float = 0.0,
+                  budgets: np.ndarray | None = None):
+    """One cohort's local training and aggregation; client keys are fold_in(round_key, client id).
+    `budgets` are the participants' density targets as fractions of d (default: all at d)."""
     keys = jax.vmap(lambda c: client_key(round_key, c))(jnp.asarray(ids))
     shuffle_keys = jax.vmap(lambda k: jax.random.fold_in(k, SHUFFLE_STREAM))(keys)
     plan = cohort_plan(shuffle_keys, ids, setup.store, batch_size=setup.config.local_bs, epochs=epochs)
-    targets = jnp.full((len(ids),), setup.config.density * setup.num_maskable, jnp.float32)
+    budgets = np.ones(len(ids)) if budgets is None else budgets
+    targets = jnp.asarray(budgets * setup.config.density * setup.num_maskable, jnp.float32)
     weights = jnp.asarray(setup.store.counts[ids], jnp.float32)
-    fma = setup.config.update_mode == 1 and setup.method.sparse
+    fma = (setup.config.update_mode == 1 and setup.method.sparse) or setup.method.readjust
     return train_cohort(spec, plan.phase_lengths, per_client_masks, fma, setup.store.x, setup.store.y, params,
-                        batch_stats, masks, lr, keys, plan.example_index, plan.example_valid, plan.step_valid,
-                        targets, weights)
+                        batch_stats, masks, lr, readjust_ratio, keys, plan.example_index, plan.example_valid,
+                        plan.step_valid, targets, weights)
 
 
 def sensitivity_stage(setup: Setup, state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -159,68 +229,119 @@ def sensitivity_stage(setup: Setup, state: dict[str, Any]) -> tuple[dict[str, An
     new_state = dict(state, params=apply_masks(variables["params"], masks),
                      batch_stats=variables.get("batch_stats", {}), server_mask=masks,
                      cumulative_bits=state["cumulative_bits"] + stage_bits)
+    if config.hetero_client:
+        new_state["level_masks"] = _hetero_masks(setup, new_state["params"], masks)
     return new_state, {"clients": ids.tolist(), "reported_layer_density": reported, "layer_density": densities}
 
 
-_next_mask = jax.jit(next_mask, static_argnums=3)
-
-
-def run_round(setup: Setup, state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
+def run_round(setup: Setup, state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     config, method = setup.config, setup.method
     r = state["round"]
     ids = sample_clients(config.seed, ROUND_STREAM, r, config.num_users, config.clients_per_round)
     round_key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), ROUND_STREAM), r)
-    masks = state["server_mask"]
+    levels = participant_levels(setup, state, ids)
+    per_client_masks = method.per_client_masks or config.hetero_client
     if method.per_client_masks:
         masks = jax.tree.map(lambda m: m[ids], state["client_masks"])
+    elif config.hetero_client:  # each participant trains with the mask of its budget level
+        masks = jax.tree.map(lambda m: m[levels], state["level_masks"])
+    else:
+        masks = state["server_mask"]
     update_mask = method.next_mask and r % config.jmwst_update_interval == 0
+    readjust_ratio = feddst_readjust_ratio(config, r) if method.readjust else 0.0
     spec = setup.spec
     if method.next_mask and not update_mask:  # JMWST between server-mask updates: the mask stays fixed
         spec = dataclasses.replace(spec, sparse_learning=False)
+    if readjust_ratio > 0.0:
+        spec = dataclasses.replace(spec, readjust=True)
     params, batch_stats, client_masks, losses = train_clients(
         setup, spec, ids, round_key, state["params"], state["batch_stats"], masks,
-        per_client_masks=method.per_client_masks, epochs=config.local_epoch, lr=setup.lr(r))
+        per_client_masks=per_client_masks, epochs=config.local_epoch, lr=setup.lr(r),
+        readjust_ratio=readjust_ratio, budgets=np.asarray(setup.levels)[levels])
     new_state = dict(state, round=r + 1, params=params, batch_stats=batch_stats)
+    flat = traverse_util.flatten_dict(params, sep="/")
+    maskable = {p: flat[p] for p in setup.paths}
+    server_mask = None
     if update_mask:
-        flat = traverse_util.flatten_dict(params, sep="/")
-        server_mask = _next_mask(client_masks, {p: flat[p] for p in setup.paths}, config.density,
-                                 config.subsample_method)
+        server_mask = _next_mask(client_masks, maskable, config.density, config.subsample_method,
+                                 jnp.asarray(np.asarray(setup.levels)[levels], jnp.float32))
+    elif spec.readjust:  # FedDST: union of the readjusted masks, pruned back to the per-tensor counts
+        server_mask = _prune_union(maskable, client_masks, setup.layer_counts)
+    if server_mask is not None:
         new_state.update(server_mask=server_mask, params=apply_masks(params, server_mask))
     info = {"train_loss": float(jnp.mean(losses)), "lr": setup.lr(r)}
+    if method.readjust:
+        info["readjust_ratio"] = readjust_ratio
     if method.per_client_masks:
         new_state["client_masks"] = jax.tree.map(lambda all_, new: all_.at[ids].set(new),
                                                  state["client_masks"], client_masks)
         # without a shared mask, the server's mask is the support of the averaged model (the union)
-        flat = traverse_util.flatten_dict(params, sep="/")
-        new_state["server_mask"] = {p: flat[p] != 0 for p in setup.paths}
-    trained_masks = client_masks
+        new_state["server_mask"] = {p: w != 0 for p, w in maskable.items()}
+    if config.hetero_client:
+        new_state["level_masks"] = _hetero_masks(setup, new_state["params"], new_state["server_mask"])
+        info["hetero_level_density"] = [float(d) for d in jax.device_get(_level_density(new_state["level_masks"]))]
+    clients_changed_masks = client_masks is not None
     if method.sparse:
-        if client_masks is None:  # every participant trained with the server mask
-            client_masks = jax.tree.map(lambda m: jnp.broadcast_to(m, (len(ids),) + m.shape), masks)
+        if client_masks is None:  # every participant trained with the mask it was given
+            client_masks = masks if per_client_masks else jax.tree.map(
+                lambda m: jnp.broadcast_to(m, (len(ids),) + m.shape), masks)
         info.update(mask_consensus(client_masks, new_state["server_mask"], state["server_mask"]))
-    info.update(_account_communication(setup, state, new_state, ids, client_masks, trained_masks is not None,
-                                       mask_changed=method.per_client_masks or update_mask))
+    info.update(_account_communication(setup, state, new_state, ids, levels, client_masks, clients_changed_masks))
     return new_state, info
 
 
-def _account_communication(setup: Setup, state, new_state, ids, client_masks, clients_changed_masks: bool,
-                           mask_changed: bool) -> dict[str, float]:
-    """Bits of this round (§5), updating the cumulative totals and who holds which server mask."""
+_next_mask = jax.jit(next_mask, static_argnums=3)
+_prune_union = jax.jit(prune_union)
+
+
+@jax.jit
+def _level_density(stacked_masks) -> jax.Array:
+    """Density of each level's mask over all maskable entries."""
+    counts = sum(jnp.sum(m.reshape(m.shape[0], -1), axis=1, dtype=jnp.int32) for m in stacked_masks.values())
+    return counts / sum(m[0].size for m in stacked_masks.values())
+
+
+@jax.jit
+def _level_changes(old, new) -> jax.Array:
+    """Which levels' masks differ between two stacked mask sets."""
+    return sum(jnp.any((old[p] != new[p]).reshape(old[p].shape[0], -1), axis=1) for p in old) > 0
+
+
+@jax.jit
+def _level_nnz(maskable, stacked_masks) -> dict[str, jax.Array]:
+    """Per level and tensor: non-zero server weights inside that level's mask (what it downloads)."""
+    return {p: jnp.sum(((maskable[p] != 0) & m).reshape(m.shape[0], -1), axis=1, dtype=jnp.int32)
+            for p, m in stacked_masks.items()}
+
+
+def _stacked_levels(state: dict[str, Any]):
+    if "level_masks" in state:
+        return state["level_masks"]
+    return jax.tree.map(lambda m: m[None], state["server_mask"])
+
+
+def _account_communication(setup: Setup, state, new_state, ids, levels, client_masks,
+                           clients_changed_masks: bool) -> dict[str, float]:
+    """Bits of this round (§5), updating the cumulative totals and which mask each client holds."""
     sizes = setup.sizes
     dense = dense_model_bits(setup.dense_size + setup.num_maskable)
     if not setup.method.sparse:
         down = up = dense * len(ids)
     else:
-        down_nnz = server_nnz(state["params"], setup.paths)
-        holds = state["client_mask_version"][ids] == state["mask_version"]
-        down = sum(model_bits(down_nnz, sizes, setup.dense_size, mask_known=bool(h)) for h in holds)
+        flat = traverse_util.flatten_dict(state["params"], sep="/")
+        level_nnz = jax.device_get(_level_nnz({p: flat[p] for p in setup.paths}, _stacked_levels(state)))
+        held = state["client_mask_id"][ids] == state["mask_ids"][levels]
+        down = sum(model_bits({p: level_nnz[p][lv] for p in sizes}, sizes, setup.dense_size, mask_known=bool(h))
+                   for lv, h in zip(levels, held))
         up_nnz = jax.device_get(client_mask_counts(client_masks))
         up = sum(model_bits({p: up_nnz[p][k] for p in sizes}, sizes, setup.dense_size,
                             mask_known=not clients_changed_masks) for k in range(len(ids)))
-        versions = state["client_mask_version"].copy()
-        versions[ids] = state["mask_version"]
-        new_state["client_mask_version"] = versions
-        new_state["mask_version"] = state["mask_version"] + int(mask_changed)
+        holders = state["client_mask_id"].copy()
+        holders[ids] = state["mask_ids"][levels]
+        changed = np.asarray(jax.device_get(_level_changes(_stacked_levels(state), _stacked_levels(new_state))))
+        mask_ids = state["mask_ids"].copy()
+        mask_ids[changed] = mask_ids.max() + 1 + np.arange(changed.sum())
+        new_state.update(client_mask_id=holders, mask_ids=mask_ids)
     new_state["cumulative_bits"] = state["cumulative_bits"] + up + down
     new_state["dense_cumulative_bits"] = state["dense_cumulative_bits"] + 2 * dense * len(ids)
     return {"upload_bits": up, "download_bits": down, "cumulative_bits": new_state["cumulative_bits"],

@@ -12,6 +12,7 @@ class Method:
     report_pruned: bool            # also evaluate the global model magnitude-pruned back to d (NST)
     sensitivity_stage: bool = False  # FLASH stage 1 chooses the layer densities of the first mask
     next_mask: bool = False          # the server recomputes its mask with NEXT_MASK every r_int rounds (JMWST)
+    readjust: bool = False           # FedDST: magnitude-pruned init, periodic client readjustment, union pruning
 
 
 METHODS = {
@@ -22,4 +23,6 @@ METHODS = {
     "jmwst": Method(sparse=True, client_sparse_learning=True, per_client_masks=False, report_pruned=False,
                     sensitivity_stage=True, next_mask=True),
     "nst": Method(sparse=True, client_sparse_learning=True, per_client_masks=True, report_pruned=True),
+    "feddst": Method(sparse=True, client_sparse_learning=False, per_client_masks=False, report_pruned=False,
+                     readjust=True),
 }

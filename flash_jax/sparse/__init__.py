@@ -16,8 +16,9 @@ from flash_jax.sparse.masks import (
     topk_mask,
 )
 from flash_jax.sparse.consensus import (SUBSAMPLE_METHODS, client_layer_densities, client_mask_counts, hamming,
-                                        mask_consensus, next_mask, sensitivity_densities)
-from flash_jax.sparse.sparse_learning import SLState, mask_update, sl_init
+                                        level_masks, mask_consensus, next_mask, prune_union,
+                                        sensitivity_densities)
+from flash_jax.sparse.sparse_learning import SLState, mask_update, readjust_masks, sl_init
 
 __all__ = [
     "SUBSAMPLE_METHODS",
@@ -29,6 +30,7 @@ __all__ = [
     "hamming",
     "layer_counts",
     "layer_density",
+    "level_masks",
     "magnitude_masks",
     "mask_consensus",
     "mask_count",
@@ -38,8 +40,10 @@ __all__ = [
     "mask_update",
     "maskable_paths",
     "nonzero_density",
+    "prune_union",
     "random_masks",
     "random_masks_from_counts",
+    "readjust_masks",
     "sensitivity_densities",
     "sl_init",
     "topk_mask",

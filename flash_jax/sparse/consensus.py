@@ -1,4 +1,5 @@
-"""Server-side mask consensus: FLASH's sensitivity rescaling (ALGORITHMS.md §3, stage 1)."""
+"""Server-side mask consensus (ALGORITHMS.md §3, §5): stage-1 rescaling, NEXT_MASK, hetero levels,
+FedDST's union pruning, and the consensus measures."""
 from __future__ import annotations
 
 import math
@@ -75,14 +76,20 @@ def mask_consensus(client_masks: Masks, server_mask: Masks, previous_server_mask
 SUBSAMPLE_METHODS = ("avg", "aggregate")
 
 
-def next_mask(client_masks: Masks, params_flat: dict[str, jax.Array], density, subsample_method: str) -> Masks:
+def next_mask(client_masks: Masks | None, params_flat: dict[str, jax.Array], density, subsample_method: str,
+              client_budgets: jax.Array | None = None) -> Masks:
     """JMWST's NEXT_MASK (§3): per-tensor budgets e_l from the clients' mean counts ('avg') or the
-    aggregated model's support ('aggregate'), scaled by lam = min(1, d*N_m / sum e_l) and floored;
-    each tensor keeps exactly its m_l largest |theta_l|."""
-    paths = sorted(client_masks)
+    aggregated model's support ('aggregate'; client_masks unused), scaled by
+    lam = min(1, d*N_m / sum e_l) and floored; each tensor keeps exactly its m_l largest |theta_l|.
+    ``params_flat`` holds exactly the maskable tensors. ``client_budgets`` (hetero-FLASH: each
+    client's density as a fraction of d) divides each client's counts first, so clients below d
+    report their layer profile at the scale of d instead of dragging the mask below d."""
+    paths = sorted(params_flat)
     if subsample_method == "avg":
-        budget = {p: jnp.mean(jnp.sum(client_masks[p].reshape(client_masks[p].shape[0], -1), axis=1,
-                                      dtype=jnp.float32)) for p in paths}
+        num_clients = next(iter(client_masks.values())).shape[0]
+        scale = jnp.ones(num_clients) if client_budgets is None else jnp.asarray(client_budgets, jnp.float32)
+        budget = {p: jnp.mean(jnp.sum(client_masks[p].reshape(num_clients, -1), axis=1, dtype=jnp.float32) / scale)
+                  for p in paths}
     elif subsample_method == "aggregate":
         budget = {p: jnp.count_nonzero(params_flat[p]).astype(jnp.float32) for p in paths}
     else:
@@ -90,3 +97,22 @@ def next_mask(client_masks: Masks, params_flat: dict[str, jax.Array], density, s
     total = sum(params_flat[p].size for p in paths)
     scale = jnp.minimum(1.0, density * total / jnp.maximum(sum(budget.values()), 1.0))
     return {p: topk_mask(jnp.abs(params_flat[p]), jnp.floor(scale * budget[p]).astype(jnp.int32)) for p in paths}
+
+
+def level_masks(params_flat: dict[str, jax.Array], top_mask: Masks, density, levels: tuple[float, ...]) -> Masks:
+    """hetero-FLASH's server masks, stacked on a leading level axis: level 1 is ``top_mask`` (the
+    SPDST/JMWST mask at d); a level h < 1 is NEXT_MASK(theta masked to ``top_mask``, h*d, 'aggregate'),
+    a top-k of |theta| inside the top mask's support, so the levels nest."""
+    masked = {p: jnp.where(top_mask[p], w, 0.0) for p, w in params_flat.items()}
+    per_level = [top_mask if h == 1.0 else next_mask(None, masked, h * density, "aggregate") for h in levels]
+    return {p: jnp.stack([m[p] for m in per_level]) for p in sorted(params_flat)}
+
+
+def prune_union(params_flat: dict[str, jax.Array], client_masks: Masks, counts: dict[str, int]) -> Masks:
+    """FedDST's server mask: the union of the participants' masks, magnitude-pruned tensor by tensor
+    back to ``counts`` (an entry of the union always outranks one outside it, even at |theta| = 0)."""
+    masks = {}
+    for path in sorted(params_flat):
+        union = jnp.any(client_masks[path], axis=0)
+        masks[path] = topk_mask(jnp.where(union, jnp.abs(params_flat[path]), -1.0), counts[path])
+    return masks

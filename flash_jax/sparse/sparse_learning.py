@@ -18,7 +18,7 @@ from jax import lax
 
 from flash_jax.sparse.masks import Masks, topk_mask
 
-__all__ = ["SLState", "mask_update", "sl_init"]
+__all__ = ["SLState", "mask_update", "readjust_masks", "sl_init"]
 
 
 class SLState(NamedTuple):
@@ -134,3 +134,19 @@ def mask_update(
     deficit_count = state.deficit_count + 1
     adjust = 0.25 * state.adjust + 0.75 * deficit + deficit_sum / deficit_count
     return new_masks, SLState(adjust, deficit_sum, deficit_count)
+
+
+def readjust_masks(params_flat: dict[str, jax.Array], masks: Masks, grow_scores: dict[str, jax.Array],
+                   ratio: float | jax.Array) -> Masks:
+    """FedDST's readjustment (ALGORITHMS.md §3): in every tensor, drop the round(ratio * a_l) active
+    entries of smallest |theta| and grow as many inactive ones with the largest ``grow_scores``
+    (|gradient|), so each tensor keeps its count. ``ratio`` may be traced."""
+    new_masks = {}
+    for path in sorted(masks):
+        mask = masks[path]
+        active = jnp.sum(mask, dtype=jnp.int32)
+        moved = jnp.round(jnp.asarray(ratio, jnp.float32) * active).astype(jnp.int32)
+        kept = topk_mask(jnp.where(mask, jnp.abs(params_flat[path]).astype(jnp.float32), -jnp.inf), active - moved)
+        scores = jnp.where(kept, -jnp.inf, grow_scores[path].astype(jnp.float32))
+        new_masks[path] = kept | topk_mask(scores, moved)
+    return new_masks
