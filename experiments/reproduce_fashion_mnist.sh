@@ -17,10 +17,7 @@ for name in "${methods[@]}"; do
   case $name in
     hetero_spdst) flags=(--experiment_type spdst --hetero_client) ;;
     hetero_jmwst) flags=(--experiment_type jmwst --hetero_client) ;;
-    # FedDST's clients use SGD with momentum 0.9 (its paper setup), so its step size is a tenth of the others'
-    # for the same effective rate (its paper's eta = 0.01)
-    feddst) flags=(--experiment_type feddst --lr_start 0.01 --lr_end 0.0001) ;;
-    dense|pdst|nst|spdst|jmwst) flags=(--experiment_type "$name") ;;
+    dense|pdst|nst|spdst|jmwst|feddst) flags=(--experiment_type "$name") ;;
     *) echo "unknown method $name; choose from ${all[*]}" >&2; exit 2 ;;
   esac
   if python - "$out/$name/metrics.jsonl" $rounds <<'PY' 2>/dev/null; then echo "$name: done already"; continue; fi
