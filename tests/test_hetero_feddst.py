@@ -76,6 +76,9 @@ def test_budget_levels_fixed_per_client_and_authors_slots():
     assert not np.array_equal(levels, client_budget_levels(Config(num_users=100, hetero_client=True, seed=2)))
     h = np.asarray(config.density_levels[0])
     np.testing.assert_array_equal(h[slot_budget_levels(config)], [0.5] * 3 + [0.75] * 3 + [1.0] * 4)
+    seven = Config(num_users=70, frac=0.1, hetero_client=True, experiment_type="jmwst")  # any K: largest remainder
+    np.testing.assert_array_equal(h[slot_budget_levels(seven)], [0.5] * 2 + [0.75] * 2 + [1.0] * 3)
+    np.testing.assert_array_equal(np.bincount(client_budget_levels(seven)), [28, 21, 21])
 
 
 def test_feddst_readjust_schedule_is_cosine_and_stops_at_half():
