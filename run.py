@@ -48,7 +48,8 @@ HELP = {
     "mask_pattern": "regex over '/'-joined parameter paths selecting the maskable tensors",
     "conv_impl": "convolution formulation: auto (slices on CPU, xla elsewhere), xla, patches, slices",
     "eval_every": "evaluate the global model every this many rounds (and at the last)",
-    "workdir": "folder for config.json and metrics.jsonl",
+    "workdir": "folder for config.json, metrics.jsonl and checkpoints; rerunning on it resumes the run",
+    "checkpoint_every": "with --workdir: save the state every this many rounds (and after stage 1 and the last)",
     "quiet": "no progress bar",
 }
 

@@ -60,6 +60,7 @@ class Config:
     conv_impl: str = "auto"
     eval_every: int = 10
     workdir: str | None = None
+    checkpoint_every: int = 10
     quiet: bool = False
 
     @property
@@ -115,6 +116,7 @@ class Config:
             (0.0 <= self.feddst_momentum < 1.0, "--feddst_momentum", "in [0, 1)"),
             (self.feddst_weight_decay >= 0.0, "--feddst_weight_decay", ">= 0"),
             (self.eval_every >= 1, "--eval_every", ">= 1"),
+            (self.checkpoint_every >= 1, "--checkpoint_every", ">= 1"),
             (self.conv_impl in ("auto",) + CONV_IMPLS, "--conv_impl", f"one of auto, {', '.join(CONV_IMPLS)}"),
         ]
         for ok, flag, valid in checks:

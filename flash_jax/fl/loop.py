@@ -11,6 +11,7 @@ import functools
 import json
 import math
 import os
+import sys
 import time
 from typing import Any, Callable
 
@@ -25,6 +26,7 @@ from flash_jax.config import Config, ConfigError
 from flash_jax.data.partition import partition
 from flash_jax.data.sources import Dataset, load_dataset
 from flash_jax.data.store import ClientStore, build_store, cohort_plan
+from flash_jax.fl.checkpoint import Checkpoints, check_resumable, keep_metrics_until
 from flash_jax.fl.client import SHUFFLE_STREAM, ClientSpec, client_key, momentum_sgd
 from flash_jax.fl.cohort import train_cohort
 from flash_jax.fl.evaluate import evaluate
@@ -384,16 +386,13 @@ def evaluate_state(setup: Setup, state: dict[str, Any]) -> dict[str, Any]:
 
 
 def prepare_workdir(workdir: str, config: Config, setup: Setup) -> str:
-    """Create the workdir and write config.json; refuses a workdir that already holds a run."""
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    if os.path.exists(metrics_path) and os.path.getsize(metrics_path) > 0:
-        raise ConfigError(f"--workdir {workdir} already holds a run (metrics.jsonl); choose another workdir")
+    """Create the workdir and (re)write config.json; returns the metrics.jsonl path."""
     try:
         os.makedirs(workdir, exist_ok=True)
         _write_config(workdir, config, setup)
     except OSError as err:
         raise ConfigError(f"--workdir {workdir} is not writable: {err.strerror or err}") from err
-    return metrics_path
+    return os.path.join(workdir, "metrics.jsonl")
 
 
 def _write_config(workdir: str, config: Config, setup: Setup) -> None:
@@ -419,20 +418,37 @@ def append_jsonl(path: str, record: dict[str, Any]) -> None:
 
 
 def run(config: Config, dataset: Dataset | None = None) -> list[dict[str, Any]]:
-    """Train a federation end to end; returns the metric records (also written to the workdir)."""
+    """Train a federation end to end; returns the metric records (also written to the workdir).
+
+    With a workdir the state is checkpointed every --checkpoint_every rounds (and after stage 1 and
+    the last round); running again on the same workdir continues from the newest checkpoint, and the
+    metric lines after it are recomputed, so a killed run loses nothing and duplicates nothing.
+    """
     config.validate()
+    if config.workdir:
+        check_resumable(config.workdir, config)
     dataset = dataset or load_dataset(config.dataset, config.path, config.data_dir)
     setup = build_setup(config, dataset)
-    metrics_path = prepare_workdir(config.workdir, config, setup) if config.workdir else None
     state = init_state(setup)
+    history, checkpoints, metrics_path, restored = [], None, None, None
+    if config.workdir:
+        metrics_path = prepare_workdir(config.workdir, config, setup)
+        checkpoints = Checkpoints(config.workdir)
+        restored = checkpoints.restore_latest(state)
+        history = keep_metrics_until(metrics_path, restored["round"] if restored else -1)
+        if restored:
+            state = restored
+            print(f"resuming {config.workdir} from its checkpoint of round {state['round']}", file=sys.stderr)
     start = time.perf_counter()
-    if setup.method.sensitivity_stage:
-        state, sensitivity = sensitivity_stage(setup, state)
-        if config.workdir:
-            write_json(os.path.join(config.workdir, "sensitivity.json"), sensitivity)
-    history = []
-    bar = tqdm(range(config.fl_rounds), desc=f"{config.experiment_type} rounds", disable=config.quiet,
-               dynamic_ncols=True)
+    if restored is None:
+        if setup.method.sensitivity_stage:
+            state, sensitivity = sensitivity_stage(setup, state)
+            if config.workdir:
+                write_json(os.path.join(config.workdir, "sensitivity.json"), sensitivity)
+        if checkpoints:
+            checkpoints.save(state)
+    bar = tqdm(range(state["round"], config.fl_rounds), desc=f"{config.experiment_type} rounds",
+               initial=state["round"], total=config.fl_rounds, disable=config.quiet, dynamic_ncols=True)
     train_s, rounds_since_eval = 0.0, 0
     for r in bar:
         tic = time.perf_counter()
@@ -448,4 +464,6 @@ def run(config: Config, dataset: Dataset | None = None) -> list[dict[str, Any]]:
             if metrics_path:
                 append_jsonl(metrics_path, record)
             bar.set_postfix(acc=f"{record['accuracy']:.4f}", density=f"{record['density']:.4f}")
+        if checkpoints and ((r + 1) % config.checkpoint_every == 0 or r + 1 == config.fl_rounds):
+            checkpoints.save(state)
     return history

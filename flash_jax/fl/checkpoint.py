@@ -1,0 +1,90 @@
+"""Checkpoints of the round state with orbax, and the workdir rules for resuming a run.
+
+The state pytree of `fl.loop` is everything that crosses rounds: RNG keys are pure functions of
+(seed, stream, round, client) and every client update starts a fresh optimizer, so neither needs
+saving. Arrays go through orbax's StandardSave, the integer counters (whose bit totals outgrow
+int32) through JsonSave, both in one atomic CheckpointManager step named by the round.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from flash_jax.config import Config, ConfigError
+
+COUNTERS = ("round", "cumulative_bits", "dense_cumulative_bits")
+# settings that may differ when a workdir is reopened: they change neither the state nor the metrics
+RESUMABLE_CHANGES = ("fl_rounds", "quiet", "workdir", "checkpoint_every")
+
+
+class Checkpoints:
+    """The workdir's checkpoints/ folder: save after a round, restore the newest readable one."""
+
+    def __init__(self, workdir: str, keep: int = 3):
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False)
+        self._manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
+                                              options=options)
+
+    def save(self, state: dict[str, Any]) -> None:
+        arrays = {k: v for k, v in state.items() if k not in COUNTERS and jax.tree.leaves(v)}
+        counters = {k: int(state[k]) for k in COUNTERS}
+        self._manager.save(counters["round"], args=ocp.args.Composite(
+            state=ocp.args.StandardSave(arrays), counters=ocp.args.JsonSave(counters)), force=True)
+        self._manager.wait_until_finished()
+
+    def restore_latest(self, template: dict[str, Any]) -> dict[str, Any] | None:
+        """The newest checkpoint that restores, shaped like `template` (a fresh state of the same
+        run); an unreadable one is skipped with a warning. None when there is none."""
+        arrays = {k: v for k, v in template.items() if k not in COUNTERS and jax.tree.leaves(v)}
+        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), arrays)
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                restored = self._manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract), counters=ocp.args.JsonRestore()))
+            except Exception as err:  # a damaged step of any kind: fall back to the one before
+                print(f"warning: checkpoint of round {step} is unreadable ({type(err).__name__}); "
+                      "trying the previous one", file=sys.stderr)
+                continue
+            return {**template, **restored["state"], **restored["counters"]}
+        return None
+
+
+def check_resumable(workdir: str, config: Config) -> None:
+    """Refuse a workdir whose config.json differs from `config` in anything that changes results."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    current = config.to_dict()
+    differing = [k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]]
+    if differing:
+        details = ", ".join(f"--{k} {saved.get(k)!r} there, {current[k]!r} now" for k in differing)
+        raise ConfigError(f"--workdir {workdir} holds a run with other settings ({details}); "
+                          "use another workdir or the same settings (only --fl_rounds may change)")
+
+
+def keep_metrics_until(metrics_path: str, last_round: int) -> list[dict[str, Any]]:
+    """Drop metric lines after the restored round (they will be recomputed) and any line cut short by
+    a kill; returns the kept records."""
+    if not os.path.exists(metrics_path):
+        return []
+    kept = []
+    with open(metrics_path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            if record["round"] > last_round:
+                break
+            kept.append(record)
+    with open(metrics_path + ".tmp", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+    os.replace(metrics_path + ".tmp", metrics_path)
+    return kept
