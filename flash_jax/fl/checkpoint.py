@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from typing import Any
 
@@ -50,6 +51,10 @@ class Checkpoints:
                 print(f"warning: checkpoint of round {step} is unreadable ({type(err).__name__}); "
                       "trying the previous one", file=sys.stderr)
                 continue
+            for newer in self._manager.all_steps():
+                if newer > step:  # unreadable ones: the rounds are recomputed and saved again
+                    shutil.rmtree(os.path.join(self._manager.directory, str(newer)))
+            self._manager.reload()
             return {**template, **restored["state"], **restored["counters"]}
         return None
 

@@ -1,0 +1,131 @@
+"""Checkpoints and resume: full-state round trip, bit-exact resume, damaged checkpoints, SIGKILL."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import numpy as np
+import pytest
+
+from flash_jax.config import Config, ConfigError
+from flash_jax.data.sources import load_dataset
+from flash_jax.fl.checkpoint import Checkpoints
+from flash_jax.fl.loop import build_setup, init_state, run, run_round
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMING = ("round_s", "wall_s")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def metric_lines(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in f]
+
+
+def final_state(config, digits):
+    setup = build_setup(config, digits)
+    return Checkpoints(config.workdir).restore_latest(init_state(setup))
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        chex.assert_trees_all_equal(a[key], b[key])
+
+
+def test_round_trip_of_the_full_state(digits, tmp_path):
+    config = Config(experiment_type="jmwst", hetero_client=True, num_users=6, frac=0.5, init_frac=0.2, init_epoch=1,
+                    quiet=True)
+    setup = build_setup(config, digits)
+    state, _ = run_round(setup, init_state(setup))
+    state["cumulative_bits"] = 2**40  # counters beyond int32 survive
+    checkpoints = Checkpoints(str(tmp_path))
+    checkpoints.save(state)
+    restored = checkpoints.restore_latest(init_state(setup))
+    assert_same_state(restored, state)
+    assert isinstance(restored["client_level"], np.ndarray) and restored["round"] == 1
+
+
+@pytest.mark.parametrize("settings", [
+    dict(experiment_type="dense"),
+    dict(experiment_type="nst"),  # every client's own mask
+    dict(experiment_type="jmwst", hetero_client=True, init_frac=0.2, init_epoch=1),  # level masks, budgets
+])
+def test_resume_after_a_damaged_checkpoint_is_bit_exact(digits, tmp_path, settings, capsys):
+    reference = Config(num_users=6, frac=0.5, fl_rounds=3, eval_every=1, checkpoint_every=1, quiet=True,
+                       workdir=str(tmp_path / "a"), **settings)
+    run(reference, digits)
+    resumed = Config(**{**reference.to_dict(), "workdir": str(tmp_path / "b")})
+    shutil.copytree(reference.workdir, resumed.workdir)
+    for root, _, files in os.walk(os.path.join(resumed.workdir, "checkpoints", "3")):
+        for name in files:  # the newest checkpoint is garbage: the run falls back to round 2
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"\0garbage")
+    run(resumed, digits)
+    err = capsys.readouterr().err
+    assert "checkpoint of round 3 is unreadable" in err and "from its checkpoint of round 2" in err
+    assert metric_lines(resumed.workdir) == metric_lines(reference.workdir)
+    assert [m["round"] for m in metric_lines(resumed.workdir)] == [1, 2, 3]
+    assert_same_state(final_state(resumed, digits), final_state(reference, digits))
+
+
+def test_other_settings_are_refused_and_more_rounds_extend(digits, tmp_path):
+    config = Config(experiment_type="pdst", num_users=6, frac=0.5, fl_rounds=2, eval_every=1, quiet=True,
+                    workdir=str(tmp_path / "w"))
+    run(config, digits)
+    with pytest.raises(ConfigError, match=r"--density 0.05 there, 0.1 now.*--seed 1 there, 2 now"):
+        run(Config(**{**config.to_dict(), "density": 0.1, "seed": 2}), digits)
+    run(Config(**{**config.to_dict(), "fl_rounds": 3}), digits)
+    assert [m["round"] for m in metric_lines(config.workdir)] == [1, 2, 3]
+    assert json.load(open(os.path.join(config.workdir, "config.json")))["fl_rounds"] == 3
+
+
+def _cli(workdir):
+    return [sys.executable, "run.py", "--experiment_type", "nst", "--num_users", "6", "--frac", "0.5",
+            "--fl_rounds", "6", "--eval_every", "1", "--checkpoint_every", "1", "--quiet", "--workdir", str(workdir)]
+
+
+def _kill_when(workdir, condition, timeout=300.0) -> bool:
+    """Start the run, SIGKILL it as soon as `condition(checkpoint dir entries)` holds; False if it
+    finished first."""
+    proc = subprocess.Popen(_cli(workdir), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder, deadline = os.path.join(workdir, "checkpoints"), time.monotonic() + timeout
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            entries = os.listdir(folder) if os.path.isdir(folder) else []
+            if condition(entries):
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return True
+            time.sleep(0.001)
+        return False
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_sigkill_during_training_and_during_a_save_loses_nothing(digits, tmp_path):
+    workdir = tmp_path / "killed"
+    # killed while round 3 trains (the checkpoint of round 2 is complete) ...
+    assert _kill_when(workdir, lambda entries: "2" in entries)
+    # ... and, after resuming, in the middle of writing a checkpoint (orbax's temporary folder exists)
+    caught = any(_kill_when(workdir, lambda entries: any(not e.isdigit() for e in entries)) for _ in range(3))
+    assert caught, "never caught a checkpoint save in progress"
+    finished = subprocess.run(_cli(workdir), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr
+    assert "resuming" in finished.stderr
+    reference = Config(experiment_type="nst", num_users=6, frac=0.5, fl_rounds=6, eval_every=1, checkpoint_every=1,
+                       quiet=True, workdir=str(tmp_path / "reference"))
+    run(reference, digits)
+    assert metric_lines(workdir) == metric_lines(reference.workdir)
+    assert_same_state(final_state(Config(**{**reference.to_dict(), "workdir": str(workdir)}), digits),
+                      final_state(reference, digits))
