@@ -2,12 +2,15 @@
 
 Example (the authors' README line):
     python run.py --alpha=1 --init_frac=0.05 --init_epoch=10 --experiment_type=spdst
+A paper setup from a preset, with a flag overriding it:
+    python run.py --config experiments/presets/cifar10_alpha1_d0.05.toml --experiment_type jmwst
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import sys
+import tomllib
 
 from flash_jax.config import Config, ConfigError
 from flash_jax.data.sources import DataError
@@ -63,6 +66,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="run.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", metavar="FILE",
+                        help="a preset (TOML, e.g. experiments/presets/*.toml); flags given here override it")
     for field in dataclasses.fields(Config):
         flag = f"--{field.name}"
         if field.type == "bool":
@@ -74,10 +79,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def load_preset(path: str, parser: argparse.ArgumentParser) -> dict:
+    """A preset file (TOML: flag names without dashes as keys) becomes the parser's defaults, so flags
+    on the command line override it."""
     try:
-        config = Config(**vars(args)).validate()
+        with open(path, "rb") as f:
+            values = tomllib.load(f)
+    except OSError as err:
+        parser.error(f"--config {path}: {err.strerror or err}")
+    except tomllib.TOMLDecodeError as err:
+        parser.error(f"--config {path}: not valid TOML ({err})")
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    for key, value in values.items():
+        if key not in fields:
+            parser.error(f"--config {path}: unknown setting {key!r}")
+        kind = {"int": int, "float": (int, float), "bool": bool}.get(fields[key].type, str)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            parser.error(f"--config {path}: {key} = {value!r} has the wrong type")
+    return values
+
+
+def parse_config(argv=None) -> Config:
+    """Flags (over a --config preset, over the defaults) -> validated Config; ConfigError if invalid."""
+    parser = build_parser()
+    preset = argparse.ArgumentParser(add_help=False)
+    preset.add_argument("--config")
+    known, _ = preset.parse_known_args(argv)
+    if known.config:
+        parser.set_defaults(**load_preset(known.config, parser))
+    args = vars(parser.parse_args(argv))
+    args.pop("config")
+    return Config(**args).validate()
+
+
+def main(argv=None) -> int:
+    try:
+        config = parse_config(argv)
         from flash_jax.fl.loop import run  # after validation: bad flags fail before JAX starts
         history = run(config)
     except ConfigError as err:

@@ -5,6 +5,7 @@ import math
 import os
 import pickle
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -250,3 +251,29 @@ def test_random_crop_flip():
     batched = jax.jit(jax.vmap(random_crop_flip))(keys, both)  # e.g. a client axis
     assert batched.shape == both.shape
     np.testing.assert_array_equal(batched[1], augment(keys[1], both[1]))
+
+
+def test_tiny_imagenet_folder_loads_with_val_as_test(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "tiny-imagenet-200"
+    wnids = ["n01443537", "n01629819"]
+    (root / "val" / "images").mkdir(parents=True)
+    root.joinpath("wnids.txt").write_text("\n".join(wnids) + "\n")
+    rng = np.random.default_rng(0)
+    for w in wnids:
+        (root / "train" / w / "images").mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (64, 64, 3), np.uint8)).save(root / "train" / w / "images" / f"{w}_{i}.JPEG")
+    lines = []
+    for i, w in enumerate(wnids[::-1]):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), np.uint8)).save(root / "val" / "images" / f"val_{i}.JPEG")
+        lines.append(f"val_{i}.JPEG\t{w}\t0\t0\t63\t63")
+    root.joinpath("val", "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    data = load_dataset("tiny_imagenet", path=str(tmp_path))
+    chex.assert_shape(data.train_x, (6, 64, 64, 3))
+    np.testing.assert_array_equal(data.train_y, [0, 0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(data.test_y, [1, 0])
+    assert data.num_classes == 200 and data.train_x.dtype == np.float32
+    with pytest.raises(DataError, match="tiny-imagenet-200"):
+        load_dataset("tiny_imagenet", path=str(tmp_path / "nothing"))

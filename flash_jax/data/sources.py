@@ -5,6 +5,7 @@ Sources (DESIGN.md, "Data without internet"):
 - mnist / fashion_mnist / emnist: IDX files (raw or .gz) from `path`; fashion_mnist also from Debian's
   `dataset-fashion-mnist` package; otherwise TFDS.
 - cifar10 / cifar100: the python-pickle folders from `path`; otherwise TFDS.
+- tiny_imagenet: the tiny-imagenet-200 folder from `path` (JPEGs, 64x64x3, 200 classes; not in TFDS).
 - TFDS: a copy already prepared in the array_record format, read through its random-access data source
   (no TensorFlow needed to read; preparing image datasets needs TensorFlow once).
 
@@ -25,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-DATASETS = ("digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "emnist")
+DATASETS = ("digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "emnist", "tiny_imagenet")
 
-NUM_CLASSES = {"digits": 10, "fashion_mnist": 10, "mnist": 10, "cifar10": 10, "cifar100": 100, "emnist": 62}
+NUM_CLASSES = {"digits": 10, "fashion_mnist": 10, "mnist": 10, "cifar10": 10, "cifar100": 100, "emnist": 62,
+               "tiny_imagenet": 200}
 TFDS_NAMES = {
     "fashion_mnist": "fashion_mnist",
     "mnist": "mnist",
@@ -146,6 +148,30 @@ def _load_cifar(name: str, path: str | None, data_dir: str | None) -> Arrays:
     return train_x, train_y, test_x, test_y
 
 
+def _load_tiny_imagenet(name: str, path: str | None, data_dir: str | None) -> Arrays:
+    """The tiny-imagenet-200 folder (the folder itself or its parent): wnids.txt, train/<wnid>/images/,
+    val/images/ with val/val_annotations.txt; the labelled val split serves as the test set."""
+    from PIL import Image
+
+    folder = Path(path) if path else None
+    if folder is not None and not (folder / "wnids.txt").exists():
+        folder = folder / "tiny-imagenet-200"
+    if folder is None or not (folder / "wnids.txt").exists() or not (folder / "val" / "val_annotations.txt").exists():
+        raise DataError(f"{name}: no tiny-imagenet-200 folder (wnids.txt, train/, val/) in {path or 'no --path given'}; "
+                        "download and unpack tiny-imagenet-200.zip and pass --path to it")
+    wnids = folder.joinpath("wnids.txt").read_text().split()
+    label = {w: i for i, w in enumerate(wnids)}
+
+    def read(files: list[Path]) -> np.ndarray:
+        return np.stack([np.asarray(Image.open(f).convert("RGB"), np.uint8) for f in files])
+
+    train_files = [(f, label[w]) for w in wnids for f in sorted((folder / "train" / w / "images").glob("*.JPEG"))]
+    annotations = [line.split("\t")[:2] for line in folder.joinpath("val", "val_annotations.txt").read_text().splitlines()]
+    test_files = [(folder / "val" / "images" / f, label[w]) for f, w in annotations]
+    return (read([f for f, _ in train_files]), np.array([y for _, y in train_files]),
+            read([f for f, _ in test_files]), np.array([y for _, y in test_files]))
+
+
 _LOADERS = {
     "digits": _load_digits,
     "fashion_mnist": _load_idx_or_tfds,
@@ -153,6 +179,7 @@ _LOADERS = {
     "emnist": _load_idx_or_tfds,
     "cifar10": _load_cifar,
     "cifar100": _load_cifar,
+    "tiny_imagenet": _load_tiny_imagenet,
 }
 assert set(_LOADERS) == set(DATASETS)
 

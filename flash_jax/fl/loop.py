@@ -39,7 +39,7 @@ from flax import traverse_util
 
 # Streams folded into the seed's key (and into client sampling), one per use.
 INIT_STREAM, MASK_STREAM, ROUND_STREAM, SENSITIVITY_STREAM, REINIT_STREAM, STAGE2_MASK_STREAM, HETERO_STREAM = range(7)
-AUGMENTED_DATASETS = ("cifar10", "cifar100")
+AUGMENTED_DATASETS = ("cifar10", "cifar100", "tiny_imagenet")
 
 
 def learning_rate_schedule(config: Config) -> Callable[[int], float]:
