@@ -441,8 +441,11 @@ def run(config: Config, dataset: Dataset | None = None) -> list[dict[str, Any]]:
             print(f"resuming {config.workdir} from its checkpoint of round {state['round']}", file=sys.stderr)
     start = time.perf_counter()
     if restored is None:
-        if setup.method.sensitivity_stage:
-            state, sensitivity = sensitivity_stage(setup, state)
+        if setup.method.sensitivity_stage:  # one jitted call: the bar shows that it runs and for how long
+            with tqdm(total=1, desc=f"stage 1 ({config.stage1_clients} clients x {config.init_epoch} epochs)",
+                      disable=config.quiet, dynamic_ncols=True) as stage_bar:
+                state, sensitivity = sensitivity_stage(setup, state)
+                stage_bar.update(1)
             if config.workdir:
                 write_json(os.path.join(config.workdir, "sensitivity.json"), sensitivity)
         if checkpoints:
