@@ -32,7 +32,7 @@ def metric_lines(workdir):
 
 def final_state(config, digits):
     setup = build_setup(config, digits)
-    return Checkpoints(config.workdir).restore_latest(init_state(setup))
+    return Checkpoints(config.workdir).restore_latest(init_state(setup))[0]
 
 
 def assert_same_state(a, b):
@@ -48,9 +48,11 @@ def test_round_trip_of_the_full_state(digits, tmp_path):
     state, _ = run_round(setup, init_state(setup))
     state["cumulative_bits"] = 2**40  # counters beyond int32 survive
     checkpoints = Checkpoints(str(tmp_path))
-    checkpoints.save(state)
-    restored = checkpoints.restore_latest(init_state(setup))
+    history = [{"round": 1, "accuracy": 0.5, "layer_density": {"a": 0.1}}]
+    checkpoints.save(state, history, config)
+    restored, restored_history = checkpoints.restore_latest(init_state(setup))
     assert_same_state(restored, state)
+    assert restored_history == history
     assert isinstance(restored["client_level"], np.ndarray) and restored["round"] == 1
 
 

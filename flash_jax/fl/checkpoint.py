@@ -2,8 +2,9 @@
 
 The state pytree of `fl.loop` is everything that crosses rounds: RNG keys are pure functions of
 (seed, stream, round, client) and every client update starts a fresh optimizer, so neither needs
-saving. Arrays go through orbax's StandardSave, the integer counters (whose bit totals outgrow
-int32) through JsonSave, both in one atomic CheckpointManager step named by the round.
+saving. Arrays go through orbax's StandardSave; the integer counters (whose bit totals outgrow
+int32), the metric history so far and the config go through JsonSave, all in one atomic
+CheckpointManager step named by the round.
 """
 from __future__ import annotations
 
@@ -31,22 +32,23 @@ class Checkpoints:
         self._manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
                                               options=options)
 
-    def save(self, state: dict[str, Any]) -> None:
+    def save(self, state: dict[str, Any], history: list[dict[str, Any]], config: Config) -> None:
         arrays = {k: v for k, v in state.items() if k not in COUNTERS and jax.tree.leaves(v)}
-        counters = {k: int(state[k]) for k in COUNTERS}
-        self._manager.save(counters["round"], args=ocp.args.Composite(
-            state=ocp.args.StandardSave(arrays), counters=ocp.args.JsonSave(counters)), force=True)
+        record = {"counters": {k: int(state[k]) for k in COUNTERS}, "history": history, "config": config.to_dict()}
+        self._manager.save(record["counters"]["round"], args=ocp.args.Composite(
+            state=ocp.args.StandardSave(arrays), record=ocp.args.JsonSave(record)), force=True)
         self._manager.wait_until_finished()
 
-    def restore_latest(self, template: dict[str, Any]) -> dict[str, Any] | None:
-        """The newest checkpoint that restores, shaped like `template` (a fresh state of the same
-        run); an unreadable one is skipped with a warning. None when there is none."""
+    def restore_latest(self, template: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """(state, metric history) of the newest checkpoint that restores, the state shaped like
+        `template` (a fresh state of the same run); an unreadable one is skipped with a warning.
+        None when there is none."""
         arrays = {k: v for k, v in template.items() if k not in COUNTERS and jax.tree.leaves(v)}
         abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), arrays)
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
                 restored = self._manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract), counters=ocp.args.JsonRestore()))
+                    state=ocp.args.StandardRestore(abstract), record=ocp.args.JsonRestore()))
             except Exception as err:  # a damaged step of any kind: fall back to the one before
                 print(f"warning: checkpoint of round {step} is unreadable ({type(err).__name__}); "
                       "trying the previous one", file=sys.stderr)
@@ -55,7 +57,8 @@ class Checkpoints:
                 if newer > step:  # unreadable ones: the rounds are recomputed and saved again
                     shutil.rmtree(os.path.join(self._manager.directory, str(newer)))
             self._manager.reload()
-            return {**template, **restored["state"], **restored["counters"]}
+            record = restored["record"]
+            return {**template, **restored["state"], **record["counters"]}, record["history"]
         return None
 
 
@@ -74,22 +77,9 @@ def check_resumable(workdir: str, config: Config) -> None:
                           "use another workdir or the same settings (only --fl_rounds may change)")
 
 
-def keep_metrics_until(metrics_path: str, last_round: int) -> list[dict[str, Any]]:
-    """Drop metric lines after the restored round (they will be recomputed) and any line cut short by
-    a kill; returns the kept records."""
-    if not os.path.exists(metrics_path):
-        return []
-    kept = []
-    with open(metrics_path) as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                break
-            if record["round"] > last_round:
-                break
-            kept.append(record)
+def rewrite_metrics(metrics_path: str, history: list[dict[str, Any]]) -> None:
+    """metrics.jsonl as of a checkpoint: lines written after it (and any cut short by a kill) go, and
+    are written again as the rounds are recomputed."""
     with open(metrics_path + ".tmp", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in kept)
+        f.writelines(json.dumps(record) + "\n" for record in history)
     os.replace(metrics_path + ".tmp", metrics_path)
-    return kept

@@ -26,7 +26,7 @@ from flash_jax.config import Config, ConfigError
 from flash_jax.data.partition import partition
 from flash_jax.data.sources import Dataset, load_dataset
 from flash_jax.data.store import ClientStore, build_store, cohort_plan
-from flash_jax.fl.checkpoint import Checkpoints, check_resumable, keep_metrics_until
+from flash_jax.fl.checkpoint import Checkpoints, check_resumable, rewrite_metrics
 from flash_jax.fl.client import SHUFFLE_STREAM, ClientSpec, client_key, momentum_sgd
 from flash_jax.fl.cohort import train_cohort
 from flash_jax.fl.evaluate import evaluate
@@ -435,10 +435,10 @@ def run(config: Config, dataset: Dataset | None = None) -> list[dict[str, Any]]:
         metrics_path = prepare_workdir(config.workdir, config, setup)
         checkpoints = Checkpoints(config.workdir)
         restored = checkpoints.restore_latest(state)
-        history = keep_metrics_until(metrics_path, restored["round"] if restored else -1)
         if restored:
-            state = restored
+            state, history = restored
             print(f"resuming {config.workdir} from its checkpoint of round {state['round']}", file=sys.stderr)
+        rewrite_metrics(metrics_path, history)
     start = time.perf_counter()
     if restored is None:
         if setup.method.sensitivity_stage:  # one jitted call: the bar shows that it runs and for how long
@@ -449,7 +449,7 @@ def run(config: Config, dataset: Dataset | None = None) -> list[dict[str, Any]]:
             if config.workdir:
                 write_json(os.path.join(config.workdir, "sensitivity.json"), sensitivity)
         if checkpoints:
-            checkpoints.save(state)
+            checkpoints.save(state, history, config)
     bar = tqdm(range(state["round"], config.fl_rounds), desc=f"{config.experiment_type} rounds",
                initial=state["round"], total=config.fl_rounds, disable=config.quiet, dynamic_ncols=True)
     train_s, rounds_since_eval = 0.0, 0
@@ -468,5 +468,5 @@ def run(config: Config, dataset: Dataset | None = None) -> list[dict[str, Any]]:
                 append_jsonl(metrics_path, record)
             bar.set_postfix(acc=f"{record['accuracy']:.4f}", density=f"{record['density']:.4f}")
         if checkpoints and ((r + 1) % config.checkpoint_every == 0 or r + 1 == config.fl_rounds):
-            checkpoints.save(state)
+            checkpoints.save(state, history, config)
     return history
