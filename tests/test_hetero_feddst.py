@@ -57,15 +57,21 @@ def test_hetero_levels_nest_with_next_mask_counts():
     np.testing.assert_array_equal(level_masks(params, top, 0.2, (1.0,))["b"], top["b"][None])
 
 
-def test_next_mask_avg_rescales_clients_below_d_by_their_budget():
+def test_next_mask_avg_takes_hetero_budgets_from_the_clients_at_d():
     rng = np.random.default_rng(1)
     params = {"a": jnp.asarray(rng.normal(size=(50,)), jnp.float32), "b": jnp.asarray(rng.normal(size=(200,)))}
     full = {"a": jnp.asarray(np.arange(50) < 10)[None], "b": jnp.asarray(np.arange(200) < 20)[None]}
     half = {"a": jnp.asarray(np.arange(50) < 5)[None], "b": jnp.asarray(np.arange(200) < 10)[None]}
     both = {p: jnp.concatenate([full[p], half[p]]) for p in full}
     expected = next_mask(full, params, 0.1, "avg")
-    chex.assert_trees_all_equal(next_mask(both, params, 0.1, "avg", jnp.array([1.0, 0.5])), expected)
     assert {p: int(m.sum()) for p, m in expected.items()} == {"a": 8, "b": 16}  # floor(e_l * 25 / 30)
+    # the client at d sets the budgets; without one, the half-budget client's counts are doubled
+    chex.assert_trees_all_equal(next_mask(both, params, 0.1, "avg", jnp.array([1.0, 0.5])), expected)
+    chex.assert_trees_all_equal(next_mask(half, params, 0.1, "avg", jnp.array([0.5])), expected)
+    # doubling never asks a tensor for more entries than it has
+    dense_a = {"a": jnp.ones((1, 50), bool), "b": jnp.asarray(np.arange(200) < 10)[None]}
+    capped = next_mask(dense_a, params, 0.5, "avg", jnp.array([0.5]))
+    assert {p: int(m.sum()) for p, m in capped.items()} == {"a": 50, "b": 20}
 
 
 def test_budget_levels_fixed_per_client_and_authors_slots():
