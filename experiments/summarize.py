@@ -1,4 +1,5 @@
-"""The reproduction's table: one row per method from its workdir's last metrics.jsonl record.
+"""The reproduction's tables: one row per method from its workdir's last metrics.jsonl record, and the
+mask consensus at the first and last evaluation.
 
 Usage: python experiments/summarize.py OUTDIR METHOD [METHOD ...]   (methods without a workdir are skipped)
 """
@@ -23,15 +24,34 @@ def row(name: str, last: dict) -> list[str]:
             number("round_s", 2)]
 
 
+def consensus_row(name: str, records: list[dict]) -> list[str] | None:
+    """First and last evaluation's consensus: do the masks come to agree over the run?"""
+    tracked = [r for r in records if "mask_hamming_clients" in r]
+    if not tracked:
+        return None
+    first, last = tracked[0], tracked[-1]
+    return [name] + [f"{first[k]:.4f} (round {first['round']}) -> {last[k]:.4f} (round {last['round']})"
+                     for k in ("mask_hamming_clients", "mask_hamming_to_server", "server_mask_change")]
+
+
 def main(outdir: str, methods: list[str]) -> None:
-    print("| " + " | ".join(COLUMNS) + " |")
-    print("|" + "---|" * len(COLUMNS))
+    runs = {}
     for name in methods:
         path = os.path.join(outdir, name, "metrics.jsonl")
         if os.path.exists(path):
             with open(path) as f:
-                last = [json.loads(line) for line in f if line.strip()][-1]
-            print("| " + " | ".join(row(name, last)) + " |")
+                runs[name] = [json.loads(line) for line in f if line.strip()]
+    print("| " + " | ".join(COLUMNS) + " |")
+    print("|" + "---|" * len(COLUMNS))
+    for name, records in runs.items():
+        print("| " + " | ".join(row(name, records[-1])) + " |")
+    print()
+    print("| method | Hamming among clients | Hamming to server | server mask change |")
+    print("|---|---|---|---|")
+    for name, records in runs.items():
+        cells = consensus_row(name, records)
+        if cells:
+            print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
