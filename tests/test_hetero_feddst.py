@@ -9,7 +9,7 @@ from flash_jax.config import Config
 from flash_jax.data.sources import load_dataset
 from flash_jax.fl.loop import (build_setup, client_budget_levels, feddst_readjust_ratio, init_state, run,
                                run_round, sample_clients, slot_budget_levels, ROUND_STREAM)
-from flash_jax.sparse import level_masks, mask_update, next_mask, prune_union, readjust_masks, sl_init
+from flash_jax.sparse import level_masks, mask_update, next_mask, prune_union, readjust_masks, sl_init, topk_mask
 
 N_M = 261000  # MNISTNet's maskable entries: conv2 (5000) + fc1 (256000)
 
@@ -65,13 +65,13 @@ def test_next_mask_avg_takes_hetero_budgets_from_the_clients_at_d():
     both = {p: jnp.concatenate([full[p], half[p]]) for p in full}
     expected = next_mask(full, params, 0.1, "avg")
     assert {p: int(m.sum()) for p, m in expected.items()} == {"a": 8, "b": 16}  # floor(e_l * 25 / 30)
-    # the client at d sets the budgets; without one, the half-budget client's counts are doubled
-    chex.assert_trees_all_equal(next_mask(both, params, 0.1, "avg", jnp.array([1.0, 0.5])), expected)
-    chex.assert_trees_all_equal(next_mask(half, params, 0.1, "avg", jnp.array([0.5])), expected)
-    # doubling never asks a tensor for more entries than it has
-    dense_a = {"a": jnp.ones((1, 50), bool), "b": jnp.asarray(np.arange(200) < 10)[None]}
-    capped = next_mask(dense_a, params, 0.5, "avg", jnp.array([0.5]))
-    assert {p: int(m.sum()) for p, m in capped.items()} == {"a": 50, "b": 20}
+    # the client at d sets the budgets, whatever the client below d holds
+    current = {"a": jnp.asarray(np.arange(50) < 20), "b": jnp.asarray(np.arange(200) < 5)}
+    chex.assert_trees_all_equal(next_mask(both, params, 0.1, "avg", jnp.array([1.0, 0.5]), current), expected)
+    # without a client at d, the current d mask's counts stay (a full layer below d is not the d profile)
+    kept = next_mask(half, params, 0.1, "avg", jnp.array([0.5]), current)
+    assert {p: int(m.sum()) for p, m in kept.items()} == {"a": 20, "b": 5}
+    np.testing.assert_array_equal(kept["b"], topk_mask(jnp.abs(params["b"]), 5))
 
 
 def test_budget_levels_fixed_per_client_and_authors_slots():

@@ -266,7 +266,7 @@ def run_round(setup: Setup, state: dict[str, Any]) -> tuple[dict[str, Any], dict
     server_mask = None
     if update_mask:
         server_mask = _next_mask(client_masks, maskable, config.density, config.subsample_method,
-                                 jnp.asarray(np.asarray(setup.levels)[levels], jnp.float32))
+                                 jnp.asarray(np.asarray(setup.levels)[levels], jnp.float32), state["server_mask"])
     elif spec.readjust:  # FedDST: union of the readjusted masks, pruned back to the per-tensor counts
         server_mask = _prune_union(maskable, client_masks, setup.layer_counts)
     if server_mask is not None:

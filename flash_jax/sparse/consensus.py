@@ -77,29 +77,29 @@ SUBSAMPLE_METHODS = ("avg", "aggregate")
 
 
 def next_mask(client_masks: Masks | None, params_flat: dict[str, jax.Array], density, subsample_method: str,
-              client_budgets: jax.Array | None = None) -> Masks:
+              client_budgets: jax.Array | None = None, current_mask: Masks | None = None) -> Masks:
     """JMWST's NEXT_MASK (§3): per-tensor budgets e_l from the clients' mean counts ('avg') or the
     aggregated model's support ('aggregate'; client_masks unused), scaled by
     lam = min(1, d*N_m / sum e_l) and floored; each tensor keeps exactly its m_l largest |theta_l|.
     ``params_flat`` holds exactly the maskable tensors.
 
-    ``client_budgets`` (hetero-FLASH: each client's density as a fraction of d): 'avg' then averages
-    only the clients whose budget is d, whose sparse learning aimed at d; if none took part, all
-    clients' counts divided by their budget and capped at the tensor size. (Averaging clients below
-    d as they are would put the d mask below d.)"""
+    ``client_budgets`` (hetero-FLASH: each client's density as a fraction of d, with the
+    ``current_mask`` at d): 'avg' then averages only the clients whose budget is d, whose sparse
+    learning aimed at d; if none took part, the budgets are ``current_mask``'s counts (the mask keeps
+    its layer densities and re-selects the largest weights). Clients below d cannot stand in: their
+    layer profile is not the d profile scaled down (a saturated layer stays full), and lam <= 1
+    would leave the d mask below d for good."""
     paths = sorted(params_flat)
     if subsample_method == "avg":
         num_clients = next(iter(client_masks.values())).shape[0]
-        weight, scale = jnp.ones(num_clients), jnp.ones(num_clients)
-        if client_budgets is not None:
-            at_d = jnp.asarray(client_budgets) == 1.0
-            weight = jnp.where(jnp.any(at_d), at_d, 1.0)
-            scale = jnp.where(jnp.any(at_d), 1.0, jnp.asarray(client_budgets, jnp.float32))
+        at_d = jnp.ones(num_clients, bool) if client_budgets is None else jnp.asarray(client_budgets) == 1.0
         budget = {}
         for p in paths:
             counts = jnp.sum(client_masks[p].reshape(num_clients, -1), axis=1, dtype=jnp.float32)
-            counts = jnp.minimum(counts / scale, params_flat[p].size)
-            budget[p] = jnp.sum(weight * counts) / jnp.sum(weight)
+            mean_at_d = jnp.sum(jnp.where(at_d, counts, 0.0)) / jnp.maximum(jnp.sum(at_d), 1)
+            if current_mask is not None:
+                mean_at_d = jnp.where(jnp.any(at_d), mean_at_d, jnp.sum(current_mask[p], dtype=jnp.float32))
+            budget[p] = mean_at_d
     elif subsample_method == "aggregate":
         budget = {p: jnp.count_nonzero(params_flat[p]).astype(jnp.float32) for p in paths}
     else:
