@@ -242,6 +242,7 @@ def run_round(setup: Setup, state: dict[str, Any]) -> tuple[dict[str, Any], dict
     ids = sample_clients(config.seed, ROUND_STREAM, r, config.num_users, config.clients_per_round)
     round_key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), ROUND_STREAM), r)
     levels = participant_levels(setup, state, ids)
+    budgets = np.asarray(setup.levels)[levels]
     per_client_masks = method.per_client_masks or config.hetero_client
     if method.per_client_masks:
         masks = jax.tree.map(lambda m: m[ids], state["client_masks"])
@@ -259,14 +260,14 @@ def run_round(setup: Setup, state: dict[str, Any]) -> tuple[dict[str, Any], dict
     params, batch_stats, client_masks, losses = train_clients(
         setup, spec, ids, round_key, state["params"], state["batch_stats"], masks,
         per_client_masks=per_client_masks, epochs=config.local_epoch, lr=setup.lr(r),
-        readjust_ratio=readjust_ratio, budgets=np.asarray(setup.levels)[levels])
+        readjust_ratio=readjust_ratio, budgets=budgets)
     new_state = dict(state, round=r + 1, params=params, batch_stats=batch_stats)
     flat = traverse_util.flatten_dict(params, sep="/")
     maskable = {p: flat[p] for p in setup.paths}
     server_mask = None
     if update_mask:
         server_mask = _next_mask(client_masks, maskable, config.density, config.subsample_method,
-                                 jnp.asarray(np.asarray(setup.levels)[levels], jnp.float32), state["server_mask"])
+                                 jnp.asarray(budgets, jnp.float32), state["server_mask"])
     elif spec.readjust:  # FedDST: union of the readjusted masks, pruned back to the per-tensor counts
         server_mask = _prune_union(maskable, client_masks, setup.layer_counts)
     if server_mask is not None:
@@ -281,7 +282,8 @@ def run_round(setup: Setup, state: dict[str, Any]) -> tuple[dict[str, Any], dict
         new_state["server_mask"] = {p: w != 0 for p, w in maskable.items()}
     if config.hetero_client:
         new_state["level_masks"] = _hetero_masks(setup, new_state["params"], new_state["server_mask"])
-        info["hetero_level_density"] = [float(d) for d in jax.device_get(_level_density(new_state["level_masks"]))]
+        level_counts = jax.device_get(client_mask_counts(new_state["level_masks"]))  # the level axis leads
+        info["hetero_level_density"] = [float(c) / setup.num_maskable for c in sum(level_counts.values())]
     clients_changed_masks = client_masks is not None
     if method.sparse:
         if client_masks is None:  # every participant trained with the mask it was given
@@ -294,13 +296,6 @@ def run_round(setup: Setup, state: dict[str, Any]) -> tuple[dict[str, Any], dict
 
 _next_mask = jax.jit(next_mask, static_argnums=3)
 _prune_union = jax.jit(prune_union)
-
-
-@jax.jit
-def _level_density(stacked_masks) -> jax.Array:
-    """Density of each level's mask over all maskable entries."""
-    counts = sum(jnp.sum(m.reshape(m.shape[0], -1), axis=1, dtype=jnp.int32) for m in stacked_masks.values())
-    return counts / sum(m[0].size for m in stacked_masks.values())
 
 
 @jax.jit
