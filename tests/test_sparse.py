@@ -86,6 +86,28 @@ def test_topk_mask_exact_counts_and_ties():
     np.testing.assert_array_equal(m.reshape(-1), np.arange(20) < 7)
 
 
+def test_topk_mask_equals_a_stable_descending_sort():
+    """The radix select picks exactly what a stable descending argsort picks: across signs, ties,
+    infinities and signed zeros, for every k, concretely and jitted under vmap with traced k."""
+    rng = _rng()
+    n = 97
+    cases = [rng.normal(size=n), rng.integers(-3, 3, n).astype(float),
+             np.where(rng.random(n) < 0.5, -np.inf, rng.random(n)),
+             np.where(rng.random(n) < 0.3, -0.0, np.abs(rng.normal(size=n)) * (rng.random(n) < 0.5))]
+    ks = jnp.arange(-1, n + 2)
+
+    def by_sort(scores, k):
+        order = jnp.argsort(scores, descending=True, stable=True)
+        return jnp.zeros(scores.shape, bool).at[order].set(jnp.arange(scores.size) < k)
+
+    for values in cases:
+        scores = jnp.asarray(values, jnp.float32)
+        expected = jax.vmap(by_sort, in_axes=(None, 0))(scores, ks)
+        np.testing.assert_array_equal(jax.jit(jax.vmap(topk_mask, in_axes=(None, 0)))(scores, ks), expected)
+        for k in (0, 5, n // 2, n):
+            np.testing.assert_array_equal(topk_mask(scores, k), expected[k + 1])
+
+
 def test_topk_mask_traced_k_jit_and_vmap():
     scores = jnp.asarray(_rng().normal(size=(4, 3, 5)), jnp.float32)
     ks = jnp.array([0, 3, 15, 7])

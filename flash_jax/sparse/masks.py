@@ -98,11 +98,35 @@ def apply_masks(params: Mapping[str, Any], masks: Masks) -> dict[str, Any]:
 def topk_mask(scores: jax.Array, k: int | jax.Array) -> jax.Array:
     """Bool mask of ``scores.shape`` with exactly ``clip(k, 0, scores.size)`` True entries: the k
     largest scores, ties going to the lower flat index. ``k`` may be traced (per-client counts under
-    vmap) because the count enters as data (``rank < k``), never as a shape."""
+    vmap) because the count enters as data (``rank < k``), never as a shape.
+
+    A radix select instead of a sort: the k-th largest value is found bit by bit from the scores'
+    order-preserving 32-bit keys (32 counting passes), then ties at it are ranked by a cumulative
+    sum. Same result as a stable descending argsort, about 20x faster on XLA's CPU backend, whose
+    comparison sort dominated NST's client mask updates (benchmarks/RESULTS.md).
+    """
     flat = scores.reshape(-1)
-    order = jnp.argsort(flat, descending=True, stable=True)
-    keep = jnp.arange(flat.size) < k
-    return jnp.zeros(flat.shape, bool).at[order].set(keep).reshape(scores.shape)
+    keys = _order_keys(flat)
+    k = jnp.clip(k, 0, flat.size)
+
+    def take_bit(bit, threshold):
+        candidate = threshold | (jnp.uint32(1) << (31 - bit).astype(jnp.uint32))
+        return jnp.where(jnp.sum(keys >= candidate, dtype=jnp.int32) >= k, candidate, threshold)
+
+    kth = jax.lax.fori_loop(0, 32, take_bit, jnp.uint32(0))  # largest t with #(keys >= t) >= k
+    above = keys > kth
+    tied = keys == kth
+    tie_rank = jnp.cumsum(tied, dtype=jnp.int32) - 1
+    keep = above | (tied & (tie_rank < k - jnp.sum(above, dtype=jnp.int32)))
+    return keep.reshape(scores.shape)
+
+
+def _order_keys(values: jax.Array) -> jax.Array:
+    """uint32 keys ordered like the float values (-0.0 equal to 0.0; -inf lowest, +inf highest)."""
+    values = values.astype(jnp.float32)
+    bits = jax.lax.bitcast_convert_type(jnp.where(values == 0, 0.0, values), jnp.uint32)  # not x + 0.0: XLA drops it
+    negative = bits >> 31 == 1
+    return jnp.where(negative, ~bits, bits | jnp.uint32(0x80000000))
 
 
 def _round_count(density: Any, n: int) -> int | jax.Array:

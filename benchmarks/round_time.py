@@ -1,0 +1,176 @@
+"""Seconds per federated round: flash_jax against the authors' PyTorch loop, side by side in one run.
+
+    python -m benchmarks.round_time --setup mnistnet_fmnist --experiment_type pdst
+
+flash_jax's first round is reported as compile time (first round minus the steady-state median);
+then timed rounds of flash_jax and of the reference alternate, so both see the same machine load,
+and each reports its median. The last line is `ratio_vs_torch <flash_jax s/round / reference s/round>`.
+Training rounds only: evaluation is not timed (flash_jax's round includes its mask consensus and
+communication bookkeeping, the reference has none).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from flash_jax.config import Config, ConfigError
+from flash_jax.data.sources import DataError, Dataset, load_dataset
+from flash_jax.fl.loop import build_setup, init_state, run_round
+from flash_jax.models import get_model, init_variables
+
+METHODS = ("dense", "pdst", "nst")
+
+
+def cifar_shaped(num_examples: int = 50_000, seed: int = 0) -> Dataset:
+    """Random 32x32x3 images with random labels: timing needs the shapes, not the content."""
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((num_examples, 32, 32, 3), dtype=np.float32)
+    labels = rng.integers(0, 10, num_examples).astype(np.int32)
+    return Dataset("cifar10", images, labels, images[:1000], labels[:1000], 10)
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchSetup:
+    model_type: str
+    dataset: str
+    num_users: int
+    load: callable
+
+
+SETUPS = {
+    "mnistnet_fmnist": BenchSetup("mnistnet", "fashion_mnist", 100, lambda: load_dataset("fashion_mnist")),
+    "resnet18_cifar": BenchSetup("resnet18", "cifar10", 100, cifar_shaped),
+}
+
+
+def make_config(args, bench: BenchSetup) -> Config:
+    extra = {"clients_per_chunk": args.clients_per_chunk} if args.clients_per_chunk else {}
+    return Config(experiment_type=args.experiment_type, dataset=bench.dataset, model_type=bench.model_type,
+                  num_users=bench.num_users, frac=args.clients_per_round / bench.num_users, local_epoch=1,
+                  local_bs=32, density=args.density, conv_impl=args.conv_impl, fl_rounds=1000, quiet=True,
+                  seed=args.seed, **extra).validate()
+
+
+def train_flops_per_example(setup, batch_size: int) -> float:
+    """XLA's FLOP count of one SGD step's forward and backward pass with the native convolution,
+    per example: the nominal work, whatever formulation the cohort uses."""
+    model = get_model(setup.config.model_type, setup.model.module.num_classes, "xla")
+    variables = init_variables(model, jax.random.PRNGKey(0), setup.input_shape)
+
+    def loss(params, x, y):
+        extra = {"batch_stats": variables["batch_stats"]} if model.has_batch_stats else {}
+        out = model.module.apply({"params": params, **extra}, x, train=True,
+                                 mutable=["batch_stats"] if model.has_batch_stats else False)
+        logits = out[0] if model.has_batch_stats else out
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    x = jnp.zeros((batch_size, *setup.input_shape), jnp.float32)
+    y = jnp.zeros((batch_size,), jnp.int32)
+    cost = jax.jit(jax.grad(loss)).lower(variables["params"], x, y).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", float("nan"))) / batch_size
+
+
+def timed(fn) -> float:
+    tic = time.perf_counter()
+    fn()
+    return time.perf_counter() - tic
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--setup", choices=sorted(SETUPS), default="mnistnet_fmnist")
+    parser.add_argument("--experiment_type", choices=METHODS, default="pdst")
+    parser.add_argument("--clients_per_round", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds of each (after one warm-up round)")
+    parser.add_argument("--density", type=float, default=0.05)
+    parser.add_argument("--conv_impl", default="auto")
+    parser.add_argument("--clients_per_chunk", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--skip_torch", action="store_true", help="time flash_jax only (no ratio line)")
+    parser.add_argument("--json", help="append the result as one JSON line to this file")
+    args = parser.parse_args(argv)
+    bench = SETUPS[args.setup]
+    try:
+        config = make_config(args, bench)
+        dataset = bench.load()
+    except (ConfigError, DataError) as err:
+        parser.exit(2, f"error: {err}\n")
+    reference = None
+    if not args.skip_torch:
+        try:
+            from benchmarks.torch_reference import Reference
+        except ImportError:
+            parser.exit(2, "error: the PyTorch reference needs torch (pip install torch==2.13.0), or pass --skip_torch\n")
+
+    setup = build_setup(config, dataset)
+    state = init_state(setup)
+    k = config.clients_per_round
+    flops = train_flops_per_example(setup, config.local_bs)
+    examples_per_round = float(np.mean(setup.store.counts)) * k * config.local_epoch
+
+    def jax_round():
+        nonlocal state
+        state, _ = run_round(setup, state)
+        jax.block_until_ready(state["params"])
+
+    if not args.skip_torch:
+        store = setup.store
+        client_data = [(np.asarray(store.x[o:o + c]), np.asarray(store.y[o:o + c]))
+                       for o, c in zip(store.offsets, store.counts)]
+        reference = Reference(config.model_type, config.experiment_type, client_data,
+                              num_classes=dataset.num_classes, density=config.density, batch_size=config.local_bs,
+                              epochs=config.local_epoch, prune_rate=config.prune_rate,
+                              augment=setup.spec.augment, seed=config.seed)
+        rng = np.random.default_rng(config.seed)
+
+    def torch_round():
+        reference.run_round(rng.choice(config.num_users, k, replace=False), config.lr_start)
+
+    first = timed(jax_round)
+    if reference:
+        timed(torch_round)  # warm-up: allocator and thread pools
+    jax_s, torch_s = [], []
+    for _ in range(args.rounds):
+        jax_s.append(timed(jax_round))
+        if reference:
+            torch_s.append(timed(torch_round))
+    jax_median = statistics.median(jax_s)
+    result = {"setup": args.setup, "experiment_type": args.experiment_type, "clients_per_round": k,
+              "clients_per_chunk": args.clients_per_chunk, "conv_impl": setup.model.module.conv_impl,
+              "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
+              "devices": jax.device_count(), "machine": platform.processor() or platform.machine(),
+              "compile_s": round(first - jax_median, 3), "round_s": round(jax_median, 4),
+              "round_s_all": [round(t, 4) for t in jax_s],
+              "train_gflop_per_round": round(flops * examples_per_round / 1e9, 2),
+              "achieved_gflops": round(flops * examples_per_round / jax_median / 1e9, 2)}
+    print(f"{args.setup} {args.experiment_type}: {k} clients per round, {args.rounds} timed rounds, "
+          f"{jax.default_backend()} ({result['device']}, {result['devices']} device(s)), conv {result['conv_impl']}")
+    print(f"flash_jax  compile_s {result['compile_s']:.2f}  round_s median {jax_median:.4f}  "
+          f"(min {min(jax_s):.4f}, max {max(jax_s):.4f})  {result['achieved_gflops']} GFLOP/s")
+    if reference:
+        torch_median = statistics.median(torch_s)
+        result.update(torch_round_s=round(torch_median, 4), torch_round_s_all=[round(t, 4) for t in torch_s],
+                      torch_version=sys.modules["torch"].__version__,
+                      ratio_vs_torch=round(jax_median / torch_median, 4))
+        print(f"torch      round_s median {torch_median:.4f}  (min {min(torch_s):.4f}, max {max(torch_s):.4f})")
+    if args.json:
+        with open(args.json, "a") as f:
+            f.write(json.dumps(result) + "\n")
+    if reference:
+        print(f"ratio_vs_torch {result['ratio_vs_torch']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
