@@ -1,0 +1,46 @@
+"""The round-time benchmark's plumbing (its numbers live in benchmarks/RESULTS.md, not in tests)."""
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import round_time
+from flash_jax.data.sources import DEBIAN_DIRS
+
+fashion_mnist = pytest.mark.skipif(not __import__("os").path.isdir(DEBIAN_DIRS["fashion_mnist"]),
+                                   reason="needs Debian's dataset-fashion-mnist package")
+
+
+@fashion_mnist
+def test_round_time_reports_compile_and_steady_state(tmp_path, capsys):
+    out = tmp_path / "result.jsonl"
+    assert round_time.main(["--setup", "mnistnet_fmnist", "--experiment_type", "pdst", "--clients_per_round", "1",
+                            "--rounds", "2", "--skip_torch", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["clients_per_round"] == 1 and len(record["round_s_all"]) == 2
+    assert record["round_s"] == pytest.approx(float(np.median(record["round_s_all"])), abs=1e-4)
+    assert record["round_s"] > 0 and record["compile_s"] > 0
+    # MNISTNet's forward+backward is ~12 MFLOP per example and a client holds 600 examples
+    assert 3 < record["train_gflop_per_round"] < 15
+    assert "ratio_vs_torch" not in capsys.readouterr().out
+
+
+def test_reference_keeps_masks_applied_and_averages_clients():
+    torch = pytest.importorskip("torch")
+    from benchmarks.torch_reference import Reference
+
+    rng = np.random.default_rng(0)
+    clients = [(rng.standard_normal((40, 28, 28, 1)).astype(np.float32), rng.integers(0, 10, 40).astype(np.int32))
+               for _ in range(3)]
+    for method in ("pdst", "nst"):
+        reference = Reference("mnistnet", method, clients, num_classes=10, density=0.05, batch_size=16, epochs=1,
+                              prune_rate=0.25, augment=False)
+        reference.run_round([0, 2], lr=0.05)
+        params = dict(reference.model.named_parameters())
+        if method == "pdst":  # one shared mask: the average stays inside it
+            for name, mask in reference.client_masks[0].items():
+                assert torch.all(params[name][mask == 0] == 0)
+        else:  # each participant's own mask changed, the union holds the average
+            assert not torch.equal(reference.client_masks[0]["fc1.weight"], reference.client_masks[1]["fc1.weight"])
+            union = torch.maximum(reference.client_masks[0]["fc1.weight"], reference.client_masks[2]["fc1.weight"])
+            assert torch.all(params["fc1.weight"][union == 0] == 0)
