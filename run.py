@@ -53,7 +53,9 @@ HELP = {
     "eval_every": "evaluate the global model every this many rounds (and at the last)",
     "workdir": "folder for config.json, metrics.jsonl and checkpoints; rerunning on it resumes the run",
     "checkpoint_every": "with --workdir: save the state every this many rounds (and after stage 1 and the last)",
-    "quiet": "no progress bar",
+    "clients_per_chunk": "clients trained per jitted call (0: the whole cohort); bounds memory for large cohorts",
+    "distributed": "call jax.distributed.initialize() first (multi-host; the cluster is auto-detected)",
+    "quiet": "no progress bar and no compile log",
 }
 
 
@@ -112,9 +114,21 @@ def parse_config(argv=None) -> Config:
     return Config(**args).validate()
 
 
+def start_distributed() -> None:
+    """jax.distributed.initialize with the cluster it detects (SLURM, Open MPI, Kubernetes, Cloud TPU);
+    it must run before anything touches a device, so it comes before the round loop is imported."""
+    import jax
+    try:
+        jax.distributed.initialize()
+    except (ValueError, RuntimeError) as err:
+        raise ConfigError(f"--distributed: jax.distributed.initialize failed: {err}") from None
+
+
 def main(argv=None) -> int:
     try:
         config = parse_config(argv)
+        if config.distributed:
+            start_distributed()
         from flash_jax.fl.loop import run  # after validation: bad flags fail before JAX starts
         history = run(config)
     except ConfigError as err:

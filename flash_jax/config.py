@@ -61,6 +61,8 @@ class Config:
     eval_every: int = 10
     workdir: str | None = None
     checkpoint_every: int = 10
+    clients_per_chunk: int = 0
+    distributed: bool = False
     quiet: bool = False
 
     @property
@@ -117,6 +119,7 @@ class Config:
             (self.feddst_weight_decay >= 0.0, "--feddst_weight_decay", ">= 0"),
             (self.eval_every >= 1, "--eval_every", ">= 1"),
             (self.checkpoint_every >= 1, "--checkpoint_every", ">= 1"),
+            (self.clients_per_chunk >= 0, "--clients_per_chunk", ">= 0 (0: the whole cohort in one call)"),
             (self.conv_impl in ("auto",) + CONV_IMPLS, "--conv_impl", f"one of auto, {', '.join(CONV_IMPLS)}"),
         ]
         for ok, flag, valid in checks:

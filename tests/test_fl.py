@@ -8,10 +8,10 @@ import pytest
 from flax import traverse_util
 
 from flash_jax.config import Config
-from flash_jax.data.store import build_store, cohort_plan
-from flash_jax.fl.aggregate import fedavg
-from flash_jax.fl.client import ClientSpec, local_train
-from flash_jax.fl.cohort import train_cohort
+from flash_jax.data.store import build_store, cohort_layout, cohort_plan, padded_count
+from flash_jax.fl.aggregate import weighted_average, weighted_sums
+from flash_jax.fl.client import SHUFFLE_STREAM, ClientSpec, client_key, local_train
+from flash_jax.fl.cohort import chunk_size, train_chunk, train_cohort
 from flash_jax.fl.loop import learning_rate_schedule, sample_clients
 from flash_jax.sparse import random_masks
 
@@ -48,14 +48,40 @@ def spec_for(model, sparse_learning):
                       prune_rate=0.25, augment=False)
 
 
-def train_alone(spec, store, ids, params, masks, keys, target, batch_size=4, epochs=1):
-    plan = cohort_plan(keys, ids, store, batch_size=batch_size, epochs=epochs)
+def plan_for(store, ids, shuffle_keys, batch_size=4, epochs=1):
+    ids = np.asarray(ids)
+    layout = cohort_layout(store, ids, batch_size=batch_size, epochs=epochs)
+    return layout, cohort_plan(layout, shuffle_keys, jnp.asarray(store.offsets[ids]), jnp.asarray(store.counts[ids]))
+
+
+def train_alone(spec, store, ids, params, masks, keys, target, batch_size=4, epochs=1, shuffle_keys=None):
+    """Each client on its own (jitted local_train); keys double as shuffle keys unless given."""
+    layout, plan = plan_for(store, ids, keys if shuffle_keys is None else shuffle_keys, batch_size, epochs)
     fn = jax.jit(local_train, static_argnums=(0, 1))
     outs = []
     for k in range(len(ids)):
-        outs.append(fn(spec, plan.phase_lengths, store.x, store.y, params, {}, masks, 0.1, 0.0, keys[k],
+        client_masks = masks[k] if isinstance(masks, list) else masks
+        outs.append(fn(spec, layout.phase_lengths, store.x, store.y, params, {}, client_masks, 0.1, 0.0, keys[k],
                        plan.example_index[k], plan.example_valid[k], plan.step_valid[k], target))
     return plan, outs
+
+
+def cohort_keys(round_key, ids):
+    """The keys train_chunk derives: client key fold_in(round_key, id), its shuffle stream."""
+    keys = jnp.stack([client_key(round_key, c) for c in ids])
+    return keys, jax.vmap(lambda k: jax.random.fold_in(k, SHUFFLE_STREAM))(keys)
+
+
+def run_cohort(spec, store, ids, params, masks, round_key, chunk, *, target, batch_stats=None, mask_index=None,
+               fma=False, batch_size=4):
+    ids = np.asarray(ids)
+    clients = {"ids": ids, "offsets": store.offsets[ids], "counts": store.counts[ids],
+               "targets": np.full(len(ids), target, np.float32)}
+    if mask_index is not None:
+        clients["mask_index"] = np.asarray(mask_index)
+    layout = cohort_layout(store, ids, batch_size=batch_size, epochs=1)
+    return train_cohort(spec, layout, fma, chunk, None, store, params, {} if batch_stats is None else batch_stats,
+                        masks, 0.1, 0.0, round_key, clients)
 
 
 @pytest.mark.parametrize("epochs", [1, 2])
@@ -91,15 +117,16 @@ def test_vmapped_cohort_equals_sequential_clients(sparse_learning):
     store, model, params, masks = make_problem(counts)
     spec = spec_for(model, sparse_learning)
     ids = [2, 0, 1]
-    keys = jax.random.split(jax.random.PRNGKey(5), 3)
-    target = jnp.float32(0.5 * sum(m.size for m in masks.values()))
-    plan, outs = train_alone(spec, store, ids, params, masks, keys, target)
+    round_key = jax.random.PRNGKey(5)
+    keys, shuffle_keys = cohort_keys(round_key, ids)
+    target = float(0.5 * sum(m.size for m in masks.values()))
+    plan, outs = train_alone(spec, store, ids, params, masks, keys, jnp.float32(target), shuffle_keys=shuffle_keys)
     weights = jnp.asarray(store.counts[ids], jnp.float32)
-    per_client = jax.tree.map(lambda m: jnp.broadcast_to(m, (3,) + m.shape), masks)
-    agg, _, client_masks, losses = train_cohort(
-        spec, plan.phase_lengths, True, False, store.x, store.y, params, {}, per_client, 0.1, 0.0, keys,
-        plan.example_index, plan.example_valid, plan.step_valid, jnp.full((3,), target), weights)
-    expected = fedavg(jax.tree.map(lambda *xs: jnp.stack(xs), *[o[0] for o in outs]), weights)
+    per_client = jax.tree.map(lambda m: m[None], masks)  # a stack of one, every client's row 0
+    agg, _, client_masks, losses = run_cohort(spec, store, ids, params, per_client, round_key, 3, target=target,
+                                              mask_index=[0, 0, 0])
+    expected = weighted_average(weighted_sums(jax.tree.map(lambda *xs: jnp.stack(xs), *[o[0] for o in outs]),
+                                              weights))
     chex.assert_trees_all_close(agg, expected, rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(losses, jnp.stack([o[3] for o in outs]), rtol=1e-5)
     if sparse_learning:
@@ -109,32 +136,86 @@ def test_vmapped_cohort_equals_sequential_clients(sparse_learning):
         assert client_masks is None
 
 
-def test_fedavg_hand_computed():
+def fedavg(stacked, weights, client_masks=None):
+    return weighted_average(weighted_sums(stacked, weights, client_masks))
+
+
+def test_fedavg_hand_computed_and_summed_in_parts():
     stacked = {"w": jnp.array([[1.0, 2.0], [3.0, 6.0]]), "b": jnp.array([0.0, 4.0])}
     out = fedavg(stacked, jnp.array([1.0, 3.0]))
     np.testing.assert_allclose(out["w"], [2.5, 5.0])
     np.testing.assert_allclose(out["b"], 3.0)
     equal = fedavg(stacked, jnp.array([5.0, 5.0]))
     np.testing.assert_allclose(equal["w"], [2.0, 4.0])
+    # the sums of two chunks (one padded with a weight-0 client) add up to the whole cohort's
+    parts = [weighted_sums(jax.tree.map(lambda x: x[i:i + 1], stacked), jnp.array([w])) for i, w in ((0, 1.0), (1, 3.0))]
+    padded = weighted_sums({"w": jnp.array([[9.0, 9.0]]), "b": jnp.array([9.0])}, jnp.array([0.0]))
+    chex.assert_trees_all_close(weighted_average(jax.tree.map(lambda *s: sum(s), *parts, padded)), out)
 
 
 def test_cohort_plan_shapes_and_shuffle():
     store, *_ = make_problem([10, 7])
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
-    plan = cohort_plan(keys, [0, 1], store, batch_size=4, epochs=1)
+    layout, plan = plan_for(store, [0, 1], keys)
     chex.assert_shape(plan.example_index, (2, 3, 4))
-    assert plan.phase_lengths == (2, 1)
+    assert layout.phase_lengths == (2, 1)
     # client 0 sees each of its 10 examples exactly once; client 1 its 7
     for k, (lo, n) in enumerate([(0, 10), (10, 7)]):
         seen = np.asarray(plan.example_index[k])[np.asarray(plan.example_valid[k])]
         assert sorted(seen.tolist()) == list(range(lo, lo + n))
-    again = cohort_plan(keys, [0, 1], store, batch_size=4, epochs=1)
+    _, again = plan_for(store, [0, 1], keys)
     np.testing.assert_array_equal(plan.example_index, again.example_index)
     # a client's plan does not depend on its cohort-mates beyond padding
-    alone = cohort_plan(keys[1:], [1], store, batch_size=4, epochs=1)
+    _, alone = plan_for(store, [1], keys[1:])
     valid = np.asarray(alone.example_valid[0])
     np.testing.assert_array_equal(np.asarray(alone.example_index[0])[valid],
                                   np.asarray(plan.example_index[1])[np.asarray(plan.example_valid[1])])
+
+
+def test_chunked_cohort_equals_one_call():
+    """Chunks of 2 clients (the last padded with a weight-0 client) give the one-call result: NST-like
+    sparse learning on per-client masks taken from a stack, aggregated with FMA (--update_mode 1)."""
+    store, model, params, masks = make_problem([12, 20, 16, 8, 14])
+    ids, mask_index = [4, 2, 0, 3, 1], np.array([2, 0, 1, 0, 2])
+    rows = [random_masks(jax.random.PRNGKey(10 + i), dict(masks), 0.5) for i in range(3)]
+    stack = jax.tree.map(lambda *ms: jnp.stack(ms), *rows)
+    target = 0.5 * sum(m.size for m in masks.values())
+    spec = spec_for(model, sparse_learning=True)
+    whole, chunked = (run_cohort(spec, store, ids, params, stack, jax.random.PRNGKey(7), chunk, target=target,
+                                 mask_index=mask_index, fma=True) for chunk in (5, 2))
+    chex.assert_trees_all_close(whole[0], chunked[0], rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_equal(whole[2], chunked[2])  # the clients' final masks, in cohort order
+    assert not all(bool(jnp.all(whole[2][p] == stack[p][mask_index])) for p in masks)  # they did change
+    chex.assert_trees_all_close(whole[3], chunked[3], rtol=1e-5)
+    chex.assert_shape(chunked[3], (5,))
+
+
+def test_chunk_size_is_a_multiple_of_the_devices():
+    assert chunk_size(0, 10, 1) == 10 and chunk_size(4, 10, 1) == 4 and chunk_size(50, 10, 1) == 10
+    assert chunk_size(0, 10, 8) == 16 and chunk_size(3, 10, 8) == 8 and chunk_size(12, 100, 8) == 16
+
+
+def test_padded_count_grid():
+    grid = [padded_count(c, 10_000) for c in (1, 2, 3, 4, 5, 6, 7, 9, 13, 17, 25, 33, 600)]
+    assert grid == [1, 2, 3, 4, 6, 6, 8, 12, 16, 24, 32, 48, 768]
+    assert padded_count(600, 600) == 600 and padded_count(520, 600) == 600  # the store's largest caps it
+
+
+def test_unequal_clients_compile_few_cohort_shapes():
+    """Clients of 2..40 examples: a round's padded shape is one of a few buckets, not its largest
+    client, so 30 rounds compile a handful of shapes."""
+    counts = np.random.default_rng(0).integers(2, 41, 60)
+    store, model, params, masks = make_problem(counts)
+    spec = spec_for(model, sparse_learning=False)
+    before = train_chunk._cache_size()
+    largest, layouts = set(), set()
+    for r in range(30):
+        ids = sample_clients(0, 0, r, len(counts), 4)
+        largest.add(int(counts[ids].max()))
+        layouts.add(cohort_layout(store, ids, batch_size=4, epochs=1))
+        run_cohort(spec, store, ids, params, masks, jax.random.PRNGKey(r), 4, target=100.0)
+    assert len(largest) >= 10 and len(layouts) <= 4
+    assert train_chunk._cache_size() - before == len(layouts)
 
 
 def test_learning_rate_schedules():
@@ -174,33 +255,32 @@ def test_cohort_averages_batch_norm_statistics_and_augments():
     variables = model.init(jax.random.PRNGKey(1), jnp.zeros((1, 8, 8, 3)), train=False)
     spec = ClientSpec(apply_fn=model.apply, has_batch_stats=True, sparse_learning=False, prune_rate=0.25,
                       augment=True)
-    keys = jax.random.split(jax.random.PRNGKey(3), 2)
-    plan = cohort_plan(keys, [0, 1], store, batch_size=8, epochs=1)
+    round_key = jax.random.PRNGKey(3)
+    keys, shuffle_keys = cohort_keys(round_key, [0, 1])
+    layout, plan = plan_for(store, [0, 1], shuffle_keys, batch_size=8)
     fn = jax.jit(local_train, static_argnums=(0, 1))
-    outs = [fn(spec, plan.phase_lengths, store.x, store.y, variables["params"], variables["batch_stats"], {},
+    outs = [fn(spec, layout.phase_lengths, store.x, store.y, variables["params"], variables["batch_stats"], {},
                0.1, 0.0, keys[k], plan.example_index[k], plan.example_valid[k], plan.step_valid[k], 0.0)
             for k in range(2)]
-    weights = jnp.asarray(store.counts[[0, 1]], jnp.float32)
-    params, stats, masks, _ = train_cohort(spec, plan.phase_lengths, False, False, store.x, store.y, variables["params"],
-                                           variables["batch_stats"], {}, 0.1, 0.0, keys, plan.example_index,
-                                           plan.example_valid, plan.step_valid, jnp.zeros(2), weights)
     expected = {k: (12 * outs[0][1]["bn"][k] + 16 * outs[1][1]["bn"][k]) / 28 for k in ("mean", "var")}
-    chex.assert_trees_all_close(stats["bn"], expected, rtol=1e-5, atol=1e-7)
+    for chunk in (2, 1):  # one call, and two chunks of one client whose statistics sum
+        params, stats, masks, _ = run_cohort(spec, store, [0, 1], variables["params"], {}, round_key, chunk, target=0.0,
+                                             batch_stats=variables["batch_stats"], batch_size=8)
+        chex.assert_trees_all_close(stats["bn"], expected, rtol=1e-5, atol=1e-7)
     assert not np.allclose(stats["bn"]["mean"], variables["batch_stats"]["bn"]["mean"])
     # augmentation is keyed per client and step: a different client key changes the result
-    other = fn(spec, plan.phase_lengths, store.x, store.y, variables["params"], variables["batch_stats"], {}, 0.1, 0.0,
+    other = fn(spec, layout.phase_lengths, store.x, store.y, variables["params"], variables["batch_stats"], {}, 0.1, 0.0,
                jax.random.PRNGKey(99), plan.example_index[0], plan.example_valid[0], plan.step_valid[0], 0.0)
     assert not np.allclose(other[0]["conv"]["kernel"], outs[0][0]["conv"]["kernel"])
 
 
 def test_masked_average_hand_computed():
-    from flash_jax.fl.aggregate import masked_average
     stacked = {"w": jnp.array([[2.0, 0.0, 4.0], [6.0, 3.0, 0.0]]), "b": jnp.array([1.0, 3.0])}
     masks = {"w": jnp.array([[True, False, True], [True, True, False]])}
-    equal = masked_average(stacked, masks, jnp.array([5.0, 5.0]))
+    equal = fedavg(stacked, jnp.array([5.0, 5.0]), masks)
     np.testing.assert_allclose(equal["w"], [4.0, 3.0, 4.0])  # §2's FMA: (2+6)/2, 3/1, 4/1
-    out = masked_average(stacked, masks, jnp.array([1.0, 3.0]))
+    out = fedavg(stacked, jnp.array([1.0, 3.0]), masks)
     np.testing.assert_allclose(out["w"], [5.0, 3.0, 4.0])  # FedDST: (2*1+6*3)/4 over holders
     np.testing.assert_allclose(out["b"], 2.5)  # FedAvg, weighted 1:3
-    nobody = masked_average(stacked, {"w": jnp.zeros((2, 3), bool)}, jnp.ones(2))
+    nobody = fedavg(stacked, jnp.ones(2), {"w": jnp.zeros((2, 3), bool)})
     np.testing.assert_array_equal(nobody["w"], 0.0)

@@ -34,24 +34,46 @@ def build_store(x: np.ndarray, y: np.ndarray, client_indices: Sequence[np.ndarra
     return ClientStore(jnp.asarray(x[order]), jnp.asarray(y[order], dtype=jnp.int32), offsets, counts)
 
 
+class CohortLayout(NamedTuple):
+    """Static shape of a cohort's plans (hashable: a jit static argument).
+
+    Every client is padded to `steps` batches of `batch_size` per epoch. `phase_lengths` splits the
+    step axis at the mask-update boundaries of ALGORITHMS.md §1, aligned across clients so that one
+    mask update runs between phases for everybody.
+    """
+
+    batch_size: int
+    steps: int
+    epochs: int
+    phase_lengths: tuple[int, ...]
+
+
 class CohortPlan(NamedTuple):
     """Where each client's local steps sit in the cohort's padded step axis.
 
     `example_index` (K, T, B) indexes the store; `example_valid` marks real examples (a client's last
-    batch may be partial); `step_valid` (K, T) marks real steps. `phase_lengths` (static) splits the
-    step axis at the mask-update boundaries of ALGORITHMS.md §1, aligned across clients so that one
-    mask update runs between phases for everybody.
+    batch may be partial); `step_valid` (K, T) marks real steps.
     """
 
     example_index: jax.Array
     example_valid: jax.Array
     step_valid: jax.Array
-    steps_per_epoch: jax.Array
-    phase_lengths: tuple[int, ...]
 
 
 def steps_per_epoch(count, batch_size: int):
     return -(-count // batch_size)
+
+
+def padded_count(count: int, cap: int) -> int:
+    """`count` rounded up to the grid 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (2^k and 3*2^(k-1)), at most `cap`.
+
+    A cohort padded to its own largest client would take a new shape, and a recompile, nearly every
+    round when client sizes differ; on this grid the padded count is under 1.5 times the cohort's
+    largest, and a run sees at most about 2*log2(cap) shapes. `cap` (the store's largest client) is always a shape of its
+    own, so equal-size partitions are never padded.
+    """
+    power = 1 << max(count - 1, 0).bit_length()  # the smallest power of two >= count
+    return min(3 * power // 4 if 4 * count <= 3 * power else power, cap)
 
 
 def phase_layout(max_steps: int, epochs: int) -> tuple[int, ...]:
@@ -66,10 +88,19 @@ def phase_layout(max_steps: int, epochs: int) -> tuple[int, ...]:
     return (max_steps,) * epochs
 
 
-def client_plan(shuffle_key, offset, count, *, max_count: int, batch_size: int, epochs: int,
-                phase_lengths: tuple[int, ...]):
+def cohort_layout(store: ClientStore, client_ids, *, batch_size: int, epochs: int) -> CohortLayout:
+    """The padded shape of a cohort: its largest client's count on the `padded_count` grid, in
+    batches of `batch_size` (fewer when no client can fill them, so a client's batches are the
+    same whatever its cohort)."""
+    count = padded_count(int(store.counts[np.asarray(client_ids)].max()), int(store.counts.max()))
+    batch_size = min(batch_size, count)
+    steps = steps_per_epoch(count, batch_size)
+    return CohortLayout(batch_size, steps, epochs, phase_layout(steps, epochs))
+
+
+def client_plan(layout: CohortLayout, shuffle_key, offset, count):
     """One client's padded plan; vmapped over the cohort (key/offset/count batched)."""
-    max_steps = steps_per_epoch(max_count, batch_size)
+    batch_size, max_steps, epochs = layout.batch_size, layout.steps, layout.epochs
     slots = max_steps * batch_size
     position = jnp.arange(slots)
 
@@ -82,7 +113,7 @@ def client_plan(shuffle_key, offset, count, *, max_count: int, batch_size: int, 
     steps = steps_per_epoch(count, batch_size)
 
     own_epoch, own_step, step_valid = [], [], []
-    for phase, length in enumerate(phase_lengths):
+    for phase, length in enumerate(layout.phase_lengths):
         t = jnp.arange(length)
         if epochs == 1:  # phase 0: steps 0..floor(s/2); phase 1: the rest
             first = steps // 2 + 1
@@ -98,22 +129,10 @@ def client_plan(shuffle_key, offset, count, *, max_count: int, batch_size: int, 
     step_valid = jnp.concatenate(step_valid)
     example_valid = ex_valid[own_step] & step_valid[:, None]
     example_index = jnp.where(example_valid, ex_index[own_epoch, own_step], offset)
-    return example_index, example_valid, step_valid, steps
+    return example_index, example_valid, step_valid
 
 
-def cohort_plan(shuffle_keys, client_ids, store: ClientStore, *, batch_size: int, epochs: int) -> CohortPlan:
-    """Plans for a cohort from per-client shuffle keys (derived from seed, round and client id)."""
-    client_ids = np.asarray(client_ids)
-    counts = store.counts[client_ids]
-    max_count = int(counts.max())
-    batch_size = min(batch_size, max_count)  # same batches, no slots that no client can fill
-    phases = phase_layout(steps_per_epoch(max_count, batch_size), epochs)
-    plan = _cohort_plan_jit(shuffle_keys, jnp.asarray(store.offsets[client_ids]), jnp.asarray(counts),
-                            max_count, batch_size, epochs, phases)
-    return CohortPlan(*plan, phases)
-
-
-@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
-def _cohort_plan_jit(shuffle_keys, offsets, counts, max_count, batch_size, epochs, phases):
-    return jax.vmap(lambda k, o, c: client_plan(k, o, c, max_count=max_count, batch_size=batch_size,
-                                                epochs=epochs, phase_lengths=phases))(shuffle_keys, offsets, counts)
+def cohort_plan(layout: CohortLayout, shuffle_keys, offsets, counts) -> CohortPlan:
+    """Plans for a cohort (or a chunk of one) from per-client shuffle keys (derived from seed, round
+    and client id); traceable, so the cohort function builds them inside its own jit."""
+    return CohortPlan(*jax.vmap(functools.partial(client_plan, layout))(shuffle_keys, offsets, counts))

@@ -1,4 +1,5 @@
-"""Server aggregation over a leading client axis."""
+"""Server aggregation as weighted running sums over a leading client axis, divided once at the end,
+so a cohort can be aggregated chunk by chunk (and across devices) without keeping its clients."""
 from __future__ import annotations
 
 import jax
@@ -6,23 +7,34 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 
-def fedavg(stacked, weights):
-    """Sample-weighted mean over axis 0 of every leaf (FedAvg; BatchNorm statistics included)."""
-    weights = weights / jnp.sum(weights)
-    return jax.tree.map(lambda x: jnp.tensordot(weights, x, axes=1).astype(x.dtype), stacked)
+def weighted_sums(stacked, weights, client_masks=None) -> dict:
+    """One chunk's share of the average, per '/'-joined leaf path: (sum_k w_k x_k, sum_k w_k).
+
+    FedAvg (§2) weights every leaf by the clients' sample counts (BatchNorm statistics included).
+    For the tensors in `client_masks` (FMA, §2) the weight is per entry, sum_k w_k m_k, so a
+    coordinate is averaged over the clients whose mask holds it; with equal client sizes (the LDA
+    and IID partitions) that is §2's plain sum over holders divided by their number, with sample
+    weights it is FedDST's aggregation. A client of weight 0 (chunk padding) adds nothing.
+    """
+    sums = {}
+    for path, x in traverse_util.flatten_dict(stacked, sep="/").items():
+        if client_masks is not None and path in client_masks:
+            held = client_masks[path] * weights.reshape((-1,) + (1,) * (x.ndim - 1))
+            sums[path] = (jnp.sum(held * x, axis=0), jnp.sum(held, axis=0))
+        else:
+            sums[path] = (jnp.tensordot(weights, x, axes=1), jnp.sum(weights))
+    return sums
 
 
-def masked_average(stacked_params, client_masks, weights):
-    """FMA (§2): a maskable coordinate is the sample-weighted mean over the clients whose mask holds
-    it (0 where nobody does); every other tensor is FedAvg'd. With equal client sizes (the LDA and
-    IID partitions) this is §2's plain sum over holders divided by their number; with sample
-    weights it is also FedDST's aggregation."""
-    averaged = traverse_util.flatten_dict(fedavg(stacked_params, weights), sep="/")
-    stacked = traverse_util.flatten_dict(stacked_params, sep="/")
-    for path, masks in client_masks.items():
-        held = masks * weights.reshape((-1,) + (1,) * (masks.ndim - 1))
-        holders = jnp.sum(held, axis=0)
-        total = jnp.sum(held * stacked[path], axis=0)
-        averaged[path] = jnp.where(holders > 0, total / jnp.where(holders > 0, holders, 1.0), 0.0).astype(
-            stacked[path].dtype)
+def weighted_average(sums: dict):
+    """The average from accumulated sums (the tree unflattened); 0 where the weight is 0 (an FMA
+    coordinate that nobody holds)."""
+    averaged = {p: jnp.where(w > 0, total / jnp.where(w > 0, w, 1.0), 0.0).astype(total.dtype)
+                for p, (total, w) in sums.items()}
     return traverse_util.unflatten_dict(averaged, sep="/")
+
+
+def zero_sums(tree, masked_paths=()) -> dict:
+    """Sums over no client yet, shaped like `weighted_sums`' output for clients shaped like `tree`."""
+    return {p: (jnp.zeros_like(x), jnp.zeros(x.shape if p in masked_paths else (), x.dtype))
+            for p, x in traverse_util.flatten_dict(tree, sep="/").items()}

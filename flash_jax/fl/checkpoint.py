@@ -21,7 +21,8 @@ from flash_jax.config import Config, ConfigError
 
 COUNTERS = ("round", "cumulative_bits", "dense_cumulative_bits")
 # settings that may differ when a workdir is reopened: they change neither the state nor the metrics
-RESUMABLE_CHANGES = ("fl_rounds", "quiet", "workdir", "checkpoint_every")
+# (the chunk size only to float rounding: how the sums are split)
+RESUMABLE_CHANGES = ("fl_rounds", "quiet", "workdir", "checkpoint_every", "clients_per_chunk", "distributed")
 
 
 class Checkpoints:

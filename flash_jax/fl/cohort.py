@@ -1,32 +1,134 @@
-"""A whole cohort's local training and its aggregation as one jitted function."""
+"""A cohort's local training and aggregation: equal chunks of clients, each one jitted call that
+trains its clients (vmap of local_train) and adds their weighted sums to the running sums, with the
+client axis sharded over the devices of a 1-D mesh.
+
+Peak memory follows the chunk size, not the cohort size: only the sums and the clients' small
+per-client outputs (final masks when they change, losses) outlive a chunk. Chunks all have one shape
+(the last is padded with weight-0 copies of the cohort's first client), so they compile once.
+"""
 from __future__ import annotations
 
 import functools
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from flash_jax.fl.aggregate import fedavg, masked_average
-from flash_jax.fl.client import ClientSpec, local_train
+from flash_jax.data.store import ClientStore, CohortLayout, cohort_plan
+from flash_jax.fl.aggregate import weighted_average, weighted_sums, zero_sums
+from flash_jax.fl.client import SHUFFLE_STREAM, ClientSpec, client_key, local_train
+
+CLIENTS = "clients"  # the mesh axis of the client dimension
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def train_cohort(spec: ClientSpec, phase_lengths: tuple[int, ...], per_client_masks: bool, fma: bool, store_x, store_y,
-                 params, batch_stats, masks, lr, readjust_ratio, keys, example_index, example_valid, step_valid,
-                 target_counts, weights):
-    """vmap(local_train) over the cohort, then FedAvg (or FMA, `fma`) of parameters and FedAvg of
-    BatchNorm statistics.
+def client_mesh() -> Mesh | None:
+    """A 1-D mesh over every device, its axis named 'clients'; None with one device (nothing to shard)."""
+    devices = jax.devices()
+    return Mesh(np.asarray(devices), (CLIENTS,)) if len(devices) > 1 else None
 
-    Server params are shared (broadcast); masks are either shared or one per client
-    (`per_client_masks`). Returns the aggregated params and statistics, the clients' final masks
-    (when they can change) and their mean training losses.
+
+def place(mesh: Mesh | None, tree, split: bool):
+    """Arrays onto `mesh`, split along the leading (client) axis or replicated (with no mesh: onto the
+    default device). The cohort function's inputs always arrive placed alike, so a round never
+    recompiles for a new input placement.
+
+    Host arrays go through make_array_from_callback, which hands each device its slice of the full
+    array, so the same call builds global arrays when the mesh spans several hosts (each holding the
+    same values); device arrays are resharded where they differ.
     """
-    def one_client(masks, key, index, valid, step_ok, target):
-        return local_train(spec, phase_lengths, store_x, store_y, params, batch_stats, masks, lr, readjust_ratio,
-                           key, index, valid, step_ok, target)
+    if mesh is None:
+        return jax.tree.map(jnp.asarray, tree)
+    sharding = NamedSharding(mesh, PartitionSpec(CLIENTS) if split else PartitionSpec())
 
-    mask_axis = 0 if per_client_masks else None
-    client_params, client_stats, client_masks, losses = jax.vmap(one_client, in_axes=(mask_axis, 0, 0, 0, 0, 0))(
-        masks, keys, example_index, example_valid, step_valid, target_counts)
-    aggregate = masked_average(client_params, client_masks, weights) if fma else fedavg(client_params, weights)
-    return (aggregate, fedavg(client_stats, weights),
-            client_masks if spec.changes_masks else None, losses)
+    def put(x):
+        if isinstance(x, jax.Array):
+            return x if x.sharding == sharding else jax.device_put(x, sharding)
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree.map(put, tree)
+
+
+def _constrain(mesh: Mesh | None, tree, split: bool):
+    if mesh is None:
+        return tree
+    sharding = NamedSharding(mesh, PartitionSpec(CLIENTS) if split else PartitionSpec())
+    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
+
+
+def chunk_size(clients_per_chunk: int, cohort: int, devices: int) -> int:
+    """Clients per jitted call: --clients_per_chunk (0: the whole cohort), at most the cohort, rounded
+    up to a multiple of the device count so every device gets the same number of clients."""
+    size = min(clients_per_chunk, cohort) if clients_per_chunk else cohort
+    return -(-size // devices) * devices
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3), donate_argnums=(13,))
+def train_chunk(spec: ClientSpec, layout: CohortLayout, fma: bool, mesh: Mesh | None, store_x, store_y, params,
+                batch_stats, masks, lr, readjust_ratio, round_key, clients, sums):
+    """Train one chunk of clients and add their weighted sums (`aggregate.weighted_sums`: FedAvg of
+    parameters, or FMA with `fma`, and FedAvg of BatchNorm statistics) to `sums` (donated).
+
+    `clients` holds per-client arrays: ids (keys are fold_in(round_key, id)), offsets and counts
+    into the store, target counts, weights (0 for padding) and, when each client trains with its own
+    mask, mask_index into the leading axis of `masks`; otherwise `masks` is shared. Returns the new
+    sums, the clients' final masks (when they can change, else None) and their mean training losses.
+    """
+    keys = jax.vmap(client_key, in_axes=(None, 0))(round_key, clients["ids"])
+    shuffle_keys = jax.vmap(lambda k: jax.random.fold_in(k, SHUFFLE_STREAM))(keys)
+    plan = cohort_plan(layout, shuffle_keys, clients["offsets"], clients["counts"])
+    per_client_masks = "mask_index" in clients
+    if per_client_masks:
+        masks = jax.tree.map(lambda m: m[clients["mask_index"]], masks)
+
+    def one_client(masks, key, index, valid, step_ok, target):
+        return local_train(spec, layout.phase_lengths, store_x, store_y, params, batch_stats, masks, lr,
+                           readjust_ratio, key, index, valid, step_ok, target)
+
+    client_params, client_stats, client_masks, losses = jax.vmap(
+        one_client, in_axes=(0 if per_client_masks else None, 0, 0, 0, 0, 0))(
+        masks, keys, plan.example_index, plan.example_valid, plan.step_valid, clients["targets"])
+    weights = clients["weights"]
+    chunk_sums = (weighted_sums(client_params, weights, client_masks if fma else None),
+                  weighted_sums(client_stats, weights))
+    sums = _constrain(mesh, jax.tree.map(jnp.add, sums, chunk_sums), split=False)
+    return sums, _constrain(mesh, (client_masks if spec.changes_masks else None, losses), split=True)
+
+
+@jax.jit
+def _average(sums):
+    return weighted_average(sums[0]), weighted_average(sums[1])
+
+
+def train_cohort(spec: ClientSpec, layout: CohortLayout, fma: bool, chunk: int, mesh: Mesh | None,
+                 store: ClientStore, params, batch_stats, masks, lr, readjust_ratio, round_key,
+                 clients: dict[str, np.ndarray]):
+    """The whole cohort in chunks of `chunk` clients (`train_chunk`); `clients` are its per-client
+    host arrays (as there, without weights: a client weighs its sample count).
+
+    Returns the aggregated params and BatchNorm statistics, the clients' final masks (when they can
+    change, else None) and their mean training losses, in cohort order.
+    """
+    ids = clients["ids"]
+    cohort = len(ids)
+    padded = -(-cohort // chunk) * chunk
+    slot = np.concatenate([np.arange(cohort), np.zeros(padded - cohort, np.int64)])  # padding copies client 0
+    inputs = {name: np.asarray(value)[slot] for name, value in clients.items()}
+    inputs["weights"] = np.where(np.arange(padded) < cohort, store.counts[ids][slot], 0).astype(np.float32)
+    params, batch_stats, masks = place(mesh, (params, batch_stats, masks), split=False)
+    sums = place(mesh, (zero_sums(params, tuple(masks) if fma else ()), zero_sums(batch_stats)), split=False)
+    outputs = []
+    for start in range(0, padded, chunk):
+        chunk_inputs = place(mesh, {name: value[start:start + chunk] for name, value in inputs.items()}, split=True)
+        sums, per_client = train_chunk(spec, layout, fma, mesh, store.x, store.y, params, batch_stats, masks, lr,
+                                       readjust_ratio, round_key, chunk_inputs, sums)
+        outputs.append(per_client)
+    client_masks, losses = jax.tree.map(lambda *parts: _in_cohort_order(parts, cohort), *outputs)
+    return *_average(sums), client_masks, losses
+
+
+def _in_cohort_order(parts, cohort: int):
+    """A per-client output of every chunk, joined, without the padding (no copy for one exact chunk)."""
+    joined = parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+    return joined if joined.shape[0] == cohort else joined[:cohort]

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 import numpy as np
 import optax
 from tqdm.auto import tqdm
@@ -25,10 +26,10 @@ from flash_jax.comm import VALUE_BITS, dense_model_bits, model_bits
 from flash_jax.config import Config, ConfigError
 from flash_jax.data.partition import partition
 from flash_jax.data.sources import Dataset, load_dataset
-from flash_jax.data.store import ClientStore, build_store, cohort_plan
+from flash_jax.data.store import ClientStore, build_store, cohort_layout, steps_per_epoch
 from flash_jax.fl.checkpoint import Checkpoints, check_resumable, rewrite_metrics
-from flash_jax.fl.client import SHUFFLE_STREAM, ClientSpec, client_key, momentum_sgd
-from flash_jax.fl.cohort import train_cohort
+from flash_jax.fl.client import ClientSpec, momentum_sgd
+from flash_jax.fl.cohort import chunk_size, client_mesh, place, train_cohort
 from flash_jax.fl.evaluate import evaluate
 from flash_jax.fl.methods import METHODS, Method
 from flash_jax.models import ModelDef, get_model, init_variables
@@ -114,6 +115,8 @@ class Setup:
     lr: Callable[[int], float]
     levels: tuple[float, ...]  # budget levels as fractions of d, highest (the server mask) first
     layer_counts: dict[str, int]  # exact per-tensor counts at density d (FedDST keeps them)
+    mesh: Mesh | None  # the client axis is sharded over it; None on one device
+    cohort_shapes: set = dataclasses.field(default_factory=set)  # cohort shapes compiled so far
 
 
 def build_setup(config: Config, dataset: Dataset) -> Setup:
@@ -133,8 +136,12 @@ def build_setup(config: Config, dataset: Dataset) -> Setup:
     spec = ClientSpec(apply_fn=model.module.apply, has_batch_stats=model.has_batch_stats,
                       sparse_learning=method.client_sparse_learning, prune_rate=config.prune_rate,
                       augment=config.dataset in AUGMENTED_DATASETS, make_optimizer=optimizer, growth=config.growth)
-    return Setup(config=config, method=method, store=build_store(dataset.train_x, dataset.train_y, train_parts),
-                 test_x=jnp.asarray(dataset.test_x), test_y=jnp.asarray(dataset.test_y),
+    mesh = client_mesh()  # the store and test set are replicated on it once, not sent every round
+    store = build_store(dataset.train_x, dataset.train_y, train_parts)
+    store = store._replace(x=place(mesh, store.x, split=False), y=place(mesh, store.y, split=False))
+    return Setup(config=config, method=method, store=store,
+                 test_x=place(mesh, jnp.asarray(dataset.test_x), split=False),
+                 test_y=place(mesh, jnp.asarray(dataset.test_y), split=False),
                  test_partition=test_parts, model=model,
                  eval_apply=get_model(config.model_type, dataset.num_classes, "xla").module.apply, paths=paths,
                  shapes={p: flat[p].shape for p in paths}, sizes={p: math.prod(flat[p].shape) for p in paths},
@@ -142,7 +149,7 @@ def build_setup(config: Config, dataset: Dataset) -> Setup:
                  num_maskable=num_maskable, spec=spec,
                  dense_size=sum(math.prod(v.shape) for v in jax.tree.leaves(variables)) - num_maskable,
                  lr=learning_rate_schedule(config), levels=config.density_levels[0],
-                 layer_counts=layer_counts({p: flat[p].shape for p in paths}, config.density))
+                 layer_counts=layer_counts({p: flat[p].shape for p in paths}, config.density), mesh=mesh)
 
 
 def init_state(setup: Setup) -> dict[str, Any]:
@@ -192,20 +199,47 @@ def participant_levels(setup: Setup, state: dict[str, Any], ids: np.ndarray) -> 
 
 
 def train_clients(setup: Setup, spec: ClientSpec, ids: np.ndarray, round_key, params, batch_stats, masks, *,
-                  per_client_masks: bool, epochs: int, lr: float, readjust_ratio: float = 0.0,
+                  epochs: int, lr: float, mask_index: np.ndarray | None = None, readjust_ratio: float = 0.0,
                   budgets: np.ndarray | None = None):
-    """One cohort's local training and aggregation; client keys are fold_in(round_key, client id).
-    `budgets` are the participants' density targets as fractions of d (default: all at d)."""
-    keys = jax.vmap(lambda c: client_key(round_key, c))(jnp.asarray(ids))
-    shuffle_keys = jax.vmap(lambda k: jax.random.fold_in(k, SHUFFLE_STREAM))(keys)
-    plan = cohort_plan(shuffle_keys, ids, setup.store, batch_size=setup.config.local_bs, epochs=epochs)
+    """One cohort's local training and aggregation, --clients_per_chunk clients per jitted call;
+    client keys are fold_in(round_key, client id). `masks` is the shared mask, or with `mask_index` a
+    stack from which participant k takes masks[mask_index[k]]. `budgets` are the participants'
+    density targets as fractions of d (default: all at d).
+
+    Returns the aggregated params and statistics, the participants' final masks (None when they
+    cannot change), their training losses, and the round's padding_efficiency (real client-steps
+    over padded ones) and compiled_cohort_shapes (distinct cohort shapes this run has needed).
+    """
+    config, store = setup.config, setup.store
+    layout = cohort_layout(store, ids, batch_size=config.local_bs, epochs=epochs)
+    chunk = chunk_size(config.clients_per_chunk, len(ids), 1 if setup.mesh is None else setup.mesh.size)
+    fma = (config.update_mode == 1 and setup.method.sparse) or setup.method.readjust
+    _note_cohort_shape(setup, spec, layout, chunk, mask_index is not None, fma)
     budgets = np.ones(len(ids)) if budgets is None else budgets
-    targets = jnp.asarray(budgets * setup.config.density * setup.num_maskable, jnp.float32)
-    weights = jnp.asarray(setup.store.counts[ids], jnp.float32)
-    fma = (setup.config.update_mode == 1 and setup.method.sparse) or setup.method.readjust
-    return train_cohort(spec, plan.phase_lengths, per_client_masks, fma, setup.store.x, setup.store.y, params,
-                        batch_stats, masks, lr, readjust_ratio, keys, plan.example_index, plan.example_valid,
-                        plan.step_valid, targets, weights)
+    clients = {"ids": ids, "offsets": store.offsets[ids], "counts": store.counts[ids],
+               "targets": (budgets * config.density * setup.num_maskable).astype(np.float32)}
+    if mask_index is not None:
+        clients["mask_index"] = mask_index
+    params, batch_stats, client_masks, losses = train_cohort(
+        spec, layout, fma, chunk, setup.mesh, store, params, batch_stats, masks, lr, readjust_ratio, round_key, clients)
+    real_steps = epochs * int(steps_per_epoch(store.counts[ids], layout.batch_size).sum())
+    padded_steps = -(-len(ids) // chunk) * chunk * sum(layout.phase_lengths)
+    shapes = {"padding_efficiency": real_steps / padded_steps, "compiled_cohort_shapes": len(setup.cohort_shapes)}
+    return params, batch_stats, client_masks, losses, shapes
+
+
+def _note_cohort_shape(setup: Setup, spec: ClientSpec, layout, chunk: int, per_client_masks: bool, fma: bool) -> None:
+    """Remember the shape signature of a cohort call; a new one compiles, which gets one line on stderr."""
+    signature = (spec, layout, chunk, per_client_masks, fma)
+    if signature in setup.cohort_shapes:
+        return
+    setup.cohort_shapes.add(signature)
+    if not setup.config.quiet:
+        masks = "sparse learning" if spec.sparse_learning else "readjusting masks" if spec.readjust else "fixed masks"
+        tqdm.write(f"new cohort shape #{len(setup.cohort_shapes)} (compiling): {chunk} clients per call x "
+                   f"{layout.epochs} epoch(s) x {layout.steps} steps x batch {layout.batch_size}, phases "
+                   f"{layout.phase_lengths}, {masks}{', per-client masks' if per_client_masks else ''}"
+                   f"{', FMA' if fma else ''}", file=sys.stderr)
 
 
 def sensitivity_stage(setup: Setup, state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -215,9 +249,9 @@ def sensitivity_stage(setup: Setup, state: dict[str, Any]) -> tuple[dict[str, An
     config = setup.config
     base = jax.random.PRNGKey(config.seed)
     ids = sample_clients(config.seed, SENSITIVITY_STREAM, 0, config.num_users, config.stage1_clients)
-    _, _, client_masks, _ = train_clients(
+    _, _, client_masks, _, _ = train_clients(
         setup, dataclasses.replace(setup.spec, sparse_learning=True), ids, jax.random.fold_in(base, SENSITIVITY_STREAM),
-        state["params"], state["batch_stats"], state["server_mask"], per_client_masks=False,
+        state["params"], state["batch_stats"], state["server_mask"],
         epochs=config.init_epoch, lr=config.lr_start)
     reported = client_layer_densities(client_masks)
     sizes = setup.sizes
@@ -243,13 +277,11 @@ def run_round(setup: Setup, state: dict[str, Any]) -> tuple[dict[str, Any], dict
     round_key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), ROUND_STREAM), r)
     levels = participant_levels(setup, state, ids)
     budgets = np.asarray(setup.levels)[levels]
-    per_client_masks = method.per_client_masks or config.hetero_client
+    masks, mask_index = state["server_mask"], None
     if method.per_client_masks:
-        masks = jax.tree.map(lambda m: m[ids], state["client_masks"])
+        masks, mask_index = state["client_masks"], ids
     elif config.hetero_client:  # each participant trains with the mask of its budget level
-        masks = jax.tree.map(lambda m: m[levels], state["level_masks"])
-    else:
-        masks = state["server_mask"]
+        masks, mask_index = state["level_masks"], levels
     update_mask = method.next_mask and r % config.jmwst_update_interval == 0
     readjust_ratio = feddst_readjust_ratio(config, r) if method.readjust else 0.0
     spec = setup.spec
@@ -257,10 +289,9 @@ def run_round(setup: Setup, state: dict[str, Any]) -> tuple[dict[str, Any], dict
         spec = dataclasses.replace(spec, sparse_learning=False)
     if readjust_ratio > 0.0:
         spec = dataclasses.replace(spec, readjust=True)
-    params, batch_stats, client_masks, losses = train_clients(
-        setup, spec, ids, round_key, state["params"], state["batch_stats"], masks,
-        per_client_masks=per_client_masks, epochs=config.local_epoch, lr=setup.lr(r),
-        readjust_ratio=readjust_ratio, budgets=budgets)
+    params, batch_stats, client_masks, losses, shapes = train_clients(
+        setup, spec, ids, round_key, state["params"], state["batch_stats"], masks, mask_index=mask_index,
+        epochs=config.local_epoch, lr=setup.lr(r), readjust_ratio=readjust_ratio, budgets=budgets)
     new_state = dict(state, round=r + 1, params=params, batch_stats=batch_stats)
     flat = traverse_util.flatten_dict(params, sep="/")
     maskable = {p: flat[p] for p in setup.paths}
@@ -272,7 +303,7 @@ def run_round(setup: Setup, state: dict[str, Any]) -> tuple[dict[str, Any], dict
         server_mask = _prune_union(maskable, client_masks, setup.layer_counts)
     if server_mask is not None:
         new_state.update(server_mask=server_mask, params=apply_masks(params, server_mask))
-    info = {"train_loss": float(jnp.mean(losses)), "lr": setup.lr(r)}
+    info = {"train_loss": float(jnp.mean(losses)), "lr": setup.lr(r), **shapes}
     if method.readjust:
         info["readjust_ratio"] = readjust_ratio
     if method.per_client_masks:
@@ -284,13 +315,18 @@ def run_round(setup: Setup, state: dict[str, Any]) -> tuple[dict[str, Any], dict
         new_state["level_masks"] = _hetero_masks(setup, new_state["params"], new_state["server_mask"])
         level_counts = jax.device_get(client_mask_counts(new_state["level_masks"]))  # the level axis leads
         info["hetero_level_density"] = [float(c) / setup.num_maskable for c in sum(level_counts.values())]
+    # the participants' masks after training: a stack of distinct masks and each participant's row in it
     clients_changed_masks = client_masks is not None
+    if clients_changed_masks:
+        held, row = client_masks, np.arange(len(ids))
+    elif mask_index is not None:  # every participant kept the mask it was given
+        held, row = masks, mask_index
+    else:
+        held, row = jax.tree.map(lambda m: m[None], masks), np.zeros(len(ids), np.int64)
     if method.sparse:
-        if client_masks is None:  # every participant trained with the mask it was given
-            client_masks = masks if per_client_masks else jax.tree.map(
-                lambda m: jnp.broadcast_to(m, (len(ids),) + m.shape), masks)
-        info.update(mask_consensus(client_masks, new_state["server_mask"], state["server_mask"]))
-    info.update(_account_communication(setup, state, new_state, ids, levels, client_masks, clients_changed_masks))
+        multiplicity = np.bincount(row, minlength=next(iter(held.values())).shape[0])
+        info.update(mask_consensus(held, new_state["server_mask"], state["server_mask"], multiplicity))
+    info.update(_account_communication(setup, state, new_state, ids, levels, held, row, clients_changed_masks))
     return new_state, info
 
 
@@ -317,9 +353,10 @@ def _stacked_levels(state: dict[str, Any]):
     return jax.tree.map(lambda m: m[None], state["server_mask"])
 
 
-def _account_communication(setup: Setup, state, new_state, ids, levels, client_masks,
+def _account_communication(setup: Setup, state, new_state, ids, levels, upload_masks, row,
                            clients_changed_masks: bool) -> dict[str, float]:
-    """Bits of this round (§5), updating the cumulative totals and which mask each client holds."""
+    """Bits of this round (§5), updating the cumulative totals and which mask each client holds;
+    participant k uploads within the mask upload_masks[row[k]]."""
     sizes = setup.sizes
     dense = dense_model_bits(setup.dense_size + setup.num_maskable)
     if not setup.method.sparse:
@@ -330,9 +367,9 @@ def _account_communication(setup: Setup, state, new_state, ids, levels, client_m
         held = state["client_mask_id"][ids] == state["mask_ids"][levels]
         down = sum(model_bits({p: level_nnz[p][lv] for p in sizes}, sizes, setup.dense_size, mask_known=bool(h))
                    for lv, h in zip(levels, held))
-        up_nnz = jax.device_get(client_mask_counts(client_masks))
+        up_nnz = jax.device_get(client_mask_counts(upload_masks))
         up = sum(model_bits({p: up_nnz[p][k] for p in sizes}, sizes, setup.dense_size,
-                            mask_known=not clients_changed_masks) for k in range(len(ids)))
+                            mask_known=not clients_changed_masks) for k in row)
         holders = state["client_mask_id"].copy()
         holders[ids] = state["mask_ids"][levels]
         changed = np.asarray(jax.device_get(_level_changes(_stacked_levels(state), _stacked_levels(new_state))))

@@ -6,6 +6,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from flash_jax.sparse.masks import Masks, topk_mask
 
@@ -40,36 +41,41 @@ def hamming(a: Masks, b: Masks) -> jax.Array:
 
 
 @jax.jit
-def _consensus_counts(client_masks: Masks, server_mask: Masks, previous_server_mask: Masks):
+def _consensus_counts(client_masks: Masks, multiplicity: jax.Array, server_mask: Masks, previous_server_mask: Masks):
     clients = _flat(client_masks, 1)
     server = _flat(server_mask, 0)
-    held = jnp.sum(clients, axis=0, dtype=jnp.int32)
-    k = clients.shape[0]
+    held = jnp.sum(clients * multiplicity[:, None], axis=0, dtype=jnp.int32)
+    k = jnp.sum(multiplicity)
     return {
         "differing_pairs": jnp.sum(held.astype(jnp.float32) * (k - held)),
-        "to_server": jnp.sum(clients != server, dtype=jnp.int32),
-        "iou_to_server": jnp.sum(jnp.sum(clients & server, axis=1) / jnp.maximum(jnp.sum(clients | server, axis=1), 1)),
+        "to_server": jnp.sum(clients != server, axis=1, dtype=jnp.int32),
+        "iou_to_server": jnp.sum(clients & server, axis=1) / jnp.maximum(jnp.sum(clients | server, axis=1), 1),
         "server_change": jnp.sum(server != _flat(previous_server_mask, 0), dtype=jnp.int32),
         "union": jnp.sum(held > 0, dtype=jnp.int32),
     }
 
 
-def mask_consensus(client_masks: Masks, server_mask: Masks, previous_server_mask: Masks) -> dict[str, float]:
+def mask_consensus(client_masks: Masks, server_mask: Masks, previous_server_mask: Masks,
+                   multiplicity: np.ndarray | None = None) -> dict[str, float]:
     """The paper's consensus measures for one round (§5), as Python floats from exact counts.
 
-    client_masks has a leading participant axis. Mean pairwise Hamming distance uses that a
-    coordinate held by c of K clients differs in c*(K-c) of the K*(K-1)/2 pairs.
+    client_masks has a leading axis of distinct masks; participant-weighted by `multiplicity` (how
+    many participants hold each; default one each), so a mask shared by K participants is passed
+    once instead of K times. Mean pairwise Hamming distance uses that a coordinate held by c of K
+    clients differs in c*(K-c) of the K*(K-1)/2 pairs.
     """
-    counts = {name: float(v) for name, v in jax.device_get(
-        _consensus_counts(client_masks, server_mask, previous_server_mask)).items()}
-    k = next(iter(client_masks.values())).shape[0]
+    rows = next(iter(client_masks.values())).shape[0]
+    multiplicity = np.ones(rows, np.int64) if multiplicity is None else np.asarray(multiplicity, np.int64)
+    counts = jax.device_get(_consensus_counts(client_masks, jnp.asarray(multiplicity, jnp.int32), server_mask,
+                                              previous_server_mask))
+    k = int(multiplicity.sum())
     n = sum(m.size for m in server_mask.values())
     return {
-        "mask_hamming_clients": counts["differing_pairs"] / (max(k * (k - 1) / 2, 1) * n),
-        "mask_hamming_to_server": counts["to_server"] / (k * n),
-        "mask_iou_to_server": counts["iou_to_server"] / k,
-        "server_mask_change": counts["server_change"] / n,
-        "union_density": counts["union"] / n,
+        "mask_hamming_clients": float(counts["differing_pairs"]) / (max(k * (k - 1) / 2, 1) * n),
+        "mask_hamming_to_server": float(np.dot(multiplicity, counts["to_server"])) / (k * n),
+        "mask_iou_to_server": float(np.dot(multiplicity, counts["iou_to_server"])) / k,
+        "server_mask_change": float(counts["server_change"]) / n,
+        "union_density": float(counts["union"]) / n,
     }
 
 
