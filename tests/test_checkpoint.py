@@ -95,10 +95,18 @@ def _cli(workdir):
             "--fl_rounds", "6", "--eval_every", "1", "--checkpoint_every", "1", "--quiet", "--workdir", str(workdir)]
 
 
+def _cli_env(workdir):
+    """The runs share a persistent compilation cache so that only the first one compiles."""
+    cache = os.path.join(os.path.dirname(workdir), "jax_cache")
+    return {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
 def _kill_when(workdir, condition, timeout=300.0) -> bool:
     """Start the run, SIGKILL it as soon as `condition(checkpoint dir entries)` holds; False if it
     finished first."""
-    proc = subprocess.Popen(_cli(workdir), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_cli(workdir), cwd=REPO, env=_cli_env(workdir), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     folder, deadline = os.path.join(workdir, "checkpoints"), time.monotonic() + timeout
     try:
         while proc.poll() is None and time.monotonic() < deadline:
@@ -122,7 +130,8 @@ def test_sigkill_during_training_and_during_a_save_loses_nothing(digits, tmp_pat
     # ... and, after resuming, in the middle of writing a checkpoint (orbax's temporary folder exists)
     caught = any(_kill_when(workdir, lambda entries: any(not e.isdigit() for e in entries)) for _ in range(3))
     assert caught, "never caught a checkpoint save in progress"
-    finished = subprocess.run(_cli(workdir), cwd=REPO, capture_output=True, text=True, timeout=600)
+    finished = subprocess.run(_cli(workdir), cwd=REPO, env=_cli_env(workdir), capture_output=True, text=True,
+                              timeout=600)
     assert finished.returncode == 0, finished.stderr
     assert "resuming" in finished.stderr
     reference = Config(experiment_type="nst", num_users=6, frac=0.5, fl_rounds=6, eval_every=1, checkpoint_every=1,
