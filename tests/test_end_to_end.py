@@ -64,6 +64,8 @@ def cli(*args, cwd=ROOT):
     (["--local_bs", "abc"], "--local_bs"),
     (["--experiment_type", "fedx"], "--experiment_type"),
     (["--subsample_method", "median"], "--subsample_method"),
+    (["--clients_per_chunk", "-1"], "--clients_per_chunk"),
+    (["--distributed"], "--distributed"),  # jax.distributed.initialize finds no cluster here
 ])
 def test_bad_input_is_one_line_exit_2(args, flag, tmp_path):
     workdir = tmp_path / "w"
@@ -89,6 +91,13 @@ def test_unwritable_workdir_is_one_line_exit_2(tmp_path):
     result = cli("--fl_rounds", "1", "--num_users", "10", "--workdir", str(blocker / "sub"))
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "--workdir" in result.stderr
+
+
+def test_scale_flags_reach_the_config():
+    from run import parse_config
+    config = parse_config(["--clients_per_chunk", "100", "--distributed"])
+    assert (config.clients_per_chunk, config.distributed) == (100, True)
+    assert (parse_config([]).clients_per_chunk, parse_config([]).distributed) == (0, False)
 
 
 def test_authors_command_line_is_accepted_by_the_parser():
