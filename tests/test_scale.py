@@ -78,9 +78,7 @@ def test_one_call_logs_its_shape_once_and_wastes_nothing(one_device):
 
 
 def test_eight_devices_equal_one_device(one_device, tmp_path):
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this checkout's flash_jax, not an installed one
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     result = subprocess.run([sys.executable, __file__, str(tmp_path)], env=env, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -9,12 +9,10 @@ per-client outputs (final masks when they change, losses) outlive a chunk. Chunk
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from flash_jax.data.store import ClientStore, CohortLayout, cohort_plan
@@ -74,17 +72,15 @@ def train_chunk(spec: ClientSpec, layout: CohortLayout, fma: bool, mesh: Mesh | 
 
     `clients` holds per-client arrays: ids (keys are fold_in(round_key, id)), offsets and counts
     into the store, target counts, weights (0 for padding) and, when each client trains with its own
-    mask, mask_index into the leading axis of `masks` (bit-packed rows, see `pack_rows`, are
-    unpacked); otherwise `masks` is shared. Returns the new sums, the clients' final masks (when they
-    can change, else None) and their mean training losses.
+    mask, mask_index into the leading axis of `masks`; otherwise `masks` is shared. Returns the new
+    sums, the clients' final masks (when they can change, else None) and their mean training losses.
     """
     keys = jax.vmap(client_key, in_axes=(None, 0))(round_key, clients["ids"])
     shuffle_keys = jax.vmap(lambda k: jax.random.fold_in(k, SHUFFLE_STREAM))(keys)
     plan = cohort_plan(layout, shuffle_keys, clients["offsets"], clients["counts"])
     per_client_masks = "mask_index" in clients
     if per_client_masks:
-        shapes = {p: x.shape for p, x in traverse_util.flatten_dict(params, sep="/").items()}
-        masks = {p: _unpack_rows(m[clients["mask_index"]], shapes[p]) for p, m in masks.items()}
+        masks = jax.tree.map(lambda m: m[clients["mask_index"]], masks)
 
     def one_client(masks, key, index, valid, step_ok, target):
         return local_train(spec, layout.phase_lengths, store_x, store_y, params, batch_stats, masks, lr,
@@ -98,18 +94,6 @@ def train_chunk(spec: ClientSpec, layout: CohortLayout, fma: bool, mesh: Mesh | 
                   weighted_sums(client_stats, weights))
     sums = _constrain(mesh, jax.tree.map(jnp.add, sums, chunk_sums), split=False)
     return sums, _constrain(mesh, (client_masks if spec.changes_masks else None, losses), split=True)
-
-
-def pack_rows(masks):
-    """Masks with a leading axis, each row bit-packed into uint8 (NST keeps every client's mask:
-    10,000 clients of MNISTNet hold 2.6 GB as booleans, 0.33 GB packed)."""
-    return {p: jnp.packbits(m.reshape(m.shape[0], -1), axis=1) for p, m in masks.items()}
-
-
-def _unpack_rows(rows, shape):
-    if rows.dtype != jnp.uint8:  # boolean rows (hetero's per-level masks)
-        return rows
-    return jnp.unpackbits(rows, axis=1, count=math.prod(shape)).astype(bool).reshape((-1,) + shape)
 
 
 @jax.jit

@@ -1,7 +1,7 @@
 """The federated round loop: sample, train the cohort, aggregate, evaluate, log.
 
 State that crosses rounds is one pytree (`state`): round, params, batch statistics, the server mask
-and, for NST, every client's private mask (bit-packed). All randomness comes from keys derived from
+and, for NST, every client's private mask. All randomness comes from keys derived from
 (seed, stream, round, client), so results do not depend on how the cohort is computed.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from flash_jax.data.sources import Dataset, load_dataset
 from flash_jax.data.store import ClientStore, build_store, cohort_layout, steps_per_epoch
 from flash_jax.fl.checkpoint import Checkpoints, check_resumable, rewrite_metrics
 from flash_jax.fl.client import ClientSpec, momentum_sgd
-from flash_jax.fl.cohort import chunk_size, client_mesh, pack_rows, place, train_cohort
+from flash_jax.fl.cohort import chunk_size, client_mesh, place, train_cohort
 from flash_jax.fl.evaluate import evaluate
 from flash_jax.fl.methods import METHODS, Method
 from flash_jax.models import ModelDef, get_model, init_variables
@@ -164,9 +164,8 @@ def init_state(setup: Setup) -> dict[str, Any]:
         masks = random_masks(jax.random.fold_in(base, MASK_STREAM), setup.shapes, config.density)
     params = apply_masks(params, masks)
     client_masks = {}
-    if setup.method.per_client_masks:  # every client's mask, bit-packed rows
-        client_masks = jax.tree.map(lambda m: jnp.broadcast_to(m, (config.num_users,) + m.shape[1:]),
-                                    pack_rows(jax.tree.map(lambda m: m[None], masks)))
+    if setup.method.per_client_masks:
+        client_masks = jax.tree.map(lambda m: jnp.broadcast_to(m, (config.num_users,) + m.shape), masks)
     # Every server mask (one per budget level) has an id, renewed whenever it changes; a client that
     # holds its level's current id downloads no mask. Id 0, derived from the shared seed, is known
     # to everybody.
@@ -309,7 +308,7 @@ def run_round(setup: Setup, state: dict[str, Any]) -> tuple[dict[str, Any], dict
         info["readjust_ratio"] = readjust_ratio
     if method.per_client_masks:
         new_state["client_masks"] = jax.tree.map(lambda all_, new: all_.at[ids].set(new),
-                                                 state["client_masks"], pack_rows(client_masks))
+                                                 state["client_masks"], client_masks)
         # without a shared mask, the server's mask is the support of the averaged model (the union)
         new_state["server_mask"] = {p: w != 0 for p, w in maskable.items()}
     if config.hetero_client:

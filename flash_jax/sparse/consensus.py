@@ -42,21 +42,14 @@ def hamming(a: Masks, b: Masks) -> jax.Array:
 
 @jax.jit
 def _consensus_counts(client_masks: Masks, multiplicity: jax.Array, server_mask: Masks, previous_server_mask: Masks):
+    clients = _flat(client_masks, 1)
     server = _flat(server_mask, 0)
-
-    def one_mask(held, row):
-        """One client mask at a time, so memory stays O(N_m) for any number of clients."""
-        mask, count = row
-        mask = _flat(mask, 0)
-        overlap = jnp.sum(mask & server) / jnp.maximum(jnp.sum(mask | server), 1)
-        return held + count * mask, (jnp.sum(mask != server, dtype=jnp.int32), overlap)
-
-    held, (to_server, iou) = jax.lax.scan(one_mask, jnp.zeros(server.shape, jnp.int32), (client_masks, multiplicity))
+    held = jnp.sum(clients * multiplicity[:, None], axis=0, dtype=jnp.int32)
     k = jnp.sum(multiplicity)
     return {
         "differing_pairs": jnp.sum(held.astype(jnp.float32) * (k - held)),
-        "to_server": to_server,
-        "iou_to_server": iou,
+        "to_server": jnp.sum(clients != server, axis=1, dtype=jnp.int32),
+        "iou_to_server": jnp.sum(clients & server, axis=1) / jnp.maximum(jnp.sum(clients | server, axis=1), 1),
         "server_change": jnp.sum(server != _flat(previous_server_mask, 0), dtype=jnp.int32),
         "union": jnp.sum(held > 0, dtype=jnp.int32),
     }
