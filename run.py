@@ -50,6 +50,8 @@ HELP = {
     "data_dir": "TFDS data dir holding prepared datasets",
     "mask_pattern": "regex over '/'-joined parameter paths selecting the maskable tensors",
     "conv_impl": "convolution formulation: auto (slices on CPU, xla elsewhere), xla, patches, slices",
+    "mnistnet_softmax": "MNISTNet ends in the authors' softmax before the cross-entropy (their bounded loss; "
+                        "default: logits)",
     "eval_every": "evaluate the global model every this many rounds (and at the last)",
     "workdir": "folder for config.json, metrics.jsonl and checkpoints; rerunning on it resumes the run",
     "checkpoint_every": "with --workdir: save the state every this many rounds (and after stage 1 and the last)",

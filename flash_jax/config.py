@@ -58,6 +58,7 @@ class Config:
     data_dir: str | None = None
     mask_pattern: str | None = None
     conv_impl: str = "auto"
+    mnistnet_softmax: bool = False
     eval_every: int = 10
     workdir: str | None = None
     checkpoint_every: int = 10
@@ -127,6 +128,8 @@ class Config:
                 raise ConfigError(f"{flag}={getattr(self, flag[2:])!r} is invalid: must be {valid}")
         if self.hetero_client:
             self._validate_hetero()
+        if self.mnistnet_softmax and self.model_type != "mnistnet":
+            raise ConfigError(f"--mnistnet_softmax works with --model_type mnistnet, not {self.model_type}")
         return self
 
     def _validate_hetero(self) -> None:

@@ -126,7 +126,7 @@ def build_setup(config: Config, dataset: Dataset) -> Setup:
     train_parts = partition(dataset.train_y, config.num_users, alpha, config.seed)
     test_parts = partition(dataset.test_y, config.num_users, alpha, config.seed + 1) \
         if config.num_users <= len(dataset.test_y) else []
-    model = get_model(config.model_type, dataset.num_classes, config.conv_impl)
+    model = get_model(config.model_type, dataset.num_classes, config.conv_impl, config.mnistnet_softmax)
     variables = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), dataset.input_shape))
     paths = maskable_paths(variables["params"], config.mask_pattern or model.mask_pattern)
     flat = traverse_util.flatten_dict(variables["params"], sep="/")
@@ -143,7 +143,8 @@ def build_setup(config: Config, dataset: Dataset) -> Setup:
                  test_x=place(mesh, jnp.asarray(dataset.test_x), split=False),
                  test_y=place(mesh, jnp.asarray(dataset.test_y), split=False),
                  test_partition=test_parts, model=model,
-                 eval_apply=get_model(config.model_type, dataset.num_classes, "xla").module.apply, paths=paths,
+                 eval_apply=get_model(config.model_type, dataset.num_classes, "xla",
+                                      config.mnistnet_softmax).module.apply, paths=paths,
                  shapes={p: flat[p].shape for p in paths}, sizes={p: math.prod(flat[p].shape) for p in paths},
                  input_shape=dataset.input_shape,
                  num_maskable=num_maskable, spec=spec,

@@ -1,14 +1,28 @@
-"""The small convolutional nets of the paper's MNIST and FEMNIST experiments (ALGORITHMS.md §0, §6)."""
+"""The small convolutional nets of the paper's MNIST and FEMNIST experiments (ALGORITHMS.md §0, §6),
+initialised as PyTorch initialises the authors' layers (kernel and bias uniform in +-1/sqrt(fan_in))."""
 
 import jax
 from flax import linen as nn
 
+from flash_jax.models.initializers import PYTORCH_DEFAULT_KERNEL, pytorch_default_bias
 from flash_jax.models.layers import Conv, max_pool
 
 
+def _conv(x: jax.Array, features: int, kernel: int, padding, impl: str, name: str) -> jax.Array:
+    fan_in = x.shape[-1] * kernel * kernel
+    return Conv(features, kernel, padding=padding, impl=impl, kernel_init=PYTORCH_DEFAULT_KERNEL,
+                bias_init=pytorch_default_bias(fan_in), name=name)(x)
+
+
+def _dense(x: jax.Array, features: int, name: str) -> jax.Array:
+    return nn.Dense(features, kernel_init=PYTORCH_DEFAULT_KERNEL, bias_init=pytorch_default_bias(x.shape[-1]),
+                    name=name)(x)
+
+
 class MNISTNet(nn.Module):
-    """The authors' MNIST net, returning logits (theirs ends in a softmax that is fed to a
-    cross-entropy loss, i.e. softmax twice).
+    """The authors' MNIST net. It returns logits unless `softmax_output`: theirs ends in a softmax
+    that is fed to a cross-entropy loss (softmax twice), which bounds the loss and its gradients;
+    `--mnistnet_softmax` keeps that for exact comparisons with their code.
 
     Layers are named conv1, conv2, fc1, fc2 so the maskable ones (conv2, fc1) are addressable.
     `train` and `example_mask` exist only to share the models' calling convention (no BatchNorm).
@@ -16,16 +30,18 @@ class MNISTNet(nn.Module):
 
     num_classes: int
     conv_impl: str = "xla"
+    softmax_output: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool, example_mask: jax.Array | None = None) -> jax.Array:
-        x = nn.relu(Conv(10, 5, padding="VALID", impl=self.conv_impl, name="conv1")(x))
+        x = nn.relu(_conv(x, 10, 5, "VALID", self.conv_impl, "conv1"))
         x = max_pool(x, 3, 1)
-        x = nn.relu(Conv(20, 5, padding="VALID", impl=self.conv_impl, name="conv2")(x))
+        x = nn.relu(_conv(x, 20, 5, "VALID", self.conv_impl, "conv2"))
         x = max_pool(x, 3, 1)
         x = x.reshape(x.shape[0], -1)
-        x = nn.relu(nn.Dense(50, name="fc1")(x))
-        return nn.Dense(self.num_classes, name="fc2")(x)
+        x = nn.relu(_dense(x, 50, "fc1"))
+        x = _dense(x, self.num_classes, "fc2")
+        return nn.softmax(x) if self.softmax_output else x
 
 
 class LeafCNN(nn.Module):
@@ -37,10 +53,10 @@ class LeafCNN(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool, example_mask: jax.Array | None = None) -> jax.Array:
-        x = nn.relu(Conv(32, 5, padding=2, impl=self.conv_impl, name="conv1")(x))
+        x = nn.relu(_conv(x, 32, 5, 2, self.conv_impl, "conv1"))
         x = max_pool(x, 2, 2)
-        x = nn.relu(Conv(64, 5, padding=2, impl=self.conv_impl, name="conv2")(x))
+        x = nn.relu(_conv(x, 64, 5, 2, self.conv_impl, "conv2"))
         x = max_pool(x, 2, 2)
         x = x.reshape(x.shape[0], -1)
-        x = nn.relu(nn.Dense(2048, name="fc1")(x))
-        return nn.Dense(self.num_classes, name="fc2")(x)
+        x = nn.relu(_dense(x, 2048, "fc1"))
+        return _dense(x, self.num_classes, "fc2")

@@ -170,10 +170,12 @@ def _first_max_gradient(x, y, g, window, stride):
     return gx
 
 
-def batch_norm(train: bool, name: str) -> nn.BatchNorm:
-    """PyTorch's BatchNorm2d defaults (running-average momentum 0.1 is flax's 0.9; epsilon 1e-5).
-    Unlike PyTorch the running variance is the biased batch variance."""
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+def batch_norm(train: bool, name: str, scale: float = 1.0) -> nn.BatchNorm:
+    """PyTorch's BatchNorm2d defaults (running-average momentum 0.1 is flax's 0.9; epsilon 1e-5), with
+    the initial scale `scale` (the authors' VGG starts at 0.5). Unlike PyTorch the running variance is
+    the biased batch variance."""
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                        scale_init=nn.initializers.constant(scale), name=name)
 
 
 def batch_stats_mask(example_mask: jax.Array | None, ndim: int) -> jax.Array | None:

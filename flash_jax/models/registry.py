@@ -38,13 +38,14 @@ _NON_SHORTCUT_CONVS = r"(^|/)conv\d+/kernel$"
 MODEL_TYPES = ("mnistnet", "leaf_cnn", "resnet18", "resnet18_64", "resnet34", "vgg16")
 
 
-def get_model(name: str, num_classes: int, conv_impl: str = "auto") -> ModelDef:
+def get_model(name: str, num_classes: int, conv_impl: str = "auto", mnistnet_softmax: bool = False) -> ModelDef:
     """`resnet18_64` (Tiny-ImageNet, 64x64) is the CIFAR ResNet-18 unchanged — its global average
     pool takes the 8x8 final map, at 4x the compute of a 32x32 input — and differs only in its
-    default maskable set. An ImageNet stem (7x7 stride 2 + max-pool) is not reproduced."""
+    default maskable set. An ImageNet stem (7x7 stride 2 + max-pool) is not reproduced.
+    `mnistnet_softmax` ends MNISTNet in the authors' softmax (their loss, for exact comparisons)."""
     impl = resolve_conv_impl(conv_impl)
     if name == "mnistnet":
-        return ModelDef(name, MNISTNet(num_classes, impl), _MIDDLE_LAYERS, False)
+        return ModelDef(name, MNISTNet(num_classes, impl, mnistnet_softmax), _MIDDLE_LAYERS, False)
     if name == "leaf_cnn":
         return ModelDef(name, LeafCNN(num_classes, impl), _MIDDLE_LAYERS, False)
     if name == "resnet18":

@@ -3,6 +3,8 @@ Tiny-ImageNet experiments.
 
 Parameter paths: conv1, bn1 (stem); layer{stage}_{block}/{conv1,bn1,conv2,bn2,shortcut_conv,shortcut_bn}
 (stages 1-4, blocks from 0); fc. Convolutions have no bias because a BatchNorm follows each one.
+Initialisation as the authors' (ALGORITHMS.md §0): conv kernels Xavier-uniform with gain 0.5, the
+classifier normal with standard deviation 0.01 and a zero bias, BatchNorm scale 1 and offset 0.
 """
 
 from collections.abc import Sequence
@@ -10,6 +12,7 @@ from collections.abc import Sequence
 import jax
 from flax import linen as nn
 
+from flash_jax.models.initializers import CLASSIFIER_NORMAL, XAVIER_UNIFORM_HALF
 from flash_jax.models.layers import Conv, batch_norm, batch_stats_mask
 
 
@@ -21,7 +24,8 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool, bn_mask: jax.Array | None) -> jax.Array:
         def conv(features, kernel, strides, padding, name):
-            return Conv(features, kernel, strides, padding, use_bias=False, impl=self.conv_impl, name=name)
+            return Conv(features, kernel, strides, padding, use_bias=False, impl=self.conv_impl,
+                        kernel_init=XAVIER_UNIFORM_HALF, name=name)
 
         y = conv(self.features, 3, self.strides, 1, "conv1")(x)
         y = nn.relu(batch_norm(train, "bn1")(y, mask=bn_mask))
@@ -44,7 +48,7 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool, example_mask: jax.Array | None = None) -> jax.Array:
         bn_mask = batch_stats_mask(example_mask, x.ndim)
-        x = Conv(64, 3, 1, 1, use_bias=False, impl=self.conv_impl, name="conv1")(x)
+        x = Conv(64, 3, 1, 1, use_bias=False, impl=self.conv_impl, kernel_init=XAVIER_UNIFORM_HALF, name="conv1")(x)
         x = nn.relu(batch_norm(train, "bn1")(x, mask=bn_mask))
         for stage, num_blocks in enumerate(self.stage_sizes):
             for block in range(num_blocks):
@@ -53,7 +57,7 @@ class ResNet(nn.Module):
                     x, train, bn_mask
                 )
         x = x.mean(axis=(1, 2))
-        return nn.Dense(self.num_classes, name="fc")(x)
+        return nn.Dense(self.num_classes, kernel_init=CLASSIFIER_NORMAL, name="fc")(x)
 
 
 class ResNet18(ResNet):
