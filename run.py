@@ -50,8 +50,9 @@ HELP = {
     "data_dir": "TFDS data dir holding prepared datasets",
     "mask_pattern": "regex over '/'-joined parameter paths selecting the maskable tensors",
     "conv_impl": "convolution formulation: auto (slices on CPU, xla elsewhere), xla, patches, slices",
-    "mnistnet_softmax": "MNISTNet ends in the authors' softmax before the cross-entropy (their bounded loss; "
-                        "default: logits)",
+    "mnistnet_softmax": "MNISTNet ends in the authors' softmax before the cross-entropy, which bounds the loss "
+                        "(with logits, --no-mnistnet_softmax, lr 0.1 diverges on some partitions); other models "
+                        "return logits",
     "eval_every": "evaluate the global model every this many rounds (and at the last)",
     "workdir": "folder for config.json, metrics.jsonl and checkpoints; rerunning on it resumes the run",
     "checkpoint_every": "with --workdir: save the state every this many rounds (and after stage 1 and the last)",
@@ -74,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a preset (TOML, e.g. experiments/presets/*.toml); flags given here override it")
     for field in dataclasses.fields(Config):
         flag = f"--{field.name}"
-        if field.type == "bool":
-            parser.add_argument(flag, action="store_true", help=HELP[field.name])
+        if field.type == "bool":  # a default-on switch also gets its --no- form
+            action = argparse.BooleanOptionalAction if field.default else "store_true"
+            parser.add_argument(flag, action=action, default=field.default, help=HELP[field.name])
             continue
         kind = {"int": int, "float": float}.get(field.type, str)
         parser.add_argument(flag, type=kind, default=field.default, metavar=kind.__name__.upper(),

@@ -42,7 +42,7 @@ def get_model(name: str, num_classes: int, conv_impl: str = "auto", mnistnet_sof
     """`resnet18_64` (Tiny-ImageNet, 64x64) is the CIFAR ResNet-18 unchanged — its global average
     pool takes the 8x8 final map, at 4x the compute of a 32x32 input — and differs only in its
     default maskable set. An ImageNet stem (7x7 stride 2 + max-pool) is not reproduced.
-    `mnistnet_softmax` ends MNISTNet in the authors' softmax (their loss, for exact comparisons)."""
+    `mnistnet_softmax` ends MNISTNet in the authors' softmax (their loss; stable at lr 0.1)."""
     impl = resolve_conv_impl(conv_impl)
     if name == "mnistnet":
         return ModelDef(name, MNISTNet(num_classes, impl, mnistnet_softmax), _MIDDLE_LAYERS, False)
