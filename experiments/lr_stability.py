@@ -72,7 +72,7 @@ def main() -> None:
     jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.dirname(os.path.abspath(args.out)), ".jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    for alpha, seed, method, softmax in itertools.product(ALPHAS, SEEDS, METHODS, (False, True)):
+    for method, alpha, seed, softmax in itertools.product(METHODS, ALPHAS, SEEDS, (False, True)):
         cell = {"experiment_type": method, "alpha": alpha, "seed": seed, "mnistnet_softmax": softmax}
         if cell_key(cell) in finished:
             continue

@@ -38,6 +38,7 @@ _NON_SHORTCUT_CONVS = r"(^|/)conv\d+/kernel$"
 MODEL_TYPES = ("mnistnet", "leaf_cnn", "resnet18", "resnet18_64", "resnet34", "vgg16")
 
 
+@functools.cache  # one module object per model: jitted functions keyed on its apply compile once per process
 def get_model(name: str, num_classes: int, conv_impl: str = "auto", mnistnet_softmax: bool = False) -> ModelDef:
     """`resnet18_64` (Tiny-ImageNet, 64x64) is the CIFAR ResNet-18 unchanged — its global average
     pool takes the 8x8 final map, at 4x the compute of a 32x32 input — and differs only in its
@@ -65,9 +66,13 @@ def init_variables(model_def: ModelDef, key: jax.Array, input_shape: tuple[int, 
 
     Jitted because op-by-op init compiles every random draw separately (ResNet-18: ~20 s vs ~8 s on CPU).
     """
-    init = jax.jit(functools.partial(model_def.module.init, train=False))
-    variables = init(key, jnp.zeros((1, *input_shape), jnp.float32))
+    variables = _jitted_init(model_def.module)(key, jnp.zeros((1, *input_shape), jnp.float32))
     return {"params": _to_dict(variables["params"]), "batch_stats": _to_dict(variables.get("batch_stats", {}))}
+
+
+@functools.cache  # per module object (get_model caches them), so a second run reuses the compiled init
+def _jitted_init(module: nn.Module):
+    return jax.jit(functools.partial(module.init, train=False))
 
 
 def _to_dict(tree):
