@@ -127,11 +127,14 @@ def start_distributed() -> None:
 
 
 def main(argv=None) -> int:
+    """Exit status: 0 done, 2 refused (settings, data, workdir), 3 diverged, 128 + signal when stopped
+    by SIGINT (130) or SIGTERM (143). Every failure is one line on stderr."""
     try:
         config = parse_config(argv)
         if config.distributed:
             start_distributed()
         from flash_jax.fl.loop import run  # after validation: bad flags fail before JAX starts
+        from flash_jax.fl.stops import DIVERGED_EXIT, DivergenceError, Interrupted
         history = run(config)
     except ConfigError as err:
         print(f"run.py: error: {err}", file=sys.stderr)
@@ -139,6 +142,15 @@ def main(argv=None) -> int:
     except DataError as err:
         print(f"run.py: error: --dataset {config.dataset}: {err}", file=sys.stderr)
         return 2
+    except DivergenceError as err:
+        print(f"run.py: error: {err}", file=sys.stderr)
+        return DIVERGED_EXIT
+    except Interrupted as err:
+        print(err, file=sys.stderr)
+        return err.exit_status
+    except KeyboardInterrupt:  # before the run installed its handlers (imports, flag parsing)
+        print("interrupted before the first round", file=sys.stderr)
+        return 130
     last = history[-1]
     extra = f", pruned-to-d accuracy {last['accuracy_pruned']:.4f}" if "accuracy_pruned" in last else ""
     print(f"{config.experiment_type} on {config.dataset}: round {last['round']} accuracy {last['accuracy']:.4f} "
