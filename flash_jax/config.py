@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 EXPERIMENT_TYPES = ("dense", "nst", "pdst", "spdst", "jmwst", "feddst")
 HETERO_TYPES = ("spdst", "jmwst")
@@ -123,9 +124,24 @@ class Config:
             (self.clients_per_chunk >= 0, "--clients_per_chunk", ">= 0 (0: the whole cohort in one call)"),
             (self.conv_impl in ("auto",) + CONV_IMPLS, "--conv_impl", f"one of auto, {', '.join(CONV_IMPLS)}"),
         ]
+        for field in dataclasses.fields(self):  # NaN passes no range check; inf would pass some
+            value = getattr(self, field.name)
+            if field.type == "float" and not math.isfinite(value):
+                raise ConfigError(f"--{field.name}={value!r} is invalid: must be a finite number")
+        checks += [
+            (0 <= self.seed < 2**32, "--seed", "in [0, 2**32) (a 32-bit seed, as JAX's PRNGKey takes)"),
+            (self.workdir is None or self.workdir.strip() != "", "--workdir", "a folder name (omit the flag for "
+             "a run that writes nothing)"),
+        ]
         for ok, flag, valid in checks:
             if not ok:
                 raise ConfigError(f"{flag}={getattr(self, flag[2:])!r} is invalid: must be {valid}")
+        if self.mask_pattern is not None:
+            try:
+                re.compile(self.mask_pattern)
+            except re.error as err:
+                raise ConfigError(f"--mask_pattern={self.mask_pattern!r} is invalid: not a regular expression "
+                                  f"({err})") from None
         if self.hetero_client:
             self._validate_hetero()
         if self.mnistnet_softmax and self.model_type != "mnistnet":
@@ -136,11 +152,17 @@ class Config:
         if self.experiment_type not in HETERO_TYPES:
             raise ConfigError(f"--hetero_client works with --experiment_type {' or '.join(HETERO_TYPES)}, "
                               f"not {self.experiment_type}")
+        for flag, text, ok, valid in (
+                ("--hetero_levels", self.hetero_levels, lambda h: 0.0 < h <= 1.0, "in (0, 1]"),
+                ("--hetero_proportions", self.hetero_proportions, lambda w: 0.0 <= w <= 1.0, "in [0, 1]")):
+            for value in _float_list(text, flag):
+                if not ok(value):  # NaN fails every comparison, so it lands here too
+                    raise ConfigError(f"{flag}={text!r} is invalid: {value} is not a number {valid}")
         levels, shares = self.density_levels
-        if levels[0] != 1.0 or levels[-1] <= 0.0 or len(set(levels)) != len(levels):
+        if levels[0] != 1.0 or len(set(levels)) != len(levels):
             raise ConfigError(f"--hetero_levels={self.hetero_levels!r} is invalid: must be distinct fractions of "
                               "--density in (0, 1], including 1 (the server's own mask)")
-        if min(shares) < 0.0 or abs(sum(shares) - 1.0) > 1e-6:
+        if abs(sum(shares) - 1.0) > 1e-6:
             raise ConfigError(f"--hetero_proportions={self.hetero_proportions!r} is invalid: must be >= 0 "
                               "and sum to 1")
 
@@ -148,6 +170,23 @@ class Config:
         if self.num_users > num_train_examples:
             raise ConfigError(f"--num_users={self.num_users} is invalid: must be <= {num_train_examples}, "
                               f"the number of training examples of {self.dataset}")
+
+    def validate_against_model(self, input_shape: tuple[int, ...], min_input: int) -> None:
+        """The data's images must survive the model's downsampling."""
+        if min(input_shape[:2]) < min_input:
+            raise ConfigError(f"--model_type {self.model_type} needs images of at least {min_input}x{min_input}, "
+                              f"but --dataset {self.dataset} has {input_shape[0]}x{input_shape[1]}; pick another "
+                              "model or dataset")
+
+    def validate_against_tensors(self, sizes: dict[str, int], sparse: bool) -> None:
+        """A sparse method needs every maskable tensor (`sizes`: path -> entries) to keep a weight at
+        the lowest density it trains at."""
+        lowest = self.density * min(self.density_levels[0])
+        smallest = min(sizes, key=sizes.get)
+        if sparse and round(lowest * sizes[smallest]) < 1:
+            raise ConfigError(f"--density={self.density!r} is invalid here: {smallest} ({sizes[smallest]} weights) "
+                              f"would keep no weight; must be at least "
+                              f"{1 / (sizes[smallest] * min(self.density_levels[0])):.3g}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

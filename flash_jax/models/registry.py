@@ -36,6 +36,10 @@ _ALL_CONVS = r"(^|/)(conv\d+|shortcut_conv)/kernel$"
 _NON_SHORTCUT_CONVS = r"(^|/)conv\d+/kernel$"
 
 MODEL_TYPES = ("mnistnet", "leaf_cnn", "resnet18", "resnet18_64", "resnet34", "vgg16")
+# Smallest image side each model maps to a non-empty feature map: MNISTNet's two VALID 5x5 convs and
+# stride-1 3x3 pools take 12 pixels, the LEAF CNN's two 2x2 pools need 4, VGG-16's five 2x2 pools 32;
+# the ResNets pad every conv and end in a global average pool.
+MIN_INPUT_SIZE = {"mnistnet": 13, "leaf_cnn": 4, "resnet18": 1, "resnet18_64": 1, "resnet34": 1, "vgg16": 32}
 
 
 def get_model(name: str, num_classes: int, conv_impl: str = "auto", mnistnet_softmax: bool = False) -> ModelDef:
