@@ -239,6 +239,10 @@ def _load_tfds(name: str, data_dir: str | None, missing: str, hints: list[str]) 
         "TensorFlow and pass --data_dir DIR"
     ]
     builder = None
+    from absl import logging as absl_logging  # TFDS warns through absl about folders it lacks
+
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)  # what is missing goes into the one DataError line
     try:
         import tensorflow_datasets as tfds
 
@@ -253,6 +257,8 @@ def _load_tfds(name: str, data_dir: str | None, missing: str, hints: list[str]) 
             f"{name}: {missing}, and no TFDS array_record copy of {tfds_name} in {shown_dir} ({cause}); "
             + "; ".join(hints)
         ) from error
+    finally:
+        absl_logging.set_verbosity(verbosity)
     return (*_read_source(train), *_read_source(test))
 
 

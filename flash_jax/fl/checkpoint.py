@@ -22,6 +22,16 @@ from flash_jax.workdir import strict
 COUNTERS = ("round", "cumulative_bits", "dense_cumulative_bits")
 
 
+def _drop_closed_loop_callbacks(unraisable, previous=sys.unraisablehook) -> None:
+    """A restore that fails on a damaged file leaves tensorstore callbacks that later reach orbax's
+    closed asyncio loop and print one traceback each; the warning of restore_latest says it all."""
+    if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+        previous(unraisable)
+
+
+sys.unraisablehook = _drop_closed_loop_callbacks
+
+
 class Checkpoints:
     """The workdir's checkpoints/ folder: save after a round, restore the newest readable one."""
 
