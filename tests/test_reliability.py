@@ -263,3 +263,28 @@ def test_any_command_line_is_run_or_refused_in_one_line(tmp_path, monkeypatch, c
         return
     assert status == 2 and len(err) == 1 and "Traceback" not in err[0], (argv, err)
     assert not workdir.exists()
+
+
+@pytest.mark.parametrize("name", ["mnistnet", "leaf_cnn"])  # vgg16 (32: five 2x2 pools) takes 40 s to check on CPU
+def test_min_input_size_is_the_smallest_image_a_model_takes(name):
+    import math
+
+    import jax
+    import jax.numpy as jnp
+
+    from flash_jax.models import MIN_INPUT_SIZE, get_model, init_variables
+
+    def usable(side):
+        """Every tensor non-empty and a finite output (VGG's mean over an empty map is NaN)."""
+        model = get_model(name, 10)
+        try:
+            variables = init_variables(model, jax.random.PRNGKey(0), (side, side, 1))
+        except Exception:  # a negative shape
+            return False
+        if any(math.prod(leaf.shape) == 0 for leaf in jax.tree.leaves(variables)):
+            return False
+        logits = model.module.apply(variables, jnp.ones((1, side, side, 1)), train=False)
+        return bool(jnp.all(jnp.isfinite(logits)))
+
+    side = MIN_INPUT_SIZE[name]
+    assert usable(side) and not usable(side - 1)
