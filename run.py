@@ -12,55 +12,9 @@ import dataclasses
 import sys
 import tomllib
 
-from flash_jax.config import Config, ConfigError
+from flash_jax.config import GROUPS, Config, ConfigError, choices
 from flash_jax.data.sources import DataError
-
-HELP = {
-    "experiment_type": "method: dense (FedAvg), nst, pdst, spdst (FLASH), jmwst (FLASH), feddst",
-    "dataset": "digits (offline default), fashion_mnist, mnist, cifar10, cifar100, emnist",
-    "model_type": "mnistnet, leaf_cnn, resnet18, resnet18_64, resnet34, vgg16",
-    "alpha": "Dirichlet concentration of the label partition (1 non-IID, 1000 ~ IID)",
-    "iid": "partition uniformly at random instead of by Dirichlet",
-    "density": "target density d of the maskable tensors, in (0, 1]",
-    "num_users": "clients in the federation N (paper: 100)",
-    "frac": "stage-2 participation: max(floor(frac*N), 1) clients per round (paper: 0.1)",
-    "init_frac": "stage-1 participation (FLASH sensitivity stage)",
-    "init_epoch": "local epochs in stage 1",
-    "local_epoch": "local epochs per round E",
-    "local_bs": "local batch size B",
-    "lr_start": "initial learning rate",
-    "lr_end": "final learning rate",
-    "lr_schedule": "run: decay reaches lr_end at the last round; authors: their 1000-round horizon",
-    "fl_rounds": "federated rounds T (paper: 600)",
-    "prune_rate": "initial prune rate p0 of client sparse learning",
-    "subsample_method": "JMWST's NEXT_MASK budgets: avg (clients' mean layer counts) or aggregate (model support)",
-    "update_mode": "server aggregation: 0 FedAvg, 1 FMA (per-coordinate mean over the clients holding it)",
-    "jmwst_update_interval": "JMWST: rounds between server-mask updates r_int (clients keep the mask fixed between)",
-    "growth": "client sparse learning regrows at random (authors) or by largest |gradient| (RigL-like)",
-    "hetero_client": "hetero-FLASH (spdst, jmwst): clients have density budgets, one server mask per level",
-    "hetero_levels": "hetero-FLASH budget levels as fractions of --density (must include 1)",
-    "hetero_proportions": "hetero-FLASH share of clients at each level",
-    "hetero_assign": "client: a budget per client, fixed for the run; slot: the authors' i-th-participant assignment",
-    "feddst_readjust_ratio": "FedDST: fraction of active weights readjusted (cosine-decayed to 0 at half the rounds)",
-    "feddst_readjust_every": "FedDST: rounds between mask readjustments R_adj",
-    "feddst_momentum": "FedDST: client SGD momentum",
-    "feddst_weight_decay": "FedDST: client weight decay",
-    "seed": "seed of partition, init, masks, sampling and shuffling",
-    "path": "folder with the dataset's files (IDX for fashion_mnist, CIFAR python pickles)",
-    "data_dir": "TFDS data dir holding prepared datasets",
-    "mask_pattern": "regex over '/'-joined parameter paths selecting the maskable tensors",
-    "conv_impl": "convolution formulation: auto (slices on CPU, xla elsewhere), xla, patches, slices",
-    "mnistnet_softmax": "MNISTNet ends in the authors' softmax before the cross-entropy, which bounds the loss "
-                        "(with logits, --no-mnistnet_softmax, lr 0.1 diverges on some partitions); other models "
-                        "return logits",
-    "eval_every": "evaluate the global model every this many rounds (and at the last)",
-    "workdir": "folder for config.json, metrics.jsonl and checkpoints; rerunning on it resumes the run",
-    "checkpoint_every": "with --workdir: save the state every this many rounds (and after stage 1 and the last)",
-    "clients_per_chunk": "clients trained per jitted call (0: the whole cohort); bounds memory for large cohorts",
-    "distributed": "call jax.distributed.initialize() first (multi-host; the cluster is auto-detected)",
-    "quiet": "no progress bar and no compile log",
-}
-
+from flash_jax.fl.stops import DIVERGED_EXIT, DivergenceError, Interrupted
 
 class OneLineParser(argparse.ArgumentParser):
     """Errors as one line and exit status 2, without the usage block."""
@@ -70,19 +24,31 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="run.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", metavar="FILE",
-                        help="a preset (TOML, e.g. experiments/presets/*.toml); flags given here override it")
+    """One flag per Config field, grouped and described by the field's metadata."""
+    parser = OneLineParser(prog="run.py", description=__doc__.splitlines()[0], allow_abbrev=False)
+    groups = {name: parser.add_argument_group(name) for name in GROUPS}
+    groups["run and outputs"].add_argument(
+        "--config", metavar="FILE", help="a preset (TOML, e.g. experiments/presets/*.toml); flags given here override it")
+    valid = choices()
     for field in dataclasses.fields(Config):
-        flag = f"--{field.name}"
-        if field.type == "bool":  # a default-on switch also gets its --no- form
-            action = argparse.BooleanOptionalAction if field.default else "store_true"
-            parser.add_argument(flag, action=action, default=field.default, help=HELP[field.name])
+        group, text = groups[field.metadata["group"]], field.metadata["help"]
+        if field.name in valid:
+            text += f"; one of {', '.join(map(str, valid[field.name]))}"
+        if field.type == "bool":
+            group.add_argument(f"--{field.name}", action="store_true", help=text)
             continue
         kind = {"int": int, "float": float}.get(field.type, str)
-        parser.add_argument(flag, type=kind, default=field.default, metavar=kind.__name__.upper(),
-                            help=f"{HELP[field.name]} (default: {field.default})")
+        group.add_argument(f"--{field.name}", type=kind, default=field.default, metavar=kind.__name__.upper(),
+                           help=f"{text} (default: {field.default})")
     return parser
+
+
+def refuse_repeated_flags(argv: list[str], parser: argparse.ArgumentParser) -> None:
+    """argparse lets the last of a repeated flag win silently; a repeated flag is more likely a mistake."""
+    flags = [arg.split("=", 1)[0] for arg in argv if arg.startswith("--")]
+    repeated = [flag for i, flag in enumerate(flags) if flag in flags[:i]]
+    if repeated:
+        parser.error(f"{repeated[0]} is given more than once; give each flag once")
 
 
 def load_preset(path: str, parser: argparse.ArgumentParser) -> dict:
@@ -107,8 +73,10 @@ def load_preset(path: str, parser: argparse.ArgumentParser) -> dict:
 
 def parse_config(argv=None) -> Config:
     """Flags (over a --config preset, over the defaults) -> validated Config; ConfigError if invalid."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    preset = argparse.ArgumentParser(add_help=False)
+    refuse_repeated_flags(argv, parser)
+    preset = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     preset.add_argument("--config")
     known, _ = preset.parse_known_args(argv)
     if known.config:
@@ -129,6 +97,8 @@ def start_distributed() -> None:
 
 
 def main(argv=None) -> int:
+    """Exit status: 0 done, 2 refused (settings, data, workdir), 3 diverged, 128 + signal when stopped
+    by SIGINT (130) or SIGTERM (143). Every failure is one line on stderr."""
     try:
         config = parse_config(argv)
         if config.distributed:
@@ -141,6 +111,15 @@ def main(argv=None) -> int:
     except DataError as err:
         print(f"run.py: error: --dataset {config.dataset}: {err}", file=sys.stderr)
         return 2
+    except DivergenceError as err:
+        print(f"run.py: error: {err}", file=sys.stderr)
+        return DIVERGED_EXIT
+    except Interrupted as err:
+        print(err, file=sys.stderr)
+        return err.exit_status
+    except KeyboardInterrupt:  # before the run installed its handlers (imports, flag parsing)
+        print("interrupted before the first round", file=sys.stderr)
+        return 130
     last = history[-1]
     extra = f", pruned-to-d accuracy {last['accuracy_pruned']:.4f}" if "accuracy_pruned" in last else ""
     print(f"{config.experiment_type} on {config.dataset}: round {last['round']} accuracy {last['accuracy']:.4f} "

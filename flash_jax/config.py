@@ -3,16 +3,37 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 EXPERIMENT_TYPES = ("dense", "nst", "pdst", "spdst", "jmwst", "feddst")
 HETERO_TYPES = ("spdst", "jmwst")
 LR_SCHEDULES = ("run", "authors")
 GROWTH_METHODS = ("random", "gradient")
 HETERO_ASSIGNMENTS = ("client", "slot")
+SUBSAMPLE_METHODS = ("avg", "aggregate")
+# --help shows the flags in these groups, in this order (each field's metadata names its group)
+GROUPS = ("data", "model", "method", "FLASH", "hetero", "FedDST", "run and outputs", "scale")
 
 
 class ConfigError(ValueError):
     """A setting outside its valid range; the message names the flag and the range."""
+
+
+def _flag(default, group: str, help: str):
+    """A setting with its --help group and text: the command line is generated from these."""
+    assert group in GROUPS, group
+    return dataclasses.field(default=default, metadata={"group": group, "help": help})
+
+
+def choices() -> dict[str, tuple]:
+    """The valid values of the settings that name something, from the code that defines them (the
+    validation and --help both read this)."""
+    from flash_jax.data.sources import DATASETS
+    from flash_jax.models import CONV_IMPLS, MODEL_TYPES
+
+    return {"experiment_type": EXPERIMENT_TYPES, "dataset": DATASETS, "model_type": MODEL_TYPES,
+            "lr_schedule": LR_SCHEDULES, "subsample_method": SUBSAMPLE_METHODS, "update_mode": (0, 1),
+            "growth": GROWTH_METHODS, "hetero_assign": HETERO_ASSIGNMENTS, "conv_impl": ("auto",) + CONV_IMPLS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,47 +45,69 @@ class Config:
     (paper: 600). The presets in experiments/ spell out the paper's settings.
     """
 
-    experiment_type: str = "spdst"
-    dataset: str = "digits"
-    model_type: str = "mnistnet"
-    alpha: float = 1.0
-    iid: bool = False
-    density: float = 0.05
-    num_users: int = 20
-    frac: float = 0.25
-    init_frac: float = 0.1
-    init_epoch: int = 10
-    local_epoch: int = 1
-    local_bs: int = 32
-    lr_start: float = 0.1
-    lr_end: float = 0.001
-    lr_schedule: str = "run"
-    fl_rounds: int = 60
-    prune_rate: float = 0.25
-    subsample_method: str = "avg"
-    update_mode: int = 0
-    jmwst_update_interval: int = 1
-    growth: str = "random"
-    hetero_client: bool = False
-    hetero_levels: str = "0.5,0.75,1"
-    hetero_proportions: str = "0.3,0.3,0.4"
-    hetero_assign: str = "client"
-    feddst_readjust_ratio: float = 0.05
-    feddst_readjust_every: int = 10
-    feddst_momentum: float = 0.9
-    feddst_weight_decay: float = 1e-3
-    seed: int = 1
-    path: str | None = None
-    data_dir: str | None = None
-    mask_pattern: str | None = None
-    conv_impl: str = "auto"
-    mnistnet_softmax: bool = True  # the authors' MNISTNet; with logits lr 0.1 diverges on some partitions
-    eval_every: int = 10
-    workdir: str | None = None
-    checkpoint_every: int = 10
-    clients_per_chunk: int = 0
-    distributed: bool = False
-    quiet: bool = False
+    experiment_type: str = _flag("spdst", "method",
+                        "method: dense (FedAvg), nst, pdst, spdst and jmwst (FLASH), feddst")
+    dataset: str = _flag("digits", "data", "dataset (digits: offline default)")
+    model_type: str = _flag("mnistnet", "model", "model")
+    alpha: float = _flag(1.0, "data", "Dirichlet concentration of the label partition (1 non-IID, 1000 ~ IID)")
+    iid: bool = _flag(False, "data", "partition uniformly at random instead of by Dirichlet")
+    density: float = _flag(0.05, "method", "target density d of the maskable tensors, in (0, 1]")
+    num_users: int = _flag(20, "data", "clients in the federation N (paper: 100)")
+    frac: float = _flag(0.25, "method", "stage-2 participation: max(floor(frac*N), 1) clients per round (paper: 0.1)")
+    init_frac: float = _flag(0.1, "FLASH", "stage-1 participation (FLASH sensitivity stage)")
+    init_epoch: int = _flag(10, "FLASH", "local epochs in stage 1")
+    local_epoch: int = _flag(1, "method", "local epochs per round E")
+    local_bs: int = _flag(32, "method", "local batch size B")
+    lr_start: float = _flag(0.1, "method", "initial learning rate")
+    lr_end: float = _flag(0.001, "method", "final learning rate")
+    clip_grad_norm: float = _flag(5.0, "method",
+                        "clients scale each step's gradient of the trained weights to at most this global L2 norm; "
+                        "keeps lr 0.1 finite with logits (0: plain SGD, as the authors)")
+    lr_schedule: str = _flag("run", "method",
+                        "run: decay reaches lr_end at the last round; authors: their 1000-round horizon")
+    fl_rounds: int = _flag(60, "method", "federated rounds T (paper: 600)")
+    prune_rate: float = _flag(0.25, "method", "initial prune rate p0 of client sparse learning")
+    subsample_method: str = _flag("avg", "FLASH",
+                        "JMWST's NEXT_MASK budgets: avg (clients' mean layer counts) or aggregate (model support)")
+    update_mode: int = _flag(0, "method",
+                        "server aggregation: 0 FedAvg, 1 FMA (per-coordinate mean over the clients holding it)")
+    jmwst_update_interval: int = _flag(1, "FLASH",
+                        "JMWST: rounds between server-mask updates r_int (clients keep the mask fixed between)")
+    growth: str = _flag("random", "method",
+                        "client sparse learning regrows at random (authors) or by largest |gradient| (RigL-like)")
+    hetero_client: bool = _flag(False, "hetero",
+                        "hetero-FLASH (spdst, jmwst): clients have density budgets, one server mask per level")
+    hetero_levels: str = _flag("0.5,0.75,1", "hetero",
+                        "hetero-FLASH budget levels as fractions of --density (must include 1)")
+    hetero_proportions: str = _flag("0.3,0.3,0.4", "hetero", "hetero-FLASH share of clients at each level")
+    hetero_assign: str = _flag("client", "hetero",
+                        "client: a budget per client, fixed for the run; slot: the authors' i-th-participant "
+                        "assignment")
+    feddst_readjust_ratio: float = _flag(0.05, "FedDST",
+                        "FedDST: fraction of active weights readjusted (cosine-decayed to 0 at half the rounds)")
+    feddst_readjust_every: int = _flag(10, "FedDST", "FedDST: rounds between mask readjustments R_adj")
+    feddst_momentum: float = _flag(0.9, "FedDST", "FedDST: client SGD momentum")
+    feddst_weight_decay: float = _flag(1e-3, "FedDST", "FedDST: client weight decay")
+    seed: int = _flag(1, "run and outputs", "seed of partition, init, masks, sampling and shuffling")
+    path: str | None = _flag(None, "data",
+                        "folder with the dataset's files (IDX for fashion_mnist, CIFAR python pickles)")
+    data_dir: str | None = _flag(None, "data", "TFDS data dir holding prepared datasets")
+    mask_pattern: str | None = _flag(None, "model",
+                        "regex over '/'-joined parameter paths selecting the maskable tensors")
+    conv_impl: str = _flag("auto", "model", "convolution formulation (auto: slices on CPU, xla elsewhere)")
+    mnistnet_softmax: bool = _flag(False, "model",
+                        "MNISTNet ends in the authors' softmax before the cross-entropy (their bounded loss, "
+                        "which trains far slower; default: logits)")
+    eval_every: int = _flag(10, "run and outputs", "evaluate the global model every this many rounds (and at the last)")
+    workdir: str | None = _flag(None, "run and outputs",
+                        "folder for config.json, metrics.jsonl and checkpoints; rerunning on it resumes the run")
+    checkpoint_every: int = _flag(10, "run and outputs",
+                        "with --workdir: save the state every this many rounds (and after stage 1 and the last)")
+    clients_per_chunk: int = _flag(0, "scale",
+                        "clients trained per jitted call (0: the whole cohort); bounds memory for large cohorts")
+    distributed: bool = _flag(False, "scale",
+                        "call jax.distributed.initialize() first (multi-host; the cluster is auto-detected)")
+    quiet: bool = _flag(False, "run and outputs", "no progress bar and no compile log")
 
     @property
     def clients_per_round(self) -> int:
@@ -89,13 +132,9 @@ class Config:
 
     def validate(self) -> "Config":
         """Check every range that does not need the data; raises ConfigError on the first problem."""
-        from flash_jax.data.sources import DATASETS
-        from flash_jax.models import CONV_IMPLS, MODEL_TYPES
-
-        checks = [
-            (self.experiment_type in EXPERIMENT_TYPES, "--experiment_type", f"one of {', '.join(EXPERIMENT_TYPES)}"),
-            (self.dataset in DATASETS, "--dataset", f"one of {', '.join(DATASETS)}"),
-            (self.model_type in MODEL_TYPES, "--model_type", f"one of {', '.join(MODEL_TYPES)}"),
+        checks = [(getattr(self, name) in valid, f"--{name}", f"one of {', '.join(map(str, valid))}")
+                  for name, valid in choices().items()]
+        checks += [
             (0.0 < self.density <= 1.0, "--density", "in (0, 1]"),
             (self.alpha > 0.0, "--alpha", "> 0"),
             (self.num_users >= 1, "--num_users", ">= 1"),
@@ -106,14 +145,10 @@ class Config:
             (self.local_bs >= 1, "--local_bs", ">= 1"),
             (self.lr_start > 0.0, "--lr_start", "> 0"),
             (self.lr_end > 0.0, "--lr_end", "> 0"),
-            (self.lr_schedule in LR_SCHEDULES, "--lr_schedule", f"one of {', '.join(LR_SCHEDULES)}"),
+            (self.clip_grad_norm >= 0.0, "--clip_grad_norm", ">= 0 (0: no clipping)"),
             (self.fl_rounds >= 1, "--fl_rounds", ">= 1"),
             (0.0 <= self.prune_rate < 1.0, "--prune_rate", "in [0, 1)"),
-            (self.subsample_method in ("avg", "aggregate"), "--subsample_method", "one of avg, aggregate"),
-            (self.update_mode in (0, 1), "--update_mode", "0 (FedAvg) or 1 (FMA, masked average)"),
             (self.jmwst_update_interval >= 1, "--jmwst_update_interval", ">= 1"),
-            (self.growth in GROWTH_METHODS, "--growth", f"one of {', '.join(GROWTH_METHODS)}"),
-            (self.hetero_assign in HETERO_ASSIGNMENTS, "--hetero_assign", f"one of {', '.join(HETERO_ASSIGNMENTS)}"),
             (0.0 <= self.feddst_readjust_ratio < 1.0, "--feddst_readjust_ratio", "in [0, 1)"),
             (self.feddst_readjust_every >= 1, "--feddst_readjust_every", ">= 1"),
             (0.0 <= self.feddst_momentum < 1.0, "--feddst_momentum", "in [0, 1)"),
@@ -121,24 +156,46 @@ class Config:
             (self.eval_every >= 1, "--eval_every", ">= 1"),
             (self.checkpoint_every >= 1, "--checkpoint_every", ">= 1"),
             (self.clients_per_chunk >= 0, "--clients_per_chunk", ">= 0 (0: the whole cohort in one call)"),
-            (self.conv_impl in ("auto",) + CONV_IMPLS, "--conv_impl", f"one of auto, {', '.join(CONV_IMPLS)}"),
+        ]
+        for field in dataclasses.fields(self):  # NaN passes no range check; inf would pass some
+            value = getattr(self, field.name)
+            if field.type == "float" and not math.isfinite(value):
+                raise ConfigError(f"--{field.name}={value!r} is invalid: must be a finite number")
+        checks += [
+            (0 <= self.seed < 2**32, "--seed", "in [0, 2**32) (a 32-bit seed, as JAX's PRNGKey takes)"),
+            (self.workdir is None or self.workdir.strip() != "", "--workdir", "a folder name (omit the flag for "
+             "a run that writes nothing)"),
         ]
         for ok, flag, valid in checks:
             if not ok:
                 raise ConfigError(f"{flag}={getattr(self, flag[2:])!r} is invalid: must be {valid}")
+        if self.mask_pattern is not None:
+            try:
+                re.compile(self.mask_pattern)
+            except re.error as err:
+                raise ConfigError(f"--mask_pattern={self.mask_pattern!r} is invalid: not a regular expression "
+                                  f"({err})") from None
         if self.hetero_client:
             self._validate_hetero()
+        if self.mnistnet_softmax and self.model_type != "mnistnet":
+            raise ConfigError(f"--mnistnet_softmax works with --model_type mnistnet, not {self.model_type}")
         return self
 
     def _validate_hetero(self) -> None:
         if self.experiment_type not in HETERO_TYPES:
             raise ConfigError(f"--hetero_client works with --experiment_type {' or '.join(HETERO_TYPES)}, "
                               f"not {self.experiment_type}")
+        for flag, text, ok, valid in (
+                ("--hetero_levels", self.hetero_levels, lambda h: 0.0 < h <= 1.0, "in (0, 1]"),
+                ("--hetero_proportions", self.hetero_proportions, lambda w: 0.0 <= w <= 1.0, "in [0, 1]")):
+            for value in _float_list(text, flag):
+                if not ok(value):  # NaN fails every comparison, so it lands here too
+                    raise ConfigError(f"{flag}={text!r} is invalid: {value} is not a number {valid}")
         levels, shares = self.density_levels
-        if levels[0] != 1.0 or levels[-1] <= 0.0 or len(set(levels)) != len(levels):
+        if levels[0] != 1.0 or len(set(levels)) != len(levels):
             raise ConfigError(f"--hetero_levels={self.hetero_levels!r} is invalid: must be distinct fractions of "
                               "--density in (0, 1], including 1 (the server's own mask)")
-        if min(shares) < 0.0 or abs(sum(shares) - 1.0) > 1e-6:
+        if abs(sum(shares) - 1.0) > 1e-6:
             raise ConfigError(f"--hetero_proportions={self.hetero_proportions!r} is invalid: must be >= 0 "
                               "and sum to 1")
 
@@ -146,6 +203,23 @@ class Config:
         if self.num_users > num_train_examples:
             raise ConfigError(f"--num_users={self.num_users} is invalid: must be <= {num_train_examples}, "
                               f"the number of training examples of {self.dataset}")
+
+    def validate_against_model(self, input_shape: tuple[int, ...], min_input: int) -> None:
+        """The data's images must survive the model's downsampling."""
+        if min(input_shape[:2]) < min_input:
+            raise ConfigError(f"--model_type {self.model_type} needs images of at least {min_input}x{min_input}, "
+                              f"but --dataset {self.dataset} has {input_shape[0]}x{input_shape[1]}; pick another "
+                              "model or dataset")
+
+    def validate_against_tensors(self, sizes: dict[str, int], sparse: bool) -> None:
+        """A sparse method needs every maskable tensor (`sizes`: path -> entries) to keep a weight at
+        the lowest density it trains at."""
+        lowest = self.density * min(self.density_levels[0])
+        smallest = min(sizes, key=sizes.get)
+        if sparse and round(lowest * sizes[smallest]) < 1:
+            raise ConfigError(f"--density={self.density!r} is invalid here: {smallest} ({sizes[smallest]} weights) "
+                              f"would keep no weight; must be at least "
+                              f"{1 / (sizes[smallest] * min(self.density_levels[0])):.3g}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

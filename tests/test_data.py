@@ -148,6 +148,18 @@ def test_idx_bad_magic(tmp_path):
         read_idx(tmp_path / "bad")
 
 
+def test_inconsistent_or_truncated_idx_files_name_the_file(tmp_path):
+    images = np.zeros((6, 5, 4), np.uint8)
+    for stem, n in zip(sources.IDX_STEMS["mnist"], (6, 3, 3, 3)):  # 6 train images, 3 train labels
+        _write_idx(tmp_path / (stem + ".gz"), images[:n] if "images" in stem else np.zeros(n, np.uint8), True)
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz holds 6 images but .*train-labels.* holds 3"):
+        load_dataset("mnist", path=str(tmp_path))
+    file = tmp_path / "t10k-images-idx3-ubyte.gz"
+    file.write_bytes(file.read_bytes()[:20])  # a download cut short
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.gz: unreadable \(EOFError"):
+        read_idx(file)
+
+
 def test_cifar10_pickles(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()

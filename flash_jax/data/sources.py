@@ -22,6 +22,7 @@ import dataclasses
 import gzip
 import os
 import pickle
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,10 @@ def _load_idx_or_tfds(name: str, path: str | None, data_dir: str | None) -> Arra
         files = [_find_idx(folder, stem) for stem in IDX_STEMS[name]]
         if all(files):
             train_x, train_y, test_x, test_y = (read_idx(f) for f in files)
+            for images, labels, image_file, label_file in ((train_x, train_y, *files[:2]), (test_x, test_y, *files[2:])):
+                if len(images) != len(labels):
+                    raise DataError(f"{image_file} holds {len(images)} images but {label_file} holds {len(labels)} "
+                                    "labels; the files belong to different sets")
             return train_x[..., None], train_y, test_x[..., None], test_y
         absent = [stem + "[.gz]" for stem, file in zip(IDX_STEMS[name], files) if file is None]
         missing = f"no {'IDX files' if len(absent) == len(files) else ', '.join(absent)} in {folder}"
@@ -192,8 +197,11 @@ def read_idx(file: str | os.PathLike) -> np.ndarray:
     """Parse one IDX file (LeCun's MNIST format, optionally gzipped): magic 00 00 <dtype> <ndim>, then
     ndim big-endian uint32 dims, then the big-endian data."""
     file = str(file)
-    with (gzip.open(file, "rb") if file.endswith(".gz") else open(file, "rb")) as f:
-        raw = f.read()
+    try:
+        with (gzip.open(file, "rb") if file.endswith(".gz") else open(file, "rb")) as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{file}: unreadable ({type(err).__name__}: {err}); the file is damaged or cut short") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise DataError(f"{file}: not an IDX file (bad magic number {raw[:4].hex()})")
     ndim = raw[3]
@@ -231,6 +239,10 @@ def _load_tfds(name: str, data_dir: str | None, missing: str, hints: list[str]) 
         "TensorFlow and pass --data_dir DIR"
     ]
     builder = None
+    from absl import logging as absl_logging  # TFDS warns through absl about folders it lacks
+
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)  # what is missing goes into the one DataError line
     try:
         import tensorflow_datasets as tfds
 
@@ -245,6 +257,8 @@ def _load_tfds(name: str, data_dir: str | None, missing: str, hints: list[str]) 
             f"{name}: {missing}, and no TFDS array_record copy of {tfds_name} in {shown_dir} ({cause}); "
             + "; ".join(hints)
         ) from error
+    finally:
+        absl_logging.set_verbosity(verbosity)
     return (*_read_source(train), *_read_source(test))
 
 

@@ -1,4 +1,4 @@
-"""Checkpoints of the round state with orbax, and the workdir rules for resuming a run.
+"""Checkpoints of the round state with orbax; each holds the settings it was made with.
 
 The state pytree of `fl.loop` is everything that crosses rounds: RNG keys are pure functions of
 (seed, stream, round, client) and every client update starts a fresh optimizer, so neither needs
@@ -8,7 +8,6 @@ CheckpointManager step named by the round.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -17,12 +16,20 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from flash_jax.config import Config, ConfigError
+from flash_jax.config import Config
+from flash_jax.workdir import strict
 
 COUNTERS = ("round", "cumulative_bits", "dense_cumulative_bits")
-# settings that may differ when a workdir is reopened: they change neither the state nor the metrics
-# (the chunk size only to float rounding: how the sums are split)
-RESUMABLE_CHANGES = ("fl_rounds", "quiet", "workdir", "checkpoint_every", "clients_per_chunk", "distributed")
+
+
+def _drop_closed_loop_callbacks(unraisable, previous=sys.unraisablehook) -> None:
+    """A restore that fails on a damaged file leaves tensorstore callbacks that later reach orbax's
+    closed asyncio loop and print one traceback each; the warning of restore_latest says it all."""
+    if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+        previous(unraisable)
+
+
+sys.unraisablehook = _drop_closed_loop_callbacks
 
 
 class Checkpoints:
@@ -35,7 +42,8 @@ class Checkpoints:
 
     def save(self, state: dict[str, Any], history: list[dict[str, Any]], config: Config) -> None:
         arrays = {k: v for k, v in state.items() if k not in COUNTERS and jax.tree.leaves(v)}
-        record = {"counters": {k: int(state[k]) for k in COUNTERS}, "history": history, "config": config.to_dict()}
+        record = strict({"counters": {k: int(state[k]) for k in COUNTERS}, "history": history,
+                         "config": config.to_dict()})
         self._manager.save(record["counters"]["round"], args=ocp.args.Composite(
             state=ocp.args.StandardSave(arrays), record=ocp.args.JsonSave(record)), force=True)
         self._manager.wait_until_finished()
@@ -63,24 +71,16 @@ class Checkpoints:
         return None
 
 
-def check_resumable(workdir: str, config: Config) -> None:
-    """Refuse a workdir whose config.json differs from `config` in anything that changes results."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        saved = json.load(f)
-    current = config.to_dict()
-    differing = [k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]]
-    if differing:
-        details = ", ".join(f"--{k} {saved.get(k)!r} there, {current[k]!r} now" for k in differing)
-        raise ConfigError(f"--workdir {workdir} holds a run with other settings ({details}); "
-                          "use another workdir or the same settings (only --fl_rounds may change)")
-
-
-def rewrite_metrics(metrics_path: str, history: list[dict[str, Any]]) -> None:
-    """metrics.jsonl as of a checkpoint: lines written after it (and any cut short by a kill) go, and
-    are written again as the rounds are recomputed."""
-    with open(metrics_path + ".tmp", "w") as f:
-        f.writelines(json.dumps(record) + "\n" for record in history)
-    os.replace(metrics_path + ".tmp", metrics_path)
+def saved_settings(workdir: str) -> tuple[int, dict[str, Any]] | None:
+    """(round, settings) of the workdir's newest checkpoint whose record reads, without its arrays;
+    None if there is none (and then nothing is created)."""
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        return None
+    manager = Checkpoints(workdir)._manager
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            record = manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
+        except Exception:  # a damaged step of any kind: restore_latest warns about it
+            continue
+        return record["counters"]["round"], record["config"]
+    return None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 import sys
@@ -27,15 +26,18 @@ from flash_jax.config import Config, ConfigError
 from flash_jax.data.partition import partition
 from flash_jax.data.sources import Dataset, load_dataset
 from flash_jax.data.store import ClientStore, build_store, cohort_layout, steps_per_epoch
-from flash_jax.fl.checkpoint import Checkpoints, check_resumable, rewrite_metrics
+from flash_jax.fl.checkpoint import Checkpoints, saved_settings
 from flash_jax.fl.client import ClientSpec, momentum_sgd
 from flash_jax.fl.cohort import chunk_size, client_mesh, place, train_cohort
 from flash_jax.fl.evaluate import evaluate
 from flash_jax.fl.methods import METHODS, Method
-from flash_jax.models import ModelDef, get_model, init_variables
+from flash_jax.fl.stops import Interrupted, StopSignals, check_finite
+from flash_jax.models import MIN_INPUT_SIZE, ModelDef, get_model, init_variables
 from flash_jax.sparse import (apply_masks, client_layer_densities, client_mask_counts, layer_counts, level_masks,
                               magnitude_masks, mask_consensus, maskable_paths, next_mask, prune_union, random_masks,
                               sensitivity_densities)
+from flash_jax.workdir import (WorkdirLock, append_jsonl, check_workdir, rewrite_metrics, set_old_metrics_aside,
+                               write_json)
 from flax import traverse_util
 
 # Streams folded into the seed's key (and into client sampling), one per use.
@@ -127,15 +129,22 @@ def build_setup(config: Config, dataset: Dataset) -> Setup:
     test_parts = partition(dataset.test_y, config.num_users, alpha, config.seed + 1) \
         if config.num_users <= len(dataset.test_y) else []
     model = get_model(config.model_type, dataset.num_classes, config.conv_impl, config.mnistnet_softmax)
+    config.validate_against_model(dataset.input_shape, MIN_INPUT_SIZE[config.model_type])
     variables = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), dataset.input_shape))
-    paths = maskable_paths(variables["params"], config.mask_pattern or model.mask_pattern)
     flat = traverse_util.flatten_dict(variables["params"], sep="/")
+    try:
+        paths = maskable_paths(variables["params"], config.mask_pattern or model.mask_pattern)
+    except ValueError:
+        raise ConfigError(f"--mask_pattern={config.mask_pattern!r} is invalid: it matches no tensor of "
+                          f"{config.model_type} ({', '.join(sorted(flat))})") from None
+    config.validate_against_tensors({p: math.prod(flat[p].shape) for p in paths}, method.sparse)
     num_maskable = sum(math.prod(flat[p].shape) for p in paths)
     optimizer = functools.partial(momentum_sgd, momentum=config.feddst_momentum,
                                   weight_decay=config.feddst_weight_decay) if method.readjust else optax.sgd
     spec = ClientSpec(apply_fn=model.module.apply, has_batch_stats=model.has_batch_stats,
                       sparse_learning=method.client_sparse_learning, prune_rate=config.prune_rate,
-                      augment=config.dataset in AUGMENTED_DATASETS, make_optimizer=optimizer, growth=config.growth)
+                      augment=config.dataset in AUGMENTED_DATASETS, make_optimizer=optimizer, growth=config.growth,
+                      clip_grad_norm=config.clip_grad_norm)
     mesh = client_mesh()  # the store and test set are replicated on it once, not sent every round
     store = build_store(dataset.train_x, dataset.train_y, train_parts)
     store = store._replace(x=place(mesh, store.x, split=False), y=place(mesh, store.y, split=False))
@@ -419,61 +428,54 @@ def evaluate_state(setup: Setup, state: dict[str, Any]) -> dict[str, Any]:
 
 
 def prepare_workdir(workdir: str, config: Config, setup: Setup) -> str:
-    """Create the workdir and (re)write config.json; returns the metrics.jsonl path."""
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        _write_config(workdir, config, setup)
-    except OSError as err:
-        raise ConfigError(f"--workdir {workdir} is not writable: {err.strerror or err}") from err
-    return os.path.join(workdir, "metrics.jsonl")
-
-
-def _write_config(workdir: str, config: Config, setup: Setup) -> None:
+    """(Re)write config.json, with what the settings resolved to; returns the metrics.jsonl path."""
     resolved = {"clients_per_round": config.clients_per_round, "maskable_tensors": list(setup.paths),
                 "num_maskable": setup.num_maskable, "num_classes": int(setup.model.module.num_classes),
                 "mask_pattern": config.mask_pattern or setup.model.mask_pattern,
                 "jax_backend": jax.default_backend(), "jax_version": jax.__version__}
     write_json(os.path.join(workdir, "config.json"), {**config.to_dict(), "resolved": resolved})
-
-
-def write_json(path: str, record: dict[str, Any]) -> None:
-    """Write through a temporary file so a killed run never leaves half a file."""
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f, indent=2)
-    os.replace(path + ".tmp", path)
-
-
-def append_jsonl(path: str, record: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    return os.path.join(workdir, "metrics.jsonl")
 
 
 def run(config: Config, dataset: Dataset | None = None) -> list[dict[str, Any]]:
     """Train a federation end to end; returns the metric records (also written to the workdir).
 
-    With a workdir the state is checkpointed every --checkpoint_every rounds (and after stage 1 and
-    the last round); running again on the same workdir continues from the newest checkpoint, and the
-    metric lines after it are recomputed, so a killed run loses nothing and duplicates nothing.
+    Every check that needs the data or the model runs before the workdir is touched. With a workdir
+    (locked for the run) the state is checkpointed every --checkpoint_every rounds (and after stage
+    1 and the last round); running again on the same workdir continues from the newest checkpoint,
+    and the metric lines after it are recomputed, so a killed run loses nothing and duplicates
+    nothing. Raises DivergenceError or Interrupted (fl.stops) when the run stops early.
     """
     config.validate()
-    if config.workdir:
-        check_resumable(config.workdir, config)
-    dataset = dataset or load_dataset(config.dataset, config.path, config.data_dir)
-    setup = build_setup(config, dataset)
-    state = init_state(setup)
-    history, checkpoints, metrics_path, restored = [], None, None, None
-    if config.workdir:
-        metrics_path = prepare_workdir(config.workdir, config, setup)
-        checkpoints = Checkpoints(config.workdir)
-        restored = checkpoints.restore_latest(state)
-        if restored:
-            state, history = restored
-            print(f"resuming {config.workdir} from its checkpoint of round {state['round']}", file=sys.stderr)
-        rewrite_metrics(metrics_path, history)
-    start = time.perf_counter()
-    if restored is None:
+    with StopSignals() as stops:
+        dataset = dataset or load_dataset(config.dataset, config.path, config.data_dir)
+        setup = build_setup(config, dataset)
+        state = init_state(setup)
+        if not config.workdir:
+            return _train(setup, state, [], None, None, stops, resumed=False)
+        with WorkdirLock(config.workdir):
+            try:
+                check_workdir(config.workdir, config, saved_settings(config.workdir))
+                metrics_path = prepare_workdir(config.workdir, config, setup)
+                checkpoints = Checkpoints(config.workdir)
+                restored = checkpoints.restore_latest(state)
+                history = []
+                if restored:
+                    state, history = restored
+                    print(f"resuming {config.workdir} from its checkpoint of round {state['round']}", file=sys.stderr)
+                else:
+                    set_old_metrics_aside(metrics_path)
+                rewrite_metrics(metrics_path, history)
+            except OSError as err:
+                raise ConfigError(f"--workdir {config.workdir} is not writable: {err.strerror or err}") from err
+            return _train(setup, state, history, checkpoints, metrics_path, stops, resumed=bool(restored))
+
+
+def _train(setup: Setup, state: dict[str, Any], history: list[dict[str, Any]], checkpoints: Checkpoints | None,
+           metrics_path: str | None, stops: StopSignals, resumed: bool) -> list[dict[str, Any]]:
+    """Stage 1 (unless resumed: the state is past it) and the rounds from state["round"] on."""
+    config, start, saved_round = setup.config, time.perf_counter(), state["round"] if resumed else None
+    if not resumed:
         if setup.method.sensitivity_stage:  # one jitted call: the bar shows that it runs and for how long
             with tqdm(total=1, desc=f"stage 1 ({config.stage1_clients} clients x {config.init_epoch} epochs)",
                       disable=config.quiet, dynamic_ncols=True) as stage_bar:
@@ -483,12 +485,17 @@ def run(config: Config, dataset: Dataset | None = None) -> list[dict[str, Any]]:
                 write_json(os.path.join(config.workdir, "sensitivity.json"), sensitivity)
         if checkpoints:
             checkpoints.save(state, history, config)
+            saved_round = state["round"]
     bar = tqdm(range(state["round"], config.fl_rounds), desc=f"{config.experiment_type} rounds",
                initial=state["round"], total=config.fl_rounds, disable=config.quiet, dynamic_ncols=True)
     train_s, rounds_since_eval = 0.0, 0
     for r in bar:
+        if stops.signum is not None:
+            break
         tic = time.perf_counter()
-        state, info = run_round(setup, state)  # returns after the device work (it reads the losses)
+        new_state, info = run_round(setup, state)  # returns after the device work (it reads the losses)
+        check_finite(config.experiment_type, r + 1, info["train_loss"], new_state["params"])
+        state = new_state
         train_s += time.perf_counter() - tic
         rounds_since_eval += 1
         if (r + 1) % config.eval_every == 0 or r + 1 == config.fl_rounds:
@@ -502,4 +509,10 @@ def run(config: Config, dataset: Dataset | None = None) -> list[dict[str, Any]]:
             bar.set_postfix(acc=f"{record['accuracy']:.4f}", density=f"{record['density']:.4f}")
         if checkpoints and ((r + 1) % config.checkpoint_every == 0 or r + 1 == config.fl_rounds):
             checkpoints.save(state, history, config)
+            saved_round = state["round"]
+    bar.close()
+    if stops.signum is not None:
+        if checkpoints and saved_round != state["round"]:
+            checkpoints.save(state, history, config)
+        raise Interrupted(state["round"], stops.signum, saved=checkpoints is not None)
     return history

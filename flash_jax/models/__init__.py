@@ -2,12 +2,13 @@
 
 from flash_jax.models.cnn import LeafCNN, MNISTNet
 from flash_jax.models.layers import CONV_IMPLS, Conv, max_pool, resolve_conv_impl
-from flash_jax.models.registry import MODEL_TYPES, ModelDef, get_model, init_variables
+from flash_jax.models.registry import MIN_INPUT_SIZE, MODEL_TYPES, ModelDef, get_model, init_variables
 from flash_jax.models.resnet import ResNet, ResNet18, ResNet34
 from flash_jax.models.vgg import VGG16
 
 __all__ = [
     "CONV_IMPLS",
+    "MIN_INPUT_SIZE",
     "MODEL_TYPES",
     "VGG16",
     "Conv",

@@ -20,9 +20,9 @@ def _dense(x: jax.Array, features: int, name: str) -> jax.Array:
 
 
 class MNISTNet(nn.Module):
-    """The authors' MNIST net. With `softmax_output` it ends, as theirs does, in a softmax that the
-    training loss feeds to a cross-entropy (softmax twice), which bounds the loss and its gradients:
-    with logits instead, SGD at the paper's learning rate 0.1 diverges on some partitions.
+    """The authors' MNIST net. It returns logits unless `softmax_output`: theirs ends in a softmax that
+    the training loss feeds to a cross-entropy (softmax twice), which bounds the loss and its
+    gradients, and also slows training a lot; `--mnistnet_softmax` keeps it for exact comparisons.
 
     Layers are named conv1, conv2, fc1, fc2 so the maskable ones (conv2, fc1) are addressable.
     `train` and `example_mask` exist only to share the models' calling convention (no BatchNorm).

@@ -36,6 +36,10 @@ _ALL_CONVS = r"(^|/)(conv\d+|shortcut_conv)/kernel$"
 _NON_SHORTCUT_CONVS = r"(^|/)conv\d+/kernel$"
 
 MODEL_TYPES = ("mnistnet", "leaf_cnn", "resnet18", "resnet18_64", "resnet34", "vgg16")
+# Smallest image side each model maps to a non-empty feature map: MNISTNet's two VALID 5x5 convs and
+# stride-1 3x3 pools take 12 pixels, the LEAF CNN's two 2x2 pools need 4, VGG-16's five 2x2 pools 32;
+# the ResNets pad every conv and end in a global average pool.
+MIN_INPUT_SIZE = {"mnistnet": 13, "leaf_cnn": 4, "resnet18": 1, "resnet18_64": 1, "resnet34": 1, "vgg16": 32}
 
 
 @functools.cache  # one module object per model: jitted functions keyed on its apply compile once per process
@@ -43,7 +47,7 @@ def get_model(name: str, num_classes: int, conv_impl: str = "auto", mnistnet_sof
     """`resnet18_64` (Tiny-ImageNet, 64x64) is the CIFAR ResNet-18 unchanged — its global average
     pool takes the 8x8 final map, at 4x the compute of a 32x32 input — and differs only in its
     default maskable set. An ImageNet stem (7x7 stride 2 + max-pool) is not reproduced.
-    `mnistnet_softmax` ends MNISTNet in the authors' softmax (their loss; stable at lr 0.1)."""
+    `mnistnet_softmax` ends MNISTNet in the authors' softmax (their loss, for exact comparisons)."""
     impl = resolve_conv_impl(conv_impl)
     if name == "mnistnet":
         return ModelDef(name, MNISTNet(num_classes, impl, mnistnet_softmax), _MIDDLE_LAYERS, False)

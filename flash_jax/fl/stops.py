@@ -1,0 +1,73 @@
+"""Ways a run stops early on purpose: a diverged model, and SIGINT / SIGTERM at a round boundary."""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import threading
+
+import jax
+import jax.numpy as jnp
+
+# exit statuses of run.py beyond 0 (done) and 2 (refused): the shell's 128 + signal number for a stop on
+# a signal, and 3 for a diverged run
+DIVERGED_EXIT = 3
+
+
+class DivergenceError(RuntimeError):
+    """A round produced a non-finite training loss or parameter; the message is one line."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived; the run stopped at the boundary after round `round`."""
+
+    def __init__(self, round_index: int, signum: int, saved: bool):
+        self.round, self.signum, self.saved = round_index, signum, saved
+        how = "run the same command to continue" if saved else "nothing was saved (no --workdir)"
+        super().__init__(f"interrupted at round {round_index}; {how}")
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def check_finite(method: str, round_index: int, train_loss: float, params) -> None:
+    """Raise DivergenceError when round `round_index` left a non-finite loss or parameter."""
+    if not math.isfinite(train_loss):
+        raise DivergenceError(f"{method} diverged at round {round_index}: training loss {train_loss}; the last "
+                              "good checkpoint is kept (try a lower --lr_start)")
+    if not bool(_all_finite(params)):
+        raise DivergenceError(f"{method} diverged at round {round_index}: non-finite parameters; the last good "
+                              "checkpoint is kept (try a lower --lr_start)")
+
+
+class StopSignals:
+    """While the `with` block runs, SIGINT and SIGTERM only set `signum` (the loop stops at the next
+    round boundary); a SIGINT after the first signal ends the process at once. Outside the main thread (where Python
+    cannot install handlers) signals keep their defaults."""
+
+    def __init__(self):
+        self.signum, self._previous = None, {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            print("interrupted again: stopping now; run the same command to continue from the last checkpoint",
+                  file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
