@@ -41,10 +41,10 @@ def check_finite(method: str, round_index: int, train_loss: float, params) -> No
     """Raise DivergenceError when round `round_index` left a non-finite loss or parameter."""
     if not math.isfinite(train_loss):
         raise DivergenceError(f"{method} diverged at round {round_index}: training loss {train_loss}; the last "
-                              "good checkpoint is kept (try a lower --lr_start)")
+                              "good checkpoint is kept (try a lower --lr_start or --clip_grad_norm)")
     if not bool(_all_finite(params)):
         raise DivergenceError(f"{method} diverged at round {round_index}: non-finite parameters; the last good "
-                              "checkpoint is kept (try a lower --lr_start)")
+                              "checkpoint is kept (try a lower --lr_start or --clip_grad_norm)")
 
 
 class StopSignals:
