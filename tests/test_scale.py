@@ -39,7 +39,7 @@ class TinyNet(nn.Module):
         return nn.Dense(self.num_classes, name="out")(x)
 
 
-def tiny_model(name, num_classes, conv_impl="auto"):
+def tiny_model(name, num_classes, conv_impl="auto", mnistnet_softmax=False):
     return ModelDef("tiny", TinyNet(num_classes), r"^(conv|hidden)/kernel$", False)
 
 
