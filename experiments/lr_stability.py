@@ -4,7 +4,7 @@ defaults (logits, --clip_grad_norm 5), logits with plain SGD (--clip_grad_norm 0
 softmax with plain SGD (--mnistnet_softmax --clip_grad_norm 0). One process, the data loaded once; a
 cell already in OUT is not rerun.
 
-    python experiments/lr_stability.py [--out experiments/results/lr_stability/grid.jsonl] [--rounds 5]
+    python experiments/lr_stability.py [--out experiments/results/lr_stability/grid.jsonl] [--rounds 5] [--table_only]
 
 Records every round's mean training loss and the final test loss; prints the first-round ones
 and the accuracy range as a markdown table (a uniform guess has loss ln 10 = 2.30).
@@ -51,16 +51,20 @@ def run_cell(base: Config, dataset, cell: dict) -> dict:
 def table(records: list[dict]) -> str:
     by_key = {cell_key(r): r for r in records}
     lines = ["| variant | method | alpha | " + " | ".join(f"seed {s}" for s in SEEDS) +
-             " | all finite | accuracy after 5 rounds (min-max) |", "|---|---|---|" + "---|" * (len(SEEDS) + 2)]
+             " | every loss finite | accuracy after 5 rounds (min-max) |", "|---|---|---|" + "---|" * (len(SEEDS) + 2)]
     for (name, softmax, clip), method, alpha in itertools.product(VARIANTS, METHODS, ALPHAS):
         cells = [by_key.get((method, alpha, seed, softmax, clip)) for seed in SEEDS]
         if not any(cells):
             continue
         first = [f"{c['train_loss'][0]:.3f}" if c else "-" for c in cells]
-        finite = all(c and all(map(math.isfinite, c["train_loss"] + c["test_loss"])) for c in cells)
-        accuracies = [c["accuracy"] for c in cells if c]
+        run = [c for c in cells if c]
+        diverged = sum(not all(map(math.isfinite, c["train_loss"] + c["test_loss"])) for c in run)
+        finite = f"NO ({diverged} of {len(run)} diverged)" if diverged else "yes"
+        if len(run) < len(cells):
+            finite += f" ({len(run)} of {len(cells)} seeds run)"
+        accuracies = [c["accuracy"] for c in run]
         lines.append(f"| {name} | {method} | {alpha} | " + " | ".join(first) +
-                     f" | {'yes' if finite else 'NO'} | {min(accuracies):.3f}-{max(accuracies):.3f} |")
+                     f" | {finite} | {min(accuracies):.3f}-{max(accuracies):.3f} |")
     return "\n".join(lines)
 
 
@@ -68,12 +72,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="experiments/results/lr_stability/grid.jsonl")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--table_only", action="store_true", help="print the table of OUT's cells, run nothing")
     args = parser.parse_args()
     from flash_jax.data.sources import load_dataset
     done = []
     if os.path.exists(args.out):
         with open(args.out) as f:
             done = [json.loads(line) for line in f]
+    if args.table_only:
+        print(table(done))
+        return
     finished = {cell_key(r) for r in done}
     base = Config(dataset="fashion_mnist", model_type="mnistnet", num_users=100, frac=0.1, density=0.05,
                   fl_rounds=args.rounds, eval_every=1, quiet=True)
