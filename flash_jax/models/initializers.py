@@ -1,7 +1,8 @@
 """The authors' weight initialisation (ALGORITHMS.md §0) as Flax initialisers.
 
-Flax's defaults (LeCun-normal kernels, zero biases) make dense FedAvg at the paper's learning rate 0.1
-diverge for some seeds and partitions; the authors' PyTorch models train there. Fan-in and fan-out
+Flax's defaults (LeCun-normal kernels, zero biases) are not the authors'; with them dense FedAvg at the
+paper's learning rate 0.1 diverged on more seeds and partitions. (PyTorch's initialisation alone does
+not keep every partition finite with logits; clients also clip, see --clip_grad_norm.) Fan-in and fan-out
 follow Flax's kernel layouts (Dense: in, out; Conv: H, W, in, out), which give PyTorch's values:
 fan_in = inputs x kernel height x width, fan_out = outputs x kernel height x width.
 """
