@@ -13,6 +13,7 @@ import sys
 import tomllib
 
 from flash_jax.config import GROUPS, Config, ConfigError, choices
+from flash_jax.fl.methods import knobs, methods
 from flash_jax.data.sources import DataError
 from flash_jax.fl.stops import DIVERGED_EXIT, DivergenceError, Interrupted
 
@@ -25,21 +26,31 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """One flag per Config field, grouped and described by the field's metadata."""
-    parser = OneLineParser(prog="run.py", description=__doc__.splitlines()[0], allow_abbrev=False)
-    groups = {name: parser.add_argument_group(name) for name in GROUPS}
+    registered = methods()
+    epilog = "methods (--experiment_type):\n" + "\n".join(f"  {name:8s} {m.help}" for name, m in registered.items())
+    parser = OneLineParser(prog="run.py", description=__doc__.splitlines()[0], allow_abbrev=False, epilog=epilog,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    method_groups = [m.group or name for name, m in registered.items() if m.knobs]
+    order = GROUPS[:GROUPS.index("hetero") + 1] + tuple(dict.fromkeys(
+        g for g in method_groups if g not in GROUPS)) + GROUPS[GROUPS.index("hetero") + 1:]
+    groups = {name: parser.add_argument_group(name) for name in order}
     groups["run and outputs"].add_argument(
         "--config", metavar="FILE", help="a preset (TOML, e.g. experiments/presets/*.toml); flags given here override it")
     valid = choices()
-    for field in dataclasses.fields(Config):
-        group, text = groups[field.metadata["group"]], field.metadata["help"]
-        if field.name in valid:
-            text += f"; one of {', '.join(map(str, valid[field.name]))}"
-        if field.type == "bool":
-            group.add_argument(f"--{field.name}", action="store_true", help=text)
+    flags = [(field.name, field.default, field.metadata["group"], field.metadata["help"], valid.get(field.name))
+             for field in dataclasses.fields(Config) if field.metadata]
+    flags += [(knob.name, knob.default, m.group or name, knob.help, knob.choices or None)
+              for name, m in registered.items() for knob in m.knobs]
+    for name, default, group_name, text, names in flags:
+        group = groups[group_name]
+        if names:
+            text += f"; one of {', '.join(map(str, names))}"
+        if isinstance(default, bool):
+            group.add_argument(f"--{name}", action="store_true", help=text)
             continue
-        kind = {"int": int, "float": float}.get(field.type, str)
-        group.add_argument(f"--{field.name}", type=kind, default=field.default, metavar=kind.__name__.upper(),
-                           help=f"{text} (default: {field.default})")
+        kind = type(default) if isinstance(default, (int, float)) else str
+        group.add_argument(f"--{name}", type=kind, default=default, metavar=kind.__name__.upper(),
+                           help=f"{text} (default: {default})")
     return parser
 
 
@@ -61,11 +72,12 @@ def load_preset(path: str, parser: argparse.ArgumentParser) -> dict:
         parser.error(f"--config {path}: {err.strerror or err}")
     except tomllib.TOMLDecodeError as err:
         parser.error(f"--config {path}: not valid TOML ({err})")
-    fields = {f.name: f for f in dataclasses.fields(Config)}
+    fields = {f.name: f.type for f in dataclasses.fields(Config) if f.metadata}
+    fields.update({name: type(knob.default).__name__ for name, knob in knobs().items()})
     for key, value in values.items():
         if key not in fields:
             parser.error(f"--config {path}: unknown setting {key!r}")
-        kind = {"int": int, "float": (int, float), "bool": bool}.get(fields[key].type, str)
+        kind = {"int": int, "float": (int, float), "bool": bool}.get(fields[key], str)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             parser.error(f"--config {path}: {key} = {value!r} has the wrong type")
     return values

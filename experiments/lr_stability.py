@@ -35,11 +35,13 @@ def cell_key(cell: dict) -> tuple:
 def run_cell(base: Config, dataset, cell: dict) -> dict:
     """Every round's mean training loss; the test loss and accuracy after the last round (NaN or inf
     parameters never become finite again, so a finite last evaluation means finite evaluations before)."""
-    from flash_jax.fl.loop import build_setup, evaluate_state, init_state, run_round, sensitivity_stage
+    from flash_jax.fl.evaluate import evaluate_state
+    from flash_jax.fl.round import init_state, run_round
+    from flash_jax.fl.setup import build_setup
     setup = build_setup(dataclasses.replace(base, **cell), dataset)
     state = init_state(setup)
-    if setup.method.sensitivity_stage:
-        state, _ = sensitivity_stage(setup, state)
+    if setup.method.stage1:
+        state, _ = setup.method.stage1(setup, state)
     train_loss = []
     for _ in range(base.fl_rounds):
         state, info = run_round(setup, state)

@@ -10,3 +10,10 @@ _XNNPACK_FLAG = ("--xla_cpu_experimental_xnn_fusion_type="
 if os.environ.get("FLASH_JAX_XNNPACK", "1") != "0" and "xla_cpu_experimental_xnn_fusion_type" not in os.environ.get(
         "XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_XNNPACK_FLAG}".strip()
+
+from flash_jax.config import Config, ConfigError  # noqa: E402  (after the XLA flag above)
+from flash_jax.fl.loop import run  # noqa: E402
+from flash_jax.fl.methods import Knob, Method, register_method  # noqa: E402
+#MERGE from flash_jax.models import register_model  # noqa: E402
+
+__all__ = ["Config", "ConfigError", "Knob", "Method", "register_method", "register_model", "run"]

@@ -5,14 +5,12 @@ import dataclasses
 import math
 import re
 
-EXPERIMENT_TYPES = ("dense", "nst", "pdst", "spdst", "jmwst", "feddst")
-HETERO_TYPES = ("spdst", "jmwst")
 LR_SCHEDULES = ("run", "authors")
 GROWTH_METHODS = ("random", "gradient")
 HETERO_ASSIGNMENTS = ("client", "slot")
-SUBSAMPLE_METHODS = ("avg", "aggregate")
-# --help shows the flags in these groups, in this order (each field's metadata names its group)
-GROUPS = ("data", "model", "method", "FLASH", "hetero", "FedDST", "run and outputs", "scale")
+# --help shows the flags in these groups, in this order (each field's metadata names its group); the
+# registered methods' knobs come in groups of their own after "hetero"
+GROUPS = ("data", "model", "method", "FLASH", "hetero", "run and outputs", "scale")
 
 
 class ConfigError(ValueError):
@@ -26,27 +24,36 @@ def _flag(default, group: str, help: str):
 
 
 def choices() -> dict[str, tuple]:
-    """The valid values of the settings that name something, from the code that defines them (the
-    validation and --help both read this)."""
+    """The valid values of the settings that name something, from the code and registries that
+    define them (the validation and --help both read this)."""
     from flash_jax.data.sources import DATASETS
+    from flash_jax.fl.methods import methods
     from flash_jax.models import CONV_IMPLS, MODEL_TYPES
 
-    return {"experiment_type": EXPERIMENT_TYPES, "dataset": DATASETS, "model_type": MODEL_TYPES,
-            "lr_schedule": LR_SCHEDULES, "subsample_method": SUBSAMPLE_METHODS, "update_mode": (0, 1),
-            "growth": GROWTH_METHODS, "hetero_assign": HETERO_ASSIGNMENTS, "conv_impl": ("auto",) + CONV_IMPLS}
+    return {"experiment_type": tuple(methods()), "dataset": DATASETS, "model_type": MODEL_TYPES,
+            "lr_schedule": LR_SCHEDULES, "update_mode": (0, 1), "growth": GROWTH_METHODS,
+            "hetero_assign": HETERO_ASSIGNMENTS, "conv_impl": ("auto",) + CONV_IMPLS}
 
 
-@dataclasses.dataclass(frozen=True)
+def _registered_knobs() -> dict:
+    from flash_jax.fl.methods import knobs
+    return knobs()
+
+
+@dataclasses.dataclass(frozen=True, init=False)
 class Config:
     """Flag names and meanings follow the authors' command line (ALGORITHMS.md §0).
 
     Defaults are the authors' except for a bare `python run.py` to be a one-minute offline demo:
     scikit-learn's digits, 20 clients (paper: 100), 5 per round (frac 0.25; paper: 0.1), 60 rounds
     (paper: 600). The presets in experiments/ spell out the paper's settings.
+
+    Besides its fields, a Config takes the knobs of every registered method by name
+    (`Config(experiment_type="feddst", feddst_momentum=0.5)`) and reads them as attributes;
+    `method_knobs` holds those that differ from their defaults.
     """
 
-    experiment_type: str = _flag("spdst", "method",
-                        "method: dense (FedAvg), nst, pdst, spdst and jmwst (FLASH), feddst")
+    experiment_type: str = _flag("spdst", "method", "method (the list below)")
     dataset: str = _flag("digits", "data", "dataset (digits: offline default)")
     model_type: str = _flag("mnistnet", "model", "model")
     alpha: float = _flag(1.0, "data", "Dirichlet concentration of the label partition (1 non-IID, 1000 ~ IID)")
@@ -67,12 +74,8 @@ class Config:
                         "run: decay reaches lr_end at the last round; authors: their 1000-round horizon")
     fl_rounds: int = _flag(60, "method", "federated rounds T (paper: 600)")
     prune_rate: float = _flag(0.25, "method", "initial prune rate p0 of client sparse learning")
-    subsample_method: str = _flag("avg", "FLASH",
-                        "JMWST's NEXT_MASK budgets: avg (clients' mean layer counts) or aggregate (model support)")
     update_mode: int = _flag(0, "method",
                         "server aggregation: 0 FedAvg, 1 FMA (per-coordinate mean over the clients holding it)")
-    jmwst_update_interval: int = _flag(1, "FLASH",
-                        "JMWST: rounds between server-mask updates r_int (clients keep the mask fixed between)")
     growth: str = _flag("random", "method",
                         "client sparse learning regrows at random (authors) or by largest |gradient| (RigL-like)")
     hetero_client: bool = _flag(False, "hetero",
@@ -83,11 +86,6 @@ class Config:
     hetero_assign: str = _flag("client", "hetero",
                         "client: a budget per client, fixed for the run; slot: the authors' i-th-participant "
                         "assignment")
-    feddst_readjust_ratio: float = _flag(0.05, "FedDST",
-                        "FedDST: fraction of active weights readjusted (cosine-decayed to 0 at half the rounds)")
-    feddst_readjust_every: int = _flag(10, "FedDST", "FedDST: rounds between mask readjustments R_adj")
-    feddst_momentum: float = _flag(0.9, "FedDST", "FedDST: client SGD momentum")
-    feddst_weight_decay: float = _flag(1e-3, "FedDST", "FedDST: client weight decay")
     seed: int = _flag(1, "run and outputs", "seed of partition, init, masks, sampling and shuffling")
     path: str | None = _flag(None, "data",
                         "folder with the dataset's files (IDX for fashion_mnist, CIFAR python pickles)")
@@ -108,6 +106,27 @@ class Config:
     distributed: bool = _flag(False, "scale",
                         "call jax.distributed.initialize() first (multi-host; the cluster is auto-detected)")
     quiet: bool = _flag(False, "run and outputs", "no progress bar and no compile log")
+    method_knobs: tuple = ()
+
+    def __init__(self, **settings):
+        known = _registered_knobs()
+        given = dict(settings.pop("method_knobs", ()))
+        for field in dataclasses.fields(self):
+            object.__setattr__(self, field.name, settings.pop(field.name, field.default))
+        for name, value in settings.items():
+            if name not in known:
+                raise TypeError(f"Config got an unknown setting {name!r} (not a field, nor a registered "
+                                "method's knob)")
+            given[name] = value
+        object.__setattr__(self, "method_knobs", tuple(sorted(
+            (name, value) for name, value in given.items() if name not in known or value != known[name].default)))
+
+    def __getattr__(self, name: str):
+        """A registered method's knob: its value here, else its default."""
+        knob = _registered_knobs().get(name) if not name.startswith("_") else None
+        if knob is None:
+            raise AttributeError(f"'Config' has no setting {name!r}")
+        return dict(self.__dict__.get("method_knobs", ())).get(name, knob.default)
 
     @property
     def clients_per_round(self) -> int:
@@ -148,11 +167,6 @@ class Config:
             (self.clip_grad_norm >= 0.0, "--clip_grad_norm", ">= 0 (0: no clipping)"),
             (self.fl_rounds >= 1, "--fl_rounds", ">= 1"),
             (0.0 <= self.prune_rate < 1.0, "--prune_rate", "in [0, 1)"),
-            (self.jmwst_update_interval >= 1, "--jmwst_update_interval", ">= 1"),
-            (0.0 <= self.feddst_readjust_ratio < 1.0, "--feddst_readjust_ratio", "in [0, 1)"),
-            (self.feddst_readjust_every >= 1, "--feddst_readjust_every", ">= 1"),
-            (0.0 <= self.feddst_momentum < 1.0, "--feddst_momentum", "in [0, 1)"),
-            (self.feddst_weight_decay >= 0.0, "--feddst_weight_decay", ">= 0"),
             (self.eval_every >= 1, "--eval_every", ">= 1"),
             (self.checkpoint_every >= 1, "--checkpoint_every", ">= 1"),
             (self.clients_per_chunk >= 0, "--clients_per_chunk", ">= 0 (0: the whole cohort in one call)"),
@@ -166,6 +180,13 @@ class Config:
             (self.workdir is None or self.workdir.strip() != "", "--workdir", "a folder name (omit the flag for "
              "a run that writes nothing)"),
         ]
+        for knob in _registered_knobs().values():
+            value = getattr(self, knob.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"--{knob.name}={value!r} is invalid: must be a finite number")
+            checks.append((value in knob.choices if knob.choices else knob.valid is None or knob.valid(value),
+                           f"--{knob.name}", f"one of {', '.join(map(str, knob.choices))}" if knob.choices
+                           else knob.valid_text))
         for ok, flag, valid in checks:
             if not ok:
                 raise ConfigError(f"{flag}={getattr(self, flag[2:])!r} is invalid: must be {valid}")
@@ -182,8 +203,10 @@ class Config:
         return self
 
     def _validate_hetero(self) -> None:
-        if self.experiment_type not in HETERO_TYPES:
-            raise ConfigError(f"--hetero_client works with --experiment_type {' or '.join(HETERO_TYPES)}, "
+        from flash_jax.fl.methods import methods
+        hetero = [name for name, method in methods().items() if method.hetero]
+        if self.experiment_type not in hetero:
+            raise ConfigError(f"--hetero_client works with --experiment_type {' or '.join(hetero)}, "
                               f"not {self.experiment_type}")
         for flag, text, ok, valid in (
                 ("--hetero_levels", self.hetero_levels, lambda h: 0.0 < h <= 1.0, "in (0, 1]"),
@@ -222,7 +245,9 @@ class Config:
                               f"{1 / (sizes[smallest] * min(self.density_levels[0])):.3g}")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every setting by flag name, registered knobs included (config.json, checkpoints)."""
+        settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "method_knobs"}
+        return {**settings, **{name: getattr(self, name) for name in _registered_knobs()}}
 
 
 def _float_list(text: str, flag: str) -> tuple[float, ...]:

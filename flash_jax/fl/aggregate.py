@@ -2,6 +2,8 @@
 so a cohort can be aggregated chunk by chunk (and across devices) without keeping its clients."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from flax import traverse_util
@@ -38,3 +40,27 @@ def zero_sums(tree, masked_paths=()) -> dict:
     """Sums over no client yet, shaped like `weighted_sums`' output for clients shaped like `tree`."""
     return {p: (jnp.zeros_like(x), jnp.zeros(x.shape if p in masked_paths else (), x.dtype))
             for p, x in traverse_util.flatten_dict(tree, sep="/").items()}
+
+
+class Aggregation(NamedTuple):
+    """A server aggregation as an init/update/finalize triple over running sums (hashable: the
+    cohort's jit takes it as a static argument). `per_entry` weighs each coordinate of the masked
+    tensors by the clients holding it (FMA, §2) instead of by every client (FedAvg)."""
+
+    name: str
+    per_entry: bool
+
+    def init(self, params, batch_stats, masked_paths) -> tuple[dict, dict]:
+        return zero_sums(params, tuple(masked_paths) if self.per_entry else ()), zero_sums(batch_stats)
+
+    def update(self, sums, client_params, client_stats, weights, client_masks) -> tuple[dict, dict]:
+        chunk = (weighted_sums(client_params, weights, client_masks if self.per_entry else None),
+                 weighted_sums(client_stats, weights))
+        return jax.tree.map(jnp.add, sums, chunk)
+
+    def finalize(self, sums) -> tuple[dict, dict]:
+        return weighted_average(sums[0]), weighted_average(sums[1])
+
+
+FEDAVG = Aggregation("fedavg", per_entry=False)
+FMA = Aggregation("fma", per_entry=True)

@@ -1,10 +1,9 @@
 """Checkpoints of the round state with orbax; each holds the settings it was made with.
 
-The state pytree of `fl.loop` is everything that crosses rounds: RNG keys are pure functions of
-(seed, stream, round, client) and every client update starts a fresh optimizer, so neither needs
-saving. Arrays go through orbax's StandardSave; the integer counters (whose bit totals outgrow
-int32), the metric history so far and the config go through JsonSave, all in one atomic
-CheckpointManager step named by the round.
+The state (fl/state.py) is saved as one pytree: its arrays through orbax's StandardSave, its Python
+int counters (bit totals outgrow int32), the metric history so far, the config and the state's
+format version through JsonSave, all in one atomic CheckpointManager step named by the round. A
+checkpoint of another format version is refused rather than read into the wrong fields.
 """
 from __future__ import annotations
 
@@ -15,11 +14,23 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from flax import serialization, traverse_util
 
-from flash_jax.config import Config
+from flash_jax.config import Config, ConfigError
+from flash_jax.fl.state import FORMAT_VERSION, RoundState
 from flash_jax.workdir import strict
 
-COUNTERS = ("round", "cumulative_bits", "dense_cumulative_bits")
+
+class CheckpointFormatError(ConfigError):
+    """The workdir's checkpoint has another state layout than this version of flash_jax writes."""
+
+
+def _parts(state: RoundState) -> tuple[dict, dict[str, int], dict]:
+    """(arrays as a nested dict, int counters by dotted path, every node incl. empty ones)."""
+    flat = traverse_util.flatten_dict(serialization.to_state_dict(state), keep_empty_nodes=True)
+    arrays = {k: v for k, v in flat.items() if v is not traverse_util.empty_node and not isinstance(v, int)}
+    counters = {".".join(k): int(v) for k, v in flat.items() if isinstance(v, int)}
+    return traverse_util.unflatten_dict(arrays), counters, flat
 
 
 def _drop_closed_loop_callbacks(unraisable, previous=sys.unraisablehook) -> None:
@@ -40,35 +51,55 @@ class Checkpoints:
         self._manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
                                               options=options)
 
-    def save(self, state: dict[str, Any], history: list[dict[str, Any]], config: Config) -> None:
-        arrays = {k: v for k, v in state.items() if k not in COUNTERS and jax.tree.leaves(v)}
-        record = strict({"counters": {k: int(state[k]) for k in COUNTERS}, "history": history,
+    def save(self, state: RoundState, history: list[dict[str, Any]], config: Config) -> None:
+        arrays, counters, _ = _parts(state)
+        record = strict({"format": FORMAT_VERSION, "counters": counters, "history": history,
                          "config": config.to_dict()})
-        self._manager.save(record["counters"]["round"], args=ocp.args.Composite(
+        self._manager.save(state.round, args=ocp.args.Composite(
             state=ocp.args.StandardSave(arrays), record=ocp.args.JsonSave(record)), force=True)
         self._manager.wait_until_finished()
 
-    def restore_latest(self, template: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    def restore_latest(self, template: RoundState) -> tuple[RoundState, list[dict[str, Any]]] | None:
         """(state, metric history) of the newest checkpoint that restores, the state shaped like
         `template` (a fresh state of the same run); an unreadable one is skipped with a warning.
-        None when there is none."""
-        arrays = {k: v for k, v in template.items() if k not in COUNTERS and jax.tree.leaves(v)}
+        None when there is none; CheckpointFormatError for one of another format."""
+        arrays, _, flat = _parts(template)
         abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), arrays)
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
-                restored = self._manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract), record=ocp.args.JsonRestore()))
+                record = self._manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
             except Exception as err:  # a damaged step of any kind: fall back to the one before
-                print(f"warning: checkpoint of round {step} is unreadable ({type(err).__name__}); "
-                      "trying the previous one", file=sys.stderr)
+                self._warn(step, err)
+                continue
+            _check_format(self._manager.directory, step, record)
+            try:
+                restored = self._manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract)))["state"]
+            except Exception as err:
+                self._warn(step, err)
                 continue
             for newer in self._manager.all_steps():
                 if newer > step:  # unreadable ones: the rounds are recomputed and saved again
                     shutil.rmtree(os.path.join(self._manager.directory, str(newer)))
             self._manager.reload()
-            record = restored["record"]
-            return {**template, **restored["state"], **record["counters"]}, record["history"]
+            flat.update(traverse_util.flatten_dict(restored))
+            flat.update({tuple(k.split(".")): v for k, v in record["counters"].items()})
+            state = serialization.from_state_dict(template, traverse_util.unflatten_dict(flat))
+            return state, record["history"]
         return None
+
+    @staticmethod
+    def _warn(step: int, err: Exception) -> None:
+        print(f"warning: checkpoint of round {step} is unreadable ({type(err).__name__}); "
+              "trying the previous one", file=sys.stderr)
+
+
+def _check_format(directory, step: int, record: dict) -> None:
+    found = record.get("format", 1)
+    if found != FORMAT_VERSION:
+        raise CheckpointFormatError(
+            f"the checkpoint of round {step} in {directory} has state format {found}, this flash_jax reads "
+            f"format {FORMAT_VERSION}; continue it with the flash_jax that wrote it, or use another --workdir")
 
 
 def saved_settings(workdir: str) -> tuple[int, dict[str, Any]] | None:

@@ -7,7 +7,7 @@ longest schedule ends exactly where training it alone would.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -71,6 +71,17 @@ def _clip_trained_gradient(grads, masks, max_norm: float):
     return jax.tree.map(lambda g: g * scale, grads)
 
 
+class LocalCarry(NamedTuple):
+    """What local training carries from step to step."""
+
+    params: dict
+    batch_stats: dict
+    opt_state: Any
+    masks: dict
+    sl_state: Any          # sparse learning's growth-adjustment memory (SLState)
+    grads_seen: dict       # the latest dense gradient of the masked tensors (gradient growth, readjustment)
+
+
 def _keep_if(valid, new, old):
     return jax.tree.map(lambda n, o: jnp.where(valid, n, o), new, old)
 
@@ -95,7 +106,7 @@ def local_train(spec: ClientSpec, phase_lengths: tuple[int, ...], store_x, store
 
     def train_phase(carry, phase_inputs):
         """Local SGD over one phase's steps with the phase's mask fixed."""
-        params, batch_stats, opt_state, masks, sl_state, grads_seen = carry
+        masks = carry.masks
 
         def step(carry, inputs):
             params, batch_stats, opt_state, grads_seen = carry
@@ -120,23 +131,24 @@ def local_train(spec: ClientSpec, phase_lengths: tuple[int, ...], store_x, store
             return carry, jnp.where(valid, loss, 0.0)
 
         (params, batch_stats, opt_state, grads_seen), losses = jax.lax.scan(
-            step, (params, batch_stats, opt_state, grads_seen), phase_inputs)
-        return (params, batch_stats, opt_state, masks, sl_state, grads_seen), jnp.sum(losses)
+            step, (carry.params, carry.batch_stats, carry.opt_state, carry.grads_seen), phase_inputs)
+        return carry._replace(params=params, batch_stats=batch_stats, opt_state=opt_state,
+                              grads_seen=grads_seen), jnp.sum(losses)
 
-    def update_masks(carry, phase, steps_done):
-        params, batch_stats, opt_state, masks, sl_state, grads_seen = carry
-        flat = traverse_util.flatten_dict(params, sep="/")
-        gradient_scores = {p: jnp.abs(g) for p, g in grads_seen.items()} if spec.tracks_gradient else None
+    def update_masks(carry: LocalCarry, phase, steps_done) -> LocalCarry:
+        flat = traverse_util.flatten_dict(carry.params, sep="/")
+        gradient_scores = {p: jnp.abs(g) for p, g in carry.grads_seen.items()} if spec.tracks_gradient else None
+        sl_state = carry.sl_state
         if spec.readjust:
-            masks = readjust_masks(flat, masks, gradient_scores, readjust_ratio)
+            masks = readjust_masks(flat, carry.masks, gradient_scores, readjust_ratio)
         else:
             prune_rate = spec.prune_rate * (1.0 - steps_done / num_steps)
-            masks, sl_state = mask_update(jax.random.fold_in(update_key, phase), flat, masks, prune_rate,
+            masks, sl_state = mask_update(jax.random.fold_in(update_key, phase), flat, carry.masks, prune_rate,
                                           target_count, sl_state, grow_scores=gradient_scores)
-        return apply_masks(params, masks), batch_stats, opt_state, masks, sl_state, grads_seen
+        return carry._replace(params=apply_masks(carry.params, masks), masks=masks, sl_state=sl_state)
 
     grads_seen = {p: jnp.zeros(m.shape, jnp.float32) for p, m in masks.items()} if spec.tracks_gradient else {}
-    carry = (params, batch_stats, optimizer.init(params), masks, sl_init(), grads_seen)
+    carry = LocalCarry(params, batch_stats, optimizer.init(params), masks, sl_init(), grads_seen)
     inputs = (example_index, example_valid, step_valid, jnp.arange(step_valid.shape[0]))
     num_phases = len(phase_lengths)
     if num_phases > 1 and len(set(phase_lengths)) == 1:  # E > 1: one phase per epoch
@@ -160,8 +172,7 @@ def local_train(spec: ClientSpec, phase_lengths: tuple[int, ...], store_x, store
             loss_sum, start = loss_sum + loss, start + length
             if spec.changes_masks and phase < num_phases - 1:
                 carry = update_masks(carry, phase, jnp.sum(step_valid[:start]))
-    params, batch_stats, _, masks, _, _ = carry
-    return params, batch_stats, masks, loss_sum / jnp.maximum(num_steps, 1)
+    return carry.params, carry.batch_stats, carry.masks, loss_sum / jnp.maximum(num_steps, 1)
 
 
 def momentum_sgd(lr, momentum: float, weight_decay: float) -> optax.GradientTransformation:

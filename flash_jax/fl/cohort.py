@@ -9,6 +9,7 @@ per-client outputs (final masks when they change, losses) outlive a chunk. Chunk
 from __future__ import annotations
 
 import functools
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from flash_jax.data.store import ClientStore, CohortLayout, cohort_plan
-from flash_jax.fl.aggregate import weighted_average, weighted_sums, zero_sums
+from flash_jax.fl.aggregate import Aggregation
 from flash_jax.fl.client import SHUFFLE_STREAM, ClientSpec, client_key, local_train
 
 CLIENTS = "clients"  # the mesh axis of the client dimension
@@ -64,45 +65,70 @@ def chunk_size(clients_per_chunk: int, cohort: int, devices: int) -> int:
     return -(-size // devices) * devices
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3), donate_argnums=(13,))
-def train_chunk(spec: ClientSpec, layout: CohortLayout, fma: bool, mesh: Mesh | None, store_x, store_y, params,
-                batch_stats, masks, lr, readjust_ratio, round_key, clients, sums):
-    """Train one chunk of clients and add their weighted sums (`aggregate.weighted_sums`: FedAvg of
-    parameters, or FMA with `fma`, and FedAvg of BatchNorm statistics) to `sums` (donated).
+class ChunkPlan(NamedTuple):
+    """The static part of a cohort call (hashable): local training, the padded shape, the
+    aggregation and the mesh the client axis is sharded over."""
+
+    spec: ClientSpec
+    layout: CohortLayout
+    aggregation: Aggregation
+    mesh: Mesh | None
+
+
+class ServerModel(NamedTuple):
+    """What every participant receives: the model and the mask(s) to train in. `masks` is shared, or
+    (with clients["mask_index"]) a stack from which participant k takes masks[mask_index[k]]."""
+
+    params: dict
+    batch_stats: dict
+    masks: dict
+
+
+class RoundInputs(NamedTuple):
+    """Scalars every participant of the round shares."""
+
+    lr: Any
+    readjust_ratio: Any
+    round_key: jax.Array
+
+
+@functools.partial(jax.jit, static_argnames=("plan",), donate_argnames=("sums",))
+def train_chunk(plan: ChunkPlan, store_x, store_y, model: ServerModel, shared: RoundInputs, clients, sums):
+    """Train one chunk of clients and add their weighted sums (the plan's aggregation: parameters,
+    and FedAvg of BatchNorm statistics) to `sums` (donated).
 
     `clients` holds per-client arrays: ids (keys are fold_in(round_key, id)), offsets and counts
     into the store, target counts, weights (0 for padding) and, when each client trains with its own
-    mask, mask_index into the leading axis of `masks`; otherwise `masks` is shared. Returns the new
-    sums, the clients' final masks (when they can change, else None) and their mean training losses.
+    mask, mask_index into the leading axis of `model.masks`. Returns the new sums, the clients'
+    final masks (when they can change, else None) and their mean training losses.
     """
-    keys = jax.vmap(client_key, in_axes=(None, 0))(round_key, clients["ids"])
+    spec, layout = plan.spec, plan.layout
+    keys = jax.vmap(client_key, in_axes=(None, 0))(shared.round_key, clients["ids"])
     shuffle_keys = jax.vmap(lambda k: jax.random.fold_in(k, SHUFFLE_STREAM))(keys)
-    plan = cohort_plan(layout, shuffle_keys, clients["offsets"], clients["counts"])
+    cohort = cohort_plan(layout, shuffle_keys, clients["offsets"], clients["counts"])
     per_client_masks = "mask_index" in clients
+    masks = model.masks
     if per_client_masks:
         masks = jax.tree.map(lambda m: m[clients["mask_index"]], masks)
 
     def one_client(masks, key, index, valid, step_ok, target):
-        return local_train(spec, layout.phase_lengths, store_x, store_y, params, batch_stats, masks, lr,
-                           readjust_ratio, key, index, valid, step_ok, target)
+        return local_train(spec, layout.phase_lengths, store_x, store_y, model.params, model.batch_stats, masks,
+                           shared.lr, shared.readjust_ratio, key, index, valid, step_ok, target)
 
     client_params, client_stats, client_masks, losses = jax.vmap(
         one_client, in_axes=(0 if per_client_masks else None, 0, 0, 0, 0, 0))(
-        masks, keys, plan.example_index, plan.example_valid, plan.step_valid, clients["targets"])
-    weights = clients["weights"]
-    chunk_sums = (weighted_sums(client_params, weights, client_masks if fma else None),
-                  weighted_sums(client_stats, weights))
-    sums = _constrain(mesh, jax.tree.map(jnp.add, sums, chunk_sums), split=False)
-    return sums, _constrain(mesh, (client_masks if spec.changes_masks else None, losses), split=True)
+        masks, keys, cohort.example_index, cohort.example_valid, cohort.step_valid, clients["targets"])
+    sums = plan.aggregation.update(sums, client_params, client_stats, clients["weights"], client_masks)
+    sums = _constrain(plan.mesh, sums, split=False)
+    return sums, _constrain(plan.mesh, (client_masks if spec.changes_masks else None, losses), split=True)
 
 
-@jax.jit
-def _average(sums):
-    return weighted_average(sums[0]), weighted_average(sums[1])
+@functools.partial(jax.jit, static_argnums=0)
+def _finalize(aggregation: Aggregation, sums):
+    return aggregation.finalize(sums)
 
 
-def train_cohort(spec: ClientSpec, layout: CohortLayout, fma: bool, chunk: int, mesh: Mesh | None,
-                 store: ClientStore, params, batch_stats, masks, lr, readjust_ratio, round_key,
+def train_cohort(plan: ChunkPlan, chunk: int, store: ClientStore, model: ServerModel, shared: RoundInputs,
                  clients: dict[str, np.ndarray]):
     """The whole cohort in chunks of `chunk` clients (`train_chunk`); `clients` are its per-client
     host arrays (as there, without weights: a client weighs its sample count).
@@ -116,16 +142,16 @@ def train_cohort(spec: ClientSpec, layout: CohortLayout, fma: bool, chunk: int, 
     slot = np.concatenate([np.arange(cohort), np.zeros(padded - cohort, np.int64)])  # padding copies client 0
     inputs = {name: np.asarray(value)[slot] for name, value in clients.items()}
     inputs["weights"] = np.where(np.arange(padded) < cohort, store.counts[ids][slot], 0).astype(np.float32)
-    params, batch_stats, masks = place(mesh, (params, batch_stats, masks), split=False)
-    sums = place(mesh, (zero_sums(params, tuple(masks) if fma else ()), zero_sums(batch_stats)), split=False)
+    model = ServerModel(*place(plan.mesh, tuple(model), split=False))
+    sums = place(plan.mesh, plan.aggregation.init(model.params, model.batch_stats, model.masks), split=False)
     outputs = []
     for start in range(0, padded, chunk):
-        chunk_inputs = place(mesh, {name: value[start:start + chunk] for name, value in inputs.items()}, split=True)
-        sums, per_client = train_chunk(spec, layout, fma, mesh, store.x, store.y, params, batch_stats, masks, lr,
-                                       readjust_ratio, round_key, chunk_inputs, sums)
+        chunk_inputs = place(plan.mesh, {name: value[start:start + chunk] for name, value in inputs.items()},
+                             split=True)
+        sums, per_client = train_chunk(plan, store.x, store.y, model, shared, chunk_inputs, sums)
         outputs.append(per_client)
     client_masks, losses = jax.tree.map(lambda *parts: _in_cohort_order(parts, cohort), *outputs)
-    return *_average(sums), client_masks, losses
+    return *_finalize(plan.aggregation, sums), client_masks, losses
 
 
 def _in_cohort_order(parts, cohort: int):

@@ -1,28 +1,87 @@
-"""Methods as data: each is a small record of how clients treat masks (ALGORITHMS.md §3)."""
+"""The method registry: a method is a small record of rules (fl/rules.py), its knobs and help text.
+
+The command line's --experiment_type choices, its method flags and their --help, and the validation
+of those flags all read this registry; `register_method` adds one from outside the package. The
+built-in methods (flash_jax/methods/) register themselves when the registry is first read.
+"""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Callable
+
+from flash_jax.fl.rules import NO_MASK, Aggregation, ClientRule, ServerMaskRule
+
+
+@dataclasses.dataclass(frozen=True)
+class Knob:
+    """A setting of its own that a method adds to Config and the command line (--name)."""
+
+    name: str
+    default: Any  # its type is the flag's type
+    help: str
+    valid: Callable[[Any], bool] | None = None  # None: any value of the type
+    valid_text: str = ""  # the range, for the error message ("in [0, 1)")
+    choices: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-    sparse: bool                   # keeps masks on the maskable tensors at all
-    client_sparse_learning: bool   # clients run SL (prune / redistribute / regrow) during local training
-    per_client_masks: bool         # each client keeps its own mask across rounds (NST)
-    report_pruned: bool            # also evaluate the global model magnitude-pruned back to d (NST)
-    sensitivity_stage: bool = False  # FLASH stage 1 chooses the layer densities of the first mask
-    next_mask: bool = False          # the server recomputes its mask with NEXT_MASK every r_int rounds (JMWST)
-    readjust: bool = False           # FedDST: magnitude-pruned init, periodic client readjustment, union pruning
+    """How a sparse federated method differs from another: each part is a rule (fl/rules.py).
+
+    `stage1` runs once before the rounds, from the initial state to the first round's state (and a
+    record for the workdir's sensitivity.json). `hetero`: the method accepts --hetero_client budgets.
+    """
+
+    name: str
+    help: str
+    client: ClientRule
+    server_mask: ServerMaskRule
+    aggregation: Callable[[Any], Aggregation]  # of the Config
+    stage1: Callable | None = None
+    knobs: tuple[Knob, ...] = ()
+    hetero: bool = False
+    group: str = ""  # --help group of its knobs (default: the name)
+
+    @property
+    def sparse(self) -> bool:
+        return self.server_mask is not NO_MASK
+
+    @property
+    def report_pruned(self) -> bool:
+        """A global model whose mask is its own support (the union of the clients') is also
+        evaluated cut back to d, for comparisons at the same density."""
+        return not self.server_mask.masks_model
 
 
-METHODS = {
-    "dense": Method(sparse=False, client_sparse_learning=False, per_client_masks=False, report_pruned=False),
-    "pdst": Method(sparse=True, client_sparse_learning=False, per_client_masks=False, report_pruned=False),
-    "spdst": Method(sparse=True, client_sparse_learning=False, per_client_masks=False, report_pruned=False,
-                    sensitivity_stage=True),
-    "jmwst": Method(sparse=True, client_sparse_learning=True, per_client_masks=False, report_pruned=False,
-                    sensitivity_stage=True, next_mask=True),
-    "nst": Method(sparse=True, client_sparse_learning=True, per_client_masks=True, report_pruned=True),
-    "feddst": Method(sparse=True, client_sparse_learning=False, per_client_masks=False, report_pruned=False,
-                     readjust=True),
-}
+_METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    """Make `method` runnable as --experiment_type NAME; refuses a taken name or knob."""
+    if method.name in _METHODS:
+        raise ValueError(f"a method named {method.name!r} is already registered")
+    taken = knobs()
+    for knob in method.knobs:
+        if knob.name in taken:
+            raise ValueError(f"method {method.name!r}: knob --{knob.name} is already defined")
+    _METHODS[method.name] = method
+    return method
+
+
+def methods() -> dict[str, Method]:
+    """Every registered method by name, the built-in ones first."""
+    import flash_jax.methods  # noqa: F401  (registers the built-in methods once)
+    return dict(_METHODS)
+
+
+def get_method(name: str) -> Method:
+    registered = methods()
+    if name not in registered:
+        raise KeyError(f"unknown --experiment_type {name!r}; one of {', '.join(registered)}")
+    return registered[name]
+
+
+def knobs() -> dict[str, Knob]:
+    """Every registered method's knobs by name."""
+    import flash_jax.methods  # noqa: F401
+    return {knob.name: knob for method in _METHODS.values() for knob in method.knobs}

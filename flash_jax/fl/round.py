@@ -1,0 +1,141 @@
+"""One federated round: sample the cohort, train it, aggregate, let the method's rules move the
+masks on, measure consensus and communication. The method enters only through its rules."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from flash_jax.data.store import cohort_layout, steps_per_epoch
+from flash_jax.fl.accounting import Uploads, account
+from flash_jax.fl.client import ClientSpec
+from flash_jax.fl.cohort import ChunkPlan, RoundInputs, ServerModel, chunk_size, train_cohort
+from flash_jax.fl.hetero import client_budget_levels, participant_levels, server_levels
+from flash_jax.fl.rules import RoundOutcome
+from flash_jax.fl.setup import HETERO_STREAM, INIT_STREAM, MASK_STREAM, ROUND_STREAM, Setup, sample_clients
+from flash_jax.fl.state import ClientTable, CommCounters, Model, RoundState, ServerMasks, stack_levels
+from flash_jax.models import init_variables
+from flash_jax.sparse import apply_masks, mask_consensus
+
+
+def levels_of(setup: Setup, params, top_mask) -> dict:
+    """The server's mask of every budget level, from the mask at d."""
+    if len(setup.levels) == 1:
+        return stack_levels(top_mask)
+    return server_levels(params, setup.tensors.paths, top_mask, setup.config.density, setup.levels)
+
+
+def init_state(setup: Setup) -> RoundState:
+    """The seeded initial model, the method's initial masks, nothing communicated yet."""
+    config, method = setup.config, setup.method
+    base = jax.random.PRNGKey(config.seed)
+    variables = init_variables(setup.model, jax.random.fold_in(base, INIT_STREAM), setup.data.input_shape)
+    masks = method.server_mask.init(setup, jax.random.fold_in(base, MASK_STREAM), variables["params"])
+    params = apply_masks(variables["params"], masks)
+    return RoundState(
+        round=0, model=Model(params, variables.get("batch_stats", {})),
+        server=ServerMasks(levels=levels_of(setup, params, masks), ids=np.arange(len(setup.levels))),
+        clients=ClientTable(masks=method.client.init(config, masks),
+                            level=client_budget_levels(config, HETERO_STREAM),
+                            mask_id=np.zeros(config.num_users, np.int64)),
+        comm=CommCounters(cumulative_bits=0, dense_cumulative_bits=0))
+
+
+def train_clients(setup: Setup, spec: ClientSpec, ids: np.ndarray, round_key, model: ServerModel, *,
+                  epochs: int, lr: float, mask_index: np.ndarray | None = None, readjust_ratio: float = 0.0,
+                  budgets: np.ndarray | None = None):
+    """One cohort's local training and aggregation, --clients_per_chunk clients per jitted call;
+    client keys are fold_in(round_key, client id). With `mask_index`, participant k takes the masks
+    model.masks[mask_index[k]]. `budgets` are the participants' density targets as fractions of d
+    (default: all at d).
+
+    Returns the aggregated params and statistics, the participants' final masks (None when they
+    cannot change), their training losses, and the round's padding_efficiency (real client-steps
+    over padded ones) and compiled_cohort_shapes (distinct cohort shapes this run has needed).
+    """
+    config, store, mesh = setup.config, setup.data.store, setup.data.mesh
+    layout = cohort_layout(store, ids, batch_size=config.local_bs, epochs=epochs)
+    chunk = chunk_size(config.clients_per_chunk, len(ids), 1 if mesh is None else mesh.size)
+    plan = ChunkPlan(spec, layout, setup.method.aggregation(config), mesh)
+    setup.compiled.note((plan, chunk, mask_index is not None), lambda: _describe(plan, chunk, mask_index is not None))
+    budgets = np.ones(len(ids)) if budgets is None else budgets
+    clients = {"ids": ids, "offsets": store.offsets[ids], "counts": store.counts[ids],
+               "targets": (budgets * config.density * setup.tensors.num_maskable).astype(np.float32)}
+    if mask_index is not None:
+        clients["mask_index"] = mask_index
+    params, batch_stats, client_masks, losses = train_cohort(plan, chunk, store, model,
+                                                             RoundInputs(lr, readjust_ratio, round_key), clients)
+    real_steps = epochs * int(steps_per_epoch(store.counts[ids], layout.batch_size).sum())
+    padded_steps = -(-len(ids) // chunk) * chunk * sum(layout.phase_lengths)
+    shapes = {"padding_efficiency": real_steps / padded_steps, "compiled_cohort_shapes": len(setup.compiled.seen)}
+    return params, batch_stats, client_masks, losses, shapes
+
+
+def _describe(plan: ChunkPlan, chunk: int, per_client_masks: bool) -> str:
+    spec, layout = plan.spec, plan.layout
+    masks = "sparse learning" if spec.sparse_learning else "readjusting masks" if spec.readjust else "fixed masks"
+    return (f"{chunk} clients per call x {layout.epochs} epoch(s) x {layout.steps} steps x batch "
+            f"{layout.batch_size}, phases {layout.phase_lengths}, {masks}"
+            f"{', per-client masks' if per_client_masks else ''}"
+            f"{', FMA' if plan.aggregation.per_entry else ''}")
+
+
+def run_round(setup: Setup, state: RoundState) -> tuple[RoundState, dict[str, Any]]:
+    config, method = setup.config, setup.method
+    r = state.round
+    ids = sample_clients(config.seed, ROUND_STREAM, r, config.num_users, config.clients_per_round)
+    round_key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), ROUND_STREAM), r)
+    levels = participant_levels(config, state, ids)
+    budgets = np.asarray(setup.levels)[levels]
+    # what each participant trains in: its own mask, its budget level's, or the one shared mask
+    if state.clients.masks:
+        masks, mask_index = state.clients.masks, ids
+    elif len(setup.levels) > 1:
+        masks, mask_index = state.server.levels, levels
+    else:
+        masks, mask_index = state.server.top, None
+    mode = method.client.local(config, r)
+    spec = dataclasses.replace(setup.spec, sparse_learning=mode.sparse_learning, readjust=mode.readjust_ratio > 0)
+    params, batch_stats, client_masks, losses, shapes = train_clients(
+        setup, spec, ids, round_key, ServerModel(state.model.params, state.model.batch_stats, masks),
+        mask_index=mask_index, epochs=config.local_epoch, lr=setup.lr(r), readjust_ratio=mode.readjust_ratio,
+        budgets=budgets)
+    flat = traverse_util.flatten_dict(params, sep="/")
+    server_mask = state.server.top
+    outcome = RoundOutcome(round=r, ids=ids, budgets=budgets, mode=mode,
+                           maskable={p: flat[p] for p in setup.tensors.paths}, client_masks=client_masks,
+                           server_mask=server_mask)
+    new_mask = method.server_mask.update(setup, outcome)
+    if new_mask is not None:
+        server_mask = new_mask
+        if method.server_mask.masks_model:
+            params = apply_masks(params, new_mask)
+    info = {"train_loss": float(jnp.mean(losses)), "lr": setup.lr(r), **shapes, **dict(mode.metrics)}
+    new_levels = levels_of(setup, params, server_mask)
+    if len(setup.levels) > 1:
+        level_counts = jax.device_get(_level_counts(new_levels))
+        info["hetero_level_density"] = [float(c) / setup.tensors.num_maskable for c in level_counts]
+    if client_masks is not None:  # the participants' masks after training, as distinct masks and rows
+        uploads = Uploads(client_masks, np.arange(len(ids)), changed=True)
+    elif mask_index is not None:  # every participant kept the mask it was given
+        uploads = Uploads(masks, mask_index, changed=False)
+    else:
+        uploads = Uploads(stack_levels(masks), np.zeros(len(ids), np.int64), changed=False)
+    if method.sparse:
+        multiplicity = np.bincount(uploads.row, minlength=next(iter(uploads.masks.values())).shape[0])
+        info.update(mask_consensus(uploads.masks, server_mask, state.server.top, multiplicity))
+    server, clients, comm, comm_metrics = account(setup.tensors, method.sparse, state, new_levels, ids, levels,
+                                                  uploads)
+    clients = clients.replace(masks=method.client.update(clients.masks, ids, client_masks))
+    info.update(comm_metrics)
+    return RoundState(round=r + 1, model=Model(params, batch_stats), server=server, clients=clients, comm=comm), info
+
+
+@jax.jit
+def _level_counts(stacked) -> jax.Array:
+    """Active entries of each level's mask (the level axis leads)."""
+    return sum(jnp.sum(m.reshape(m.shape[0], -1), axis=1, dtype=jnp.int32) for m in stacked.values())

@@ -1,0 +1,137 @@
+"""The rules a method is composed of, each a pair of pure functions as in optax: `init` builds its
+part of the round state, `update` moves it on by one round (ALGORITHMS.md §2, §3).
+
+- ClientRule: how a participant treats its mask. `init` gives the per-client masks (NST keeps one
+  per client; {}: clients train with the server's), `local` says what local training does with
+  the mask this round (nothing, sparse learning toward the client's budget, FedDST's
+  readjustment), `update` folds the participants' final masks back into the per-client masks.
+- ServerMaskRule: how the server mask evolves. `init` draws the first mask at d from the seed,
+  `update` returns the next one from the round's outcome (None: unchanged).
+- Aggregation (fl/aggregate.py): FedAvg or FMA, chosen per Config.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from flash_jax.fl.aggregate import FEDAVG, FMA, Aggregation
+from flash_jax.sparse import Masks, magnitude_masks, next_mask, random_masks
+
+__all__ = ["Aggregation", "ClientRule", "LocalMode", "RoundOutcome", "ServerMaskRule", "FEDAVG", "FMA"]
+
+
+class LocalMode(NamedTuple):
+    """What a participant's local training does with its mask this round."""
+
+    sparse_learning: bool = False  # MASK_UPDATE (§1) at every phase boundary, toward the client's budget
+    readjust_ratio: float = 0.0    # > 0: FedDST's readjustment of this fraction before the last phase
+    metrics: tuple[tuple[str, float], ...] = ()  # logged with the round
+
+
+class RoundOutcome(NamedTuple):
+    """What a server-mask rule may look at after the cohort's aggregation."""
+
+    round: int
+    ids: np.ndarray             # the participants
+    budgets: np.ndarray         # their density targets as fractions of d
+    mode: LocalMode
+    maskable: dict[str, jax.Array]  # the aggregated maskable tensors, by path
+    client_masks: Masks | None  # the participants' final masks (None: nobody's mask could change)
+    server_mask: Masks          # the mask at d of the round's start
+
+
+class ClientRule(NamedTuple):
+    init: Callable[[Any, Masks], Masks]  # (config, initial server mask) -> per-client masks
+    local: Callable[[Any, int], LocalMode]  # (config, round)
+    update: Callable[[Masks, np.ndarray, Masks | None], Masks]  # (per-client masks, ids, final masks)
+    optimizer: Callable[[Any], Callable[[Any], optax.GradientTransformation]] = lambda config: optax.sgd
+
+
+class ServerMaskRule(NamedTuple):
+    init: Callable[[Any, jax.Array, dict], Masks]  # (setup, key, initial params) -> the mask at d
+    update: Callable[[Any, RoundOutcome], Masks | None]  # (setup, outcome)
+    masks_model: bool = True  # the new mask multiplies the model (False: it is the model's support)
+
+
+def _shared(config, server_mask: Masks) -> Masks:
+    return {}
+
+
+def _keep(client_masks: Masks, ids, final_masks) -> Masks:
+    return client_masks
+
+
+def _private(config, server_mask: Masks) -> Masks:
+    return jax.tree.map(lambda m: jnp.broadcast_to(m, (config.num_users,) + m.shape), server_mask)
+
+
+def _store(client_masks: Masks, ids, final_masks) -> Masks:
+    return jax.tree.map(lambda all_, new: all_.at[ids].set(new), client_masks, final_masks)
+
+
+FIXED_MASK = ClientRule(init=_shared, local=lambda config, r: LocalMode(), update=_keep)
+"""Participants train inside the server mask they receive and send it back unchanged."""
+
+PRIVATE_SPARSE_LEARNING = ClientRule(init=_private, local=lambda config, r: LocalMode(sparse_learning=True),
+                                     update=_store)
+"""Each client keeps a mask of its own across rounds and moves it by sparse learning (NST)."""
+
+
+def sparse_learning_every(interval: Callable[[Any], int]) -> ClientRule:
+    """Sparse learning on the rounds where the server renews its mask (r % interval(config) == 0),
+    a fixed mask in between (JMWST with r_int)."""
+    return FIXED_MASK._replace(local=lambda config, r: LocalMode(sparse_learning=r % interval(config) == 0))
+
+
+def _random_at_d(setup, key, params) -> Masks:
+    return random_masks(key, setup.tensors.shapes, setup.config.density)
+
+
+def _dense_init(setup, key, params) -> Masks:
+    return {}
+
+
+NO_MASK = ServerMaskRule(init=_dense_init, update=lambda setup, outcome: None)
+"""A dense method: no mask at all."""
+
+KEEP_MASK = ServerMaskRule(init=_random_at_d, update=lambda setup, outcome: None)
+"""A random mask at d from the shared seed, kept for the run (PDST; SPDST after stage 1)."""
+
+MODEL_SUPPORT = ServerMaskRule(init=_random_at_d, update=lambda setup, outcome: _support(outcome.maskable),
+                               masks_model=False)
+"""Without a shared mask, the server's is the support of the averaged model: the union of the
+participants' masks (NST)."""
+
+
+@jax.jit
+def _support(maskable: dict[str, jax.Array]) -> Masks:
+    return {p: w != 0 for p, w in maskable.items()}
+
+
+def next_mask_every(interval: Callable[[Any], int], subsample: Callable[[Any], str]) -> ServerMaskRule:
+    """NEXT_MASK (§3) every interval(config) rounds from the participants' sparse-learned masks
+    (JMWST); hetero participants below d do not set the budgets (see sparse.next_mask)."""
+    def update(setup, outcome: RoundOutcome) -> Masks | None:
+        config = setup.config
+        if outcome.round % interval(config) != 0:
+            return None
+        return _next_mask(outcome.client_masks, outcome.maskable, config.density, subsample(config),
+                          jnp.asarray(outcome.budgets, jnp.float32), outcome.server_mask)
+    return ServerMaskRule(init=_random_at_d, update=update)
+
+
+_next_mask = jax.jit(next_mask, static_argnums=3)
+
+
+def magnitude_at_d(setup, key, params) -> Masks:
+    """The seeded initial model magnitude-pruned tensor by tensor to d (FedDST's start)."""
+    return magnitude_masks(params, setup.tensors.paths, setup.config.density, scope="layer")
+
+
+def by_update_mode(config) -> Aggregation:
+    """--update_mode 0: FedAvg; 1: FMA, each coordinate averaged over the clients holding it."""
+    return FMA if config.update_mode == 1 else FEDAVG

@@ -1,0 +1,137 @@
+"""Everything fixed for a run, built once from the Config and the data: the federation's data on the
+device, the model, its maskable tensors, the method and local training's static description."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+from jax.sharding import Mesh
+from tqdm.auto import tqdm
+
+from flash_jax.config import Config, ConfigError
+from flash_jax.data.partition import partition
+from flash_jax.data.sources import Dataset
+from flash_jax.data.store import ClientStore, build_store
+from flash_jax.fl.client import ClientSpec
+from flash_jax.fl.cohort import client_mesh, place
+from flash_jax.fl.methods import Method, get_method
+from flash_jax.models import MIN_INPUT_SIZE, ModelDef, get_model, init_variables
+from flash_jax.sparse import maskable_paths
+
+# Streams folded into the seed's key (and into client sampling), one per use.
+INIT_STREAM, MASK_STREAM, ROUND_STREAM, SENSITIVITY_STREAM, REINIT_STREAM, STAGE2_MASK_STREAM, HETERO_STREAM = range(7)
+AUGMENTED_DATASETS = ("cifar10", "cifar100", "tiny_imagenet")
+
+
+def learning_rate_schedule(config: Config) -> Callable[[int], float]:
+    """§4: exponential decay from lr_start; 'run' reaches lr_end at the last round, 'authors' keeps
+    their hard-coded 1000-round horizon and their one-round delay (round 0 and 1 both use lr_start)."""
+    rate = config.lr_end / config.lr_start
+    if config.lr_schedule == "run":
+        schedule = optax.exponential_decay(config.lr_start, max(config.fl_rounds - 1, 1), rate)
+        return lambda r: float(schedule(r))
+    schedule = optax.exponential_decay(config.lr_start, 1000, rate)
+    return lambda r: float(schedule(max(r - 1, 0)))
+
+
+def sample_clients(seed: int, stream: int, round_index: int, num_clients: int, per_round: int) -> np.ndarray:
+    """Cohort of a round: a pure function of (seed, stage stream, round), sampled without replacement."""
+    return np.random.default_rng([seed, stream, round_index]).choice(num_clients, per_round, replace=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Federation:
+    """The clients' data packed on the device, and the test set (replicated on the mesh once, not
+    sent every round)."""
+
+    store: ClientStore
+    test_x: jax.Array
+    test_y: jax.Array
+    test_partition: list  # each client's test examples (empty when clients outnumber them)
+    input_shape: tuple[int, ...]
+    mesh: Mesh | None  # the client axis is sharded over it; None on one device
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskableTensors:
+    paths: tuple[str, ...]
+    shapes: dict[str, tuple[int, ...]]
+    sizes: dict[str, int]
+    num_maskable: int
+    dense_size: int  # entries sent dense in every transfer: unmasked params and BatchNorm statistics
+
+
+class CompileLog:
+    """The cohort shapes a run has compiled so far; a new one gets a line on stderr."""
+
+    def __init__(self, quiet: bool):
+        self.seen, self.quiet = set(), quiet
+
+    def note(self, signature, describe: Callable[[], str]) -> None:
+        if signature not in self.seen:
+            self.seen.add(signature)
+            if not self.quiet:
+                tqdm.write(f"new cohort shape #{len(self.seen)} (compiling): {describe()}", file=sys.stderr)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    config: Config
+    method: Method
+    data: Federation
+    model: ModelDef
+    eval_apply: Callable  # same parameters; XLA's native conv is fastest for one un-vmapped model
+    tensors: MaskableTensors
+    spec: ClientSpec
+    lr: Callable[[int], float]
+    levels: tuple[float, ...]  # budget levels as fractions of d, highest (the server mask) first
+    compiled: CompileLog
+
+
+def _maskable_tensors(config: Config, model: ModelDef, input_shape, sparse: bool) -> MaskableTensors:
+    variables = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), input_shape))
+    flat = traverse_util.flatten_dict(variables["params"], sep="/")
+    try:
+        paths = maskable_paths(variables["params"], config.mask_pattern or model.mask_pattern)
+    except ValueError:
+        raise ConfigError(f"--mask_pattern={config.mask_pattern!r} is invalid: it matches no tensor of "
+                          f"{config.model_type} ({', '.join(sorted(flat))})") from None
+    sizes = {p: math.prod(flat[p].shape) for p in paths}
+    config.validate_against_tensors(sizes, sparse)
+    num_maskable = sum(sizes.values())
+    return MaskableTensors(paths=paths, shapes={p: flat[p].shape for p in paths}, sizes=sizes,
+                           num_maskable=num_maskable,
+                           dense_size=sum(math.prod(v.shape) for v in jax.tree.leaves(variables)) - num_maskable)
+
+
+def build_setup(config: Config, dataset: Dataset) -> Setup:
+    config.validate_against_data(len(dataset.train_y))
+    method = get_method(config.experiment_type)
+    alpha = None if config.iid else config.alpha
+    train_parts = partition(dataset.train_y, config.num_users, alpha, config.seed)
+    test_parts = partition(dataset.test_y, config.num_users, alpha, config.seed + 1) \
+        if config.num_users <= len(dataset.test_y) else []
+    model = get_model(config.model_type, dataset.num_classes, config.conv_impl, config.mnistnet_softmax)
+    config.validate_against_model(dataset.input_shape, MIN_INPUT_SIZE[config.model_type])
+    tensors = _maskable_tensors(config, model, dataset.input_shape, method.sparse)
+    spec = ClientSpec(apply_fn=model.module.apply, has_batch_stats=model.has_batch_stats,
+                      sparse_learning=False, prune_rate=config.prune_rate,
+                      augment=config.dataset in AUGMENTED_DATASETS, make_optimizer=method.client.optimizer(config),
+                      growth=config.growth, clip_grad_norm=config.clip_grad_norm)
+    mesh = client_mesh()
+    store = build_store(dataset.train_x, dataset.train_y, train_parts)
+    store = store._replace(x=place(mesh, store.x, split=False), y=place(mesh, store.y, split=False))
+    data = Federation(store=store, test_x=place(mesh, jnp.asarray(dataset.test_x), split=False),
+                      test_y=place(mesh, jnp.asarray(dataset.test_y), split=False), test_partition=test_parts,
+                      input_shape=dataset.input_shape, mesh=mesh)
+    eval_model = get_model(config.model_type, dataset.num_classes, "xla", config.mnistnet_softmax)
+    return Setup(config=config, method=method, data=data, model=model, eval_apply=eval_model.module.apply,
+                 tensors=tensors, spec=spec, lr=learning_rate_schedule(config), levels=config.density_levels[0],
+                 compiled=CompileLog(config.quiet))

@@ -1,0 +1,70 @@
+"""The round state: everything that crosses rounds, as one typed pytree (what a checkpoint holds).
+
+RNG keys are pure functions of (seed, stream, round, client) and every client update starts a fresh
+optimizer, so neither is part of it. Arrays may live on the device (the model, masks) or the host
+(numpy: ids and budget levels); integer counters are Python ints, since bit totals outgrow int32.
+A part a method does not use is an empty dict, so every method has the same state type.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from flax import struct
+
+from flash_jax.sparse import Masks
+
+# A checkpoint records the version of the state's layout; another version is refused, not guessed at.
+FORMAT_VERSION = 2
+
+
+@struct.dataclass
+class Model:
+    params: dict[str, Any]
+    batch_stats: dict[str, Any]  # {} for models without BatchNorm
+
+
+@struct.dataclass
+class ServerMasks:
+    """One mask per budget level, stacked on a leading level axis, highest (the mask at d) first;
+    one level without hetero budgets, {} for a dense method. Every level's mask has an id, renewed
+    whenever it changes; a client that holds its level's current id downloads no mask (id 0,
+    derived from the shared seed, is known to everybody)."""
+
+    levels: Masks
+    ids: np.ndarray
+
+    @property
+    def top(self) -> Masks:
+        """The server mask at density d."""
+        return {p: m[0] for p, m in self.levels.items()}
+
+
+@struct.dataclass
+class ClientTable:
+    """Per-client state, indexed by client id on the leading axis."""
+
+    masks: Masks          # a mask of each client's own (NST); {} when clients hold the server's
+    level: np.ndarray     # budget level of each client (hetero-FLASH 'client' assignment; else 0)
+    mask_id: np.ndarray   # id of the server mask each client downloaded last
+
+
+@struct.dataclass
+class CommCounters:
+    cumulative_bits: int
+    dense_cumulative_bits: int  # what dense FedAvg would have sent by now, for comm_ratio_vs_dense
+
+
+@struct.dataclass
+class RoundState:
+    round: int
+    model: Model
+    server: ServerMasks
+    clients: ClientTable
+    comm: CommCounters
+
+
+def stack_levels(masks: Masks) -> Masks:
+    """A single mask as a stack of one level."""
+    return jax.tree.map(lambda m: m[None], masks)

@@ -1,0 +1,6 @@
+"""The built-in methods, one module each (ALGORITHMS.md §3); importing this package registers them.
+
+A new method is one more module like these, registered with `flash_jax.register_method`
+(README: "Adding a method").
+"""
+from flash_jax.methods import dense, pdst, spdst, jmwst, nst, feddst  # noqa: F401  (order: --help's)
