@@ -29,9 +29,9 @@ def choices() -> dict[str, tuple]:
     """The valid values of the settings that name something, from the code that defines them (the
     validation and --help both read this)."""
     from flash_jax.data.sources import DATASETS
-    from flash_jax.models import CONV_IMPLS, MODEL_TYPES
+    from flash_jax.models import CONV_IMPLS, model_names
 
-    return {"experiment_type": EXPERIMENT_TYPES, "dataset": DATASETS, "model_type": MODEL_TYPES,
+    return {"experiment_type": EXPERIMENT_TYPES, "dataset": DATASETS, "model_type": model_names(),
             "lr_schedule": LR_SCHEDULES, "subsample_method": SUBSAMPLE_METHODS, "update_mode": (0, 1),
             "growth": GROWTH_METHODS, "hetero_assign": HETERO_ASSIGNMENTS, "conv_impl": ("auto",) + CONV_IMPLS}
 

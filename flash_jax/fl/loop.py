@@ -32,7 +32,7 @@ from flash_jax.fl.cohort import chunk_size, client_mesh, place, train_cohort
 from flash_jax.fl.evaluate import evaluate
 from flash_jax.fl.methods import METHODS, Method
 from flash_jax.fl.stops import Interrupted, StopSignals, check_finite
-from flash_jax.models import MIN_INPUT_SIZE, ModelDef, get_model, init_variables
+from flash_jax.models import ModelDef, get_model, init_variables
 from flash_jax.sparse import (apply_masks, client_layer_densities, client_mask_counts, layer_counts, level_masks,
                               magnitude_masks, mask_consensus, maskable_paths, next_mask, prune_union, random_masks,
                               sensitivity_densities)
@@ -129,7 +129,7 @@ def build_setup(config: Config, dataset: Dataset) -> Setup:
     test_parts = partition(dataset.test_y, config.num_users, alpha, config.seed + 1) \
         if config.num_users <= len(dataset.test_y) else []
     model = get_model(config.model_type, dataset.num_classes, config.conv_impl, config.mnistnet_softmax)
-    config.validate_against_model(dataset.input_shape, MIN_INPUT_SIZE[config.model_type])
+    config.validate_against_model(dataset.input_shape, model.min_input_size)
     variables = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), dataset.input_shape))
     flat = traverse_util.flatten_dict(variables["params"], sep="/")
     try:
