@@ -14,6 +14,6 @@ if os.environ.get("FLASH_JAX_XNNPACK", "1") != "0" and "xla_cpu_experimental_xnn
 from flash_jax.config import Config, ConfigError  # noqa: E402  (after the XLA flag above)
 from flash_jax.fl.loop import run  # noqa: E402
 from flash_jax.fl.methods import Knob, Method, register_method  # noqa: E402
-#MERGE from flash_jax.models import register_model  # noqa: E402
+from flash_jax.models import register_model  # noqa: E402
 
 __all__ = ["Config", "ConfigError", "Knob", "Method", "register_method", "register_model", "run"]

@@ -28,9 +28,9 @@ def choices() -> dict[str, tuple]:
     define them (the validation and --help both read this)."""
     from flash_jax.data.sources import DATASETS
     from flash_jax.fl.methods import methods
-    from flash_jax.models import CONV_IMPLS, MODEL_TYPES
+    from flash_jax.models import CONV_IMPLS, model_names
 
-    return {"experiment_type": tuple(methods()), "dataset": DATASETS, "model_type": MODEL_TYPES,
+    return {"experiment_type": tuple(methods()), "dataset": DATASETS, "model_type": model_names(),
             "lr_schedule": LR_SCHEDULES, "update_mode": (0, 1), "growth": GROWTH_METHODS,
             "hetero_assign": HETERO_ASSIGNMENTS, "conv_impl": ("auto",) + CONV_IMPLS}
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from flash_jax.models import MODEL_TYPES, Conv, ResNet, get_model, init_variables, max_pool, resolve_conv_impl
+from flash_jax.models import (Conv, ResNet, get_model, init_variables, max_pool, model_names, register_model,
+                              resolve_conv_impl)
 
 IMAGE_SHAPES = {"mnistnet": (28, 28, 1), "leaf_cnn": (28, 28, 1), "resnet18_64": (64, 64, 3)}
 
@@ -132,7 +133,7 @@ def test_forward_output_shape(name):
     chex.assert_tree_all_finite(logits)
 
 
-@pytest.mark.parametrize("name", MODEL_TYPES)
+@pytest.mark.parametrize("name", model_names())
 def test_output_shape_and_batch_stats_of_every_model(name):
     model_def = get_model(name, 200)
     variables = jax.eval_shape(lambda k: init_variables(model_def, k, _image_shape(name)), jax.random.key(0))
@@ -187,3 +188,38 @@ def test_batch_norm_statistics_ignore_masked_examples():
 def test_unknown_model_type():
     with pytest.raises(ValueError, match="unknown --model_type 'resnet50'; choose one of mnistnet"):
         get_model("resnet50", 10)
+
+
+class _TinyMLP(nn.Module):
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x, train: bool, example_mask=None):
+        return nn.Dense(self.num_classes, name="dense0")(x.reshape(x.shape[0], -1))
+
+
+def test_registered_model_is_served_by_get_model():
+    register_model("test_mlp_registry", lambda n, impl: _TinyMLP(n), r"^dense0/kernel$", min_input_size=2,
+                   help="a test MLP")
+    model_def = get_model("test_mlp_registry", 3)
+    assert model_def.module == _TinyMLP(3) and model_def.mask_pattern == r"^dense0/kernel$"
+    assert model_def.has_batch_stats is False and model_def.min_input_size == 2 and model_def.help == "a test MLP"
+    assert get_model("test_mlp_registry", 3) is model_def
+    assert model_names()[-1] == "test_mlp_registry"
+
+
+def test_duplicate_registration_is_refused():
+    with pytest.raises(ValueError, match="'mnistnet' is already registered"):
+        register_model("mnistnet", lambda n, impl: _TinyMLP(n), r"^dense0/kernel$")
+    assert get_model("mnistnet", 10, "xla").mask_pattern == r"^(conv2|fc1)/kernel$"
+
+
+def test_unknown_model_type_lists_every_name():
+    with pytest.raises(ValueError, match="unknown --model_type") as err:
+        get_model("test_mlp_never_registered", 10)
+    assert all(name in str(err.value) for name in model_names())
+
+
+def test_mnistnet_softmax_is_refused_for_other_models():
+    with pytest.raises(ValueError, match="mnistnet_softmax works with mnistnet, not leaf_cnn"):
+        get_model("leaf_cnn", 10, "xla", mnistnet_softmax=True)

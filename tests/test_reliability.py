@@ -273,7 +273,7 @@ def test_min_input_size_is_the_smallest_image_a_model_takes(name):
     import jax
     import jax.numpy as jnp
 
-    from flash_jax.models import MIN_INPUT_SIZE, get_model, init_variables
+    from flash_jax.models import get_model, init_variables
 
     def usable(side):
         """Every tensor non-empty and a finite output (VGG's mean over an empty map is NaN)."""
@@ -287,5 +287,5 @@ def test_min_input_size_is_the_smallest_image_a_model_takes(name):
         logits = model.module.apply(variables, jnp.ones((1, side, side, 1)), train=False)
         return bool(jnp.all(jnp.isfinite(logits)))
 
-    side = MIN_INPUT_SIZE[name]
+    side = get_model(name, 10).min_input_size
     assert usable(side) and not usable(side - 1)

@@ -22,7 +22,7 @@ from flash_jax.data.store import ClientStore, build_store
 from flash_jax.fl.client import ClientSpec
 from flash_jax.fl.cohort import client_mesh, place
 from flash_jax.fl.methods import Method, get_method
-from flash_jax.models import MIN_INPUT_SIZE, ModelDef, get_model, init_variables
+from flash_jax.models import ModelDef, get_model, init_variables
 from flash_jax.sparse import maskable_paths
 
 # Streams folded into the seed's key (and into client sampling), one per use.
@@ -119,7 +119,7 @@ def build_setup(config: Config, dataset: Dataset) -> Setup:
     test_parts = partition(dataset.test_y, config.num_users, alpha, config.seed + 1) \
         if config.num_users <= len(dataset.test_y) else []
     model = get_model(config.model_type, dataset.num_classes, config.conv_impl, config.mnistnet_softmax)
-    config.validate_against_model(dataset.input_shape, MIN_INPUT_SIZE[config.model_type])
+    config.validate_against_model(dataset.input_shape, model.min_input_size)
     tensors = _maskable_tensors(config, model, dataset.input_shape, method.sparse)
     spec = ClientSpec(apply_fn=model.module.apply, has_batch_stats=model.has_batch_stats,
                       sparse_learning=False, prune_rate=config.prune_rate,

@@ -2,14 +2,12 @@
 
 from flash_jax.models.cnn import LeafCNN, MNISTNet
 from flash_jax.models.layers import CONV_IMPLS, Conv, max_pool, resolve_conv_impl
-from flash_jax.models.registry import MIN_INPUT_SIZE, MODEL_TYPES, ModelDef, get_model, init_variables
+from flash_jax.models.registry import ModelDef, get_model, init_variables, model_names, register_model
 from flash_jax.models.resnet import ResNet, ResNet18, ResNet34
 from flash_jax.models.vgg import VGG16
 
 __all__ = [
     "CONV_IMPLS",
-    "MIN_INPUT_SIZE",
-    "MODEL_TYPES",
     "VGG16",
     "Conv",
     "LeafCNN",
@@ -21,5 +19,7 @@ __all__ = [
     "get_model",
     "init_variables",
     "max_pool",
+    "model_names",
+    "register_model",
     "resolve_conv_impl",
 ]

@@ -1,0 +1,18 @@
+"""The examples run as a user runs them: a fresh process from the repository root."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_custom_model_example_learns_digits():
+    """Measured 0.78 at the default seed (0.78-0.89 over seeds 0-2); chance is 0.1."""
+    result = subprocess.run([sys.executable, "examples/custom_model.py"], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    accuracy = float(re.search(r"final accuracy ([\d.]+)", result.stdout).group(1))
+    assert accuracy > 0.5, result.stdout
