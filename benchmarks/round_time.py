@@ -25,7 +25,8 @@ import optax
 
 from flash_jax.config import Config, ConfigError
 from flash_jax.data.sources import DataError, Dataset, load_dataset
-from flash_jax.fl.loop import build_setup, init_state, run_round
+from flash_jax.fl.round import init_state, run_round
+from flash_jax.fl.setup import build_setup
 from flash_jax.models import get_model, init_variables
 
 METHODS = ("dense", "pdst", "nst")
@@ -65,7 +66,7 @@ def train_flops_per_example(setup, batch_size: int) -> float:
     """XLA's FLOP count of one SGD step's forward and backward pass with the native convolution,
     per example: the nominal work, whatever formulation the cohort uses."""
     model = get_model(setup.config.model_type, setup.model.module.num_classes, "xla")
-    variables = init_variables(model, jax.random.PRNGKey(0), setup.input_shape)
+    variables = init_variables(model, jax.random.PRNGKey(0), setup.data.input_shape)
 
     def loss(params, x, y):
         extra = {"batch_stats": variables["batch_stats"]} if model.has_batch_stats else {}
@@ -74,7 +75,7 @@ def train_flops_per_example(setup, batch_size: int) -> float:
         logits = out[0] if model.has_batch_stats else out
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    x = jnp.zeros((batch_size, *setup.input_shape), jnp.float32)
+    x = jnp.zeros((batch_size, *setup.data.input_shape), jnp.float32)
     y = jnp.zeros((batch_size,), jnp.int32)
     cost = jax.jit(jax.grad(loss)).lower(variables["params"], x, y).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
@@ -117,15 +118,15 @@ def main(argv=None) -> int:
     state = init_state(setup)
     k = config.clients_per_round
     flops = train_flops_per_example(setup, config.local_bs)
-    examples_per_round = float(np.mean(setup.store.counts)) * k * config.local_epoch
+    examples_per_round = float(np.mean(setup.data.store.counts)) * k * config.local_epoch
 
     def jax_round():
         nonlocal state
         state, _ = run_round(setup, state)
-        jax.block_until_ready(state["params"])
+        jax.block_until_ready(state.model.params)
 
     if not args.skip_torch:
-        store = setup.store
+        store = setup.data.store
         client_data = [(np.asarray(store.x[o:o + c]), np.asarray(store.y[o:o + c]))
                        for o, c in zip(store.offsets, store.counts)]
         reference = Reference(config.model_type, config.experiment_type, client_data,

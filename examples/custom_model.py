@@ -10,9 +10,7 @@ MLP learns the offline digits dataset with both kernels masked to the default 5%
 import jax
 from flax import linen as nn
 
-from flash_jax.config import Config
-from flash_jax.fl.loop import run
-from flash_jax.models import register_model
+import flash_jax
 
 
 class MLP(nn.Module):
@@ -27,10 +25,10 @@ class MLP(nn.Module):
 
 
 # Before Config: it validates model_type against the registered names.
-register_model("mlp", lambda num_classes, conv_impl: MLP(num_classes), mask_pattern=r"^dense\d/kernel$",
-               help="flatten, dense 64, relu, dense")
+flash_jax.register_model("mlp", lambda num_classes, conv_impl: MLP(num_classes), mask_pattern=r"^dense\d/kernel$",
+                         help="flatten, dense 64, relu, dense")
 
-history = run(Config(model_type="mlp", dataset="digits", experiment_type="spdst", fl_rounds=60, eval_every=20,
-                     quiet=True))
+history = flash_jax.run(flash_jax.Config(model_type="mlp", dataset="digits", experiment_type="spdst", fl_rounds=60,
+                                         eval_every=20, quiet=True))
 final = history[-1]
 print(f"final accuracy {final['accuracy']:.3f} density {final['density']:.3f}")

@@ -9,10 +9,10 @@ from flax import traverse_util
 
 from flash_jax.config import Config
 from flash_jax.data.store import build_store, cohort_layout, cohort_plan, padded_count
-from flash_jax.fl.aggregate import weighted_average, weighted_sums
+from flash_jax.fl.aggregate import FEDAVG, FMA, weighted_average, weighted_sums
 from flash_jax.fl.client import SHUFFLE_STREAM, ClientSpec, client_key, local_train
-from flash_jax.fl.cohort import chunk_size, train_chunk, train_cohort
-from flash_jax.fl.loop import learning_rate_schedule, sample_clients
+from flash_jax.fl.cohort import ChunkPlan, RoundInputs, ServerModel, chunk_size, train_chunk, train_cohort
+from flash_jax.fl.setup import learning_rate_schedule, sample_clients
 from flash_jax.sparse import random_masks
 
 
@@ -87,8 +87,9 @@ def run_cohort(spec, store, ids, params, masks, round_key, chunk, *, target, bat
     if mask_index is not None:
         clients["mask_index"] = np.asarray(mask_index)
     layout = cohort_layout(store, ids, batch_size=batch_size, epochs=1)
-    return train_cohort(spec, layout, fma, chunk, None, store, params, {} if batch_stats is None else batch_stats,
-                        masks, 0.1, 0.0, round_key, clients)
+    plan = ChunkPlan(spec, layout, FMA if fma else FEDAVG, None)
+    model = ServerModel(params, {} if batch_stats is None else batch_stats, masks)
+    return train_cohort(plan, chunk, store, model, RoundInputs(0.1, 0.0, round_key), clients)
 
 
 @pytest.mark.parametrize("epochs", [1, 2])

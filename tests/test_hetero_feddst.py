@@ -7,8 +7,11 @@ import pytest
 
 from flash_jax.config import Config
 from flash_jax.data.sources import load_dataset
-from flash_jax.fl.loop import (build_setup, client_budget_levels, feddst_readjust_ratio, init_state, run,
-                               run_round, sample_clients, slot_budget_levels, ROUND_STREAM)
+from flash_jax.fl.hetero import client_budget_levels, slot_budget_levels
+from flash_jax.fl.loop import run
+from flash_jax.fl.round import init_state, run_round
+from flash_jax.fl.setup import ROUND_STREAM, build_setup, sample_clients
+from flash_jax.methods.feddst import readjust_ratio as feddst_readjust_ratio
 from flash_jax.sparse import level_masks, mask_update, next_mask, prune_union, readjust_masks, sl_init, topk_mask
 
 N_M = 261000  # MNISTNet's maskable entries: conv2 (5000) + fc1 (256000)
@@ -100,22 +103,22 @@ def test_hetero_spdst_budgets_stay_fixed_and_levels_nest(digits):
                     fl_rounds=3, quiet=True)
     setup = build_setup(config, digits)
     state = init_state(setup)
-    budgets = state["client_level"].copy()
+    budgets = state.clients.level.copy()
     for _ in range(3):
-        ids = sample_clients(config.seed, ROUND_STREAM, state["round"], config.num_users, config.clients_per_round)
+        ids = sample_clients(config.seed, ROUND_STREAM, state.round, config.num_users, config.clients_per_round)
         previous = state
         state, info = run_round(setup, state)
-        np.testing.assert_array_equal(state["client_level"], budgets)
+        np.testing.assert_array_equal(state.clients.level, budgets)
         assert info["hetero_level_density"][0] == pytest.approx(0.05, abs=2 / N_M)
         for got, h in zip(info["hetero_level_density"][1:], (0.75, 0.5)):
             assert abs(got - h * 0.05) <= 2 / N_M  # floor per tensor
-        stacked = state["level_masks"]
+        stacked = state.server.levels
         for p in stacked:
             assert not np.any(np.asarray(stacked[p][2]) & ~np.asarray(stacked[p][1]))
             assert not np.any(np.asarray(stacked[p][1]) & ~np.asarray(stacked[p][0]))
         # a participant downloads its level's model: fewer bits below d
         assert info["download_bits"] < len(ids) * info["upload_bits"] / len(ids) * 2
-        chex.assert_trees_all_equal(state["server_mask"], previous["server_mask"])  # SPDST: d mask fixed
+        chex.assert_trees_all_equal(state.server.top, previous.server.top)  # SPDST: d mask fixed
 
 
 @pytest.mark.parametrize("experiment_type, assign", [("jmwst", "client"), ("spdst", "slot")])

@@ -167,7 +167,7 @@ def test_sigint_stops_at_the_round_boundary_and_resumes(finished, digits, tmp_pa
     real_round = loop.run_round
 
     def interrupted_round(setup, state):
-        if state["round"] == 1:
+        if state.round == 1:
             os.kill(os.getpid(), signal.SIGINT)  # arrives while the round trains
         return real_round(setup, state)
 

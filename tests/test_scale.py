@@ -20,6 +20,7 @@ import pytest
 from flash_jax.config import Config
 from flash_jax.data.sources import load_dataset
 from flash_jax.fl import loop
+from flash_jax.fl import setup as fl_setup
 from flash_jax.models import ModelDef
 
 # 9 clients a round of 23 digits each: 3 steps of 8 (sparse learning's mask update after the second);
@@ -47,13 +48,13 @@ def federation(digits, rounds: int = 2, **overrides):
     """Final param leaves and each round's metrics of a tiny digits federation."""
     config = Config(**{**TINY, **overrides})
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(loop, "get_model", tiny_model)
+        patch.setattr(fl_setup, "get_model", tiny_model)
         setup = loop.build_setup(config, digits)
     state, infos = loop.init_state(setup), []
     for _ in range(rounds):
         state, info = loop.run_round(setup, state)
         infos.append(info)
-    return setup, [np.asarray(leaf) for leaf in jax.tree.leaves(state["params"])], infos
+    return setup, [np.asarray(leaf) for leaf in jax.tree.leaves(state.model.params)], infos
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def one_device():
 
 def test_one_call_logs_its_shape_once_and_wastes_nothing(one_device):
     setup, _, infos, log = one_device
-    assert setup.mesh is None
+    assert setup.data.mesh is None
     lines = [line for line in log.splitlines() if "new cohort shape" in line]
     assert len(lines) == 1, log
     assert lines[0].endswith("9 clients per call x 1 epoch(s) x 3 steps x batch 8, phases (2, 1), sparse learning, "
@@ -109,7 +110,7 @@ def sharded_federation(out: str) -> None:
     def recording_train_chunk(*args):
         result = train_chunk(*args)
         sums, (_, losses) = result
-        clients = args[12]
+        clients = args[5]
         calls.append({
             "split_inputs": all(x.sharding.spec == PartitionSpec("clients") and len(x.sharding.device_set) == 8
                                 for x in clients.values()),
@@ -121,7 +122,7 @@ def sharded_federation(out: str) -> None:
     cohort.train_chunk = recording_train_chunk
     setup, params, infos = federation(load_dataset("digits"), clients_per_chunk=8, quiet=True)
     np.savez(os.path.join(out, "params.npz"), *params)
-    checks = {"devices": jax.device_count(), "mesh": setup.mesh.size, "infos": infos, "calls": len(calls),
+    checks = {"devices": jax.device_count(), "mesh": setup.data.mesh.size, "infos": infos, "calls": len(calls),
               "compiles": train_chunk._cache_size()}
     for key in ("split_inputs", "split_outputs", "replicated_sums"):
         checks[key] = all(call[key] for call in calls)

@@ -7,6 +7,7 @@ import numpy as np
 from flax import traverse_util
 
 from flash_jax.config import Config
+from flash_jax.fl.setup import HETERO_STREAM
 from flash_jax.fl.state import RoundState
 from flash_jax.sparse import Masks, level_masks
 
@@ -20,7 +21,7 @@ def _largest_remainder(shares: tuple[float, ...], total: int) -> np.ndarray:
     return counts
 
 
-def client_budget_levels(config: Config, stream: int) -> np.ndarray:
+def client_budget_levels(config: Config) -> np.ndarray:
     """Each client's budget level (index into Config.density_levels), fixed for the run like a
     device's resource limit: exact shares of the N clients, assigned by a seeded permutation;
     all at level 0 (d) without --hetero_client."""
@@ -28,7 +29,7 @@ def client_budget_levels(config: Config, stream: int) -> np.ndarray:
         return np.zeros(config.num_users, np.int64)
     levels, shares = config.density_levels
     assigned = np.repeat(np.arange(len(levels)), _largest_remainder(shares, config.num_users))
-    return np.random.default_rng([config.seed, stream]).permutation(assigned)
+    return np.random.default_rng([config.seed, HETERO_STREAM]).permutation(assigned)
 
 
 def slot_budget_levels(config: Config) -> np.ndarray:

@@ -16,7 +16,7 @@ from flash_jax.fl.client import ClientSpec
 from flash_jax.fl.cohort import ChunkPlan, RoundInputs, ServerModel, chunk_size, train_cohort
 from flash_jax.fl.hetero import client_budget_levels, participant_levels, server_levels
 from flash_jax.fl.rules import RoundOutcome
-from flash_jax.fl.setup import HETERO_STREAM, INIT_STREAM, MASK_STREAM, ROUND_STREAM, Setup, sample_clients
+from flash_jax.fl.setup import INIT_STREAM, MASK_STREAM, ROUND_STREAM, Setup, sample_clients
 from flash_jax.fl.state import ClientTable, CommCounters, Model, RoundState, ServerMasks, stack_levels
 from flash_jax.models import init_variables
 from flash_jax.sparse import apply_masks, mask_consensus
@@ -40,7 +40,7 @@ def init_state(setup: Setup) -> RoundState:
         round=0, model=Model(params, variables.get("batch_stats", {})),
         server=ServerMasks(levels=levels_of(setup, params, masks), ids=np.arange(len(setup.levels))),
         clients=ClientTable(masks=method.client.init(config, masks),
-                            level=client_budget_levels(config, HETERO_STREAM),
+                            level=client_budget_levels(config),
                             mask_id=np.zeros(config.num_users, np.int64)),
         comm=CommCounters(cumulative_bits=0, dense_cumulative_bits=0))
 
