@@ -35,11 +35,6 @@ def _flat(masks: Masks, lead: int) -> jax.Array:
     return jnp.concatenate([masks[p].reshape(masks[p].shape[:lead] + (-1,)) for p in sorted(masks)], axis=-1)
 
 
-def hamming(a: Masks, b: Masks) -> jax.Array:
-    """Normalised Hamming distance H(a, b) = #[a != b] / N_m over all maskable entries (§5)."""
-    return jnp.mean(_flat(a, 0) != _flat(b, 0))
-
-
 @jax.jit
 def _consensus_counts(client_masks: Masks, multiplicity: jax.Array, server_mask: Masks, previous_server_mask: Masks):
     clients = _flat(client_masks, 1)

@@ -26,13 +26,8 @@ __all__ = [
     "Masks",
     "apply_masks",
     "layer_counts",
-    "layer_density",
     "magnitude_masks",
-    "mask_count",
-    "mask_density",
-    "mask_shapes",
     "maskable_paths",
-    "nonzero_density",
     "random_masks",
     "random_masks_from_counts",
     "topk_mask",
@@ -62,15 +57,6 @@ def maskable_paths(params: Mapping[str, Any], pattern: str) -> tuple[str, ...]:
             f"mask pattern {pattern!r} matches no parameter; available paths:\n  {available}"
         )
     return paths
-
-
-def mask_shapes(params: Mapping[str, Any], paths: tuple[str, ...] | list[str]) -> Shapes:
-    """Shapes of the chosen tensors, the input the mask builders need (no arrays kept alive)."""
-    flat = _flatten(params)
-    missing = [p for p in paths if p not in flat]
-    if missing:
-        raise KeyError(f"paths {missing} not in params (available: {sorted(flat)})")
-    return {p: tuple(flat[p].shape) for p in sorted(paths)}
 
 
 def _shapes(shapes_or_params: Mapping[str, Any]) -> Shapes:
@@ -182,32 +168,6 @@ def random_masks(
     only (every entry gets a mask)."""
     shapes = _shapes(shapes_or_params)
     return random_masks_from_counts(key, shapes, layer_counts(shapes, densities))
-
-
-def mask_count(masks: Masks) -> jax.Array:
-    """Total number of active entries (int32)."""
-    return sum(
-        (jnp.sum(m, dtype=jnp.int32) for m in masks.values()), start=jnp.zeros((), jnp.int32)
-    )
-
-
-def mask_density(masks: Masks) -> jax.Array:
-    """Active / total over all mask entries: the density measured against the target d."""
-    total = sum(m.size for m in masks.values())
-    return mask_count(masks) / total
-
-
-def layer_density(masks: Masks) -> dict[str, jax.Array]:
-    """Per-tensor densities: the per-layer sensitivity profile FLASH's stage 1 reports."""
-    return {p: jnp.mean(m, dtype=jnp.float32) for p, m in masks.items()}
-
-
-def nonzero_density(params: Mapping[str, Any], paths: tuple[str, ...] | list[str]) -> jax.Array:
-    """Non-zero fraction of the given tensors: the true density of a model as evaluated, which for
-    NST's averaged model is the union of the client masks rather than any one mask."""
-    flat = _flatten(params)
-    nnz = sum(jnp.count_nonzero(flat[p]) for p in paths)
-    return nnz / sum(flat[p].size for p in paths)
 
 
 def magnitude_masks(
