@@ -12,6 +12,7 @@ from flash_jax.data.store import build_store, cohort_layout, cohort_plan, padded
 from flash_jax.fl.aggregate import FEDAVG, FMA, weighted_average, weighted_sums
 from flash_jax.fl.client import SHUFFLE_STREAM, ClientSpec, client_key, local_train
 from flash_jax.fl.cohort import ChunkPlan, RoundInputs, ServerModel, chunk_size, train_chunk, train_cohort
+from flash_jax.fl.phases import MASK_UPDATE_PHASES
 from flash_jax.fl.setup import learning_rate_schedule, sample_clients
 from flash_jax.sparse import random_masks
 
@@ -58,7 +59,7 @@ def spec_for(model, sparse_learning):
 
 def plan_for(store, ids, shuffle_keys, batch_size=4, epochs=1):
     ids = np.asarray(ids)
-    layout = cohort_layout(store, ids, batch_size=batch_size, epochs=epochs)
+    layout = cohort_layout(store, ids, batch_size=batch_size, epochs=epochs, phases=MASK_UPDATE_PHASES)
     return layout, cohort_plan(layout, shuffle_keys, jnp.asarray(store.offsets[ids]), jnp.asarray(store.counts[ids]))
 
 
@@ -86,7 +87,7 @@ def run_cohort(spec, store, ids, params, masks, round_key, chunk, *, target, bat
                "targets": np.full(len(ids), target, np.float32)}
     if mask_index is not None:
         clients["mask_index"] = np.asarray(mask_index)
-    layout = cohort_layout(store, ids, batch_size=batch_size, epochs=1)
+    layout = cohort_layout(store, ids, batch_size=batch_size, epochs=1, phases=MASK_UPDATE_PHASES)
     plan = ChunkPlan(spec, layout, FMA if fma else FEDAVG, None)
     model = ServerModel(params, {} if batch_stats is None else batch_stats, masks)
     return train_cohort(plan, chunk, store, model, RoundInputs(0.1, 0.0, round_key), clients)
@@ -206,7 +207,7 @@ def test_unequal_clients_compile_few_cohort_shapes():
     for r in range(30):
         ids = sample_clients(0, 0, r, len(counts), 6)
         largest.add(int(counts[ids].max()))
-        layouts.add(cohort_layout(store, ids, batch_size=4, epochs=1))
+        layouts.add(cohort_layout(store, ids, batch_size=4, epochs=1, phases=MASK_UPDATE_PHASES))
         run_cohort(spec, store, ids, params, {}, jax.random.PRNGKey(r), 6, target=0.0)
     assert len(largest) >= 8 and len(layouts) <= 3
     assert train_chunk._cache_size() - before == len(layouts)

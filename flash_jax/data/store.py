@@ -7,7 +7,7 @@ so the data a client sees never depends on which other clients share its cohort 
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -37,15 +37,18 @@ def build_store(x: np.ndarray, y: np.ndarray, client_indices: Sequence[np.ndarra
 class CohortLayout(NamedTuple):
     """Static shape of a cohort's plans (hashable: a jit static argument).
 
-    Every client is padded to `steps` batches of `batch_size` per epoch. `phase_lengths` splits the
-    step axis at the mask-update boundaries of ALGORITHMS.md §1, aligned across clients so that one
-    mask update runs between phases for everybody.
+    Every client is padded to `steps` batches of `batch_size` per epoch. The caller's `phases` cut
+    the step axis into phases, aligned across clients so that whatever runs between phases (for
+    federated sparse learning, a mask update) runs for everybody at once: `phases.lengths(steps,
+    epochs)` gives the static (padded) phase lengths, `phases.of_client(steps, epochs)` a client's
+    own (epoch, first step, number of steps) per phase, from its (traced) steps per epoch.
     """
 
     batch_size: int
     steps: int
     epochs: int
     phase_lengths: tuple[int, ...]
+    phases: Any
 
 
 class CohortPlan(NamedTuple):
@@ -76,26 +79,14 @@ def padded_count(count: int, cap: int) -> int:
     return min(3 * power // 4 if 4 * count <= 3 * power else power, cap)
 
 
-def phase_layout(max_steps: int, epochs: int) -> tuple[int, ...]:
-    """Static phase lengths for a cohort whose longest client has `max_steps` batches per epoch.
-
-    One epoch: the mask update follows step floor(s/2), so phase 1 holds steps 0..floor(s/2).
-    Several epochs: one phase per epoch, updates in between.
-    """
-    if epochs == 1:
-        first = max_steps // 2 + 1
-        return (first, max_steps - first) if max_steps - first > 0 else (first,)
-    return (max_steps,) * epochs
-
-
-def cohort_layout(store: ClientStore, client_ids, *, batch_size: int, epochs: int) -> CohortLayout:
+def cohort_layout(store: ClientStore, client_ids, *, batch_size: int, epochs: int, phases) -> CohortLayout:
     """The padded shape of a cohort: its largest client's count on the `padded_count` grid, in
     batches of `batch_size` (fewer when no client can fill them, so a client's batches are the
     same whatever its cohort)."""
     count = padded_count(int(store.counts[np.asarray(client_ids)].max()), int(store.counts.max()))
     batch_size = min(batch_size, count)
     steps = steps_per_epoch(count, batch_size)
-    return CohortLayout(batch_size, steps, epochs, phase_layout(steps, epochs))
+    return CohortLayout(batch_size, steps, epochs, phases.lengths(steps, epochs), phases)
 
 
 def client_plan(layout: CohortLayout, shuffle_key, offset, count):
@@ -113,15 +104,9 @@ def client_plan(layout: CohortLayout, shuffle_key, offset, count):
     steps = steps_per_epoch(count, batch_size)
 
     own_epoch, own_step, step_valid = [], [], []
-    for phase, length in enumerate(layout.phase_lengths):
+    for length, (epoch, start, client_len) in zip(layout.phase_lengths, layout.phases.of_client(steps, epochs)):
         t = jnp.arange(length)
-        if epochs == 1:  # phase 0: steps 0..floor(s/2); phase 1: the rest
-            first = steps // 2 + 1
-            start, client_len = (0, first) if phase == 0 else (first, steps - first)
-            own_epoch.append(jnp.zeros_like(t))
-        else:  # one phase per epoch
-            start, client_len = 0, steps
-            own_epoch.append(jnp.full_like(t, phase))
+        own_epoch.append(jnp.full_like(t, epoch))
         own_step.append(start + t)
         step_valid.append(t < client_len)
     own_epoch = jnp.concatenate(own_epoch)

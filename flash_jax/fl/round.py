@@ -15,6 +15,7 @@ from flash_jax.fl.accounting import Uploads, account
 from flash_jax.fl.client import ClientSpec
 from flash_jax.fl.cohort import ChunkPlan, RoundInputs, ServerModel, chunk_size, train_cohort
 from flash_jax.fl.hetero import client_budget_levels, participant_levels, server_levels
+from flash_jax.fl.phases import MASK_UPDATE_PHASES
 from flash_jax.fl.rules import RoundOutcome
 from flash_jax.fl.setup import INIT_STREAM, MASK_STREAM, ROUND_STREAM, Setup, sample_clients
 from flash_jax.fl.state import ClientTable, CommCounters, Model, RoundState, ServerMasks, stack_levels
@@ -58,7 +59,7 @@ def train_clients(setup: Setup, spec: ClientSpec, ids: np.ndarray, round_key, mo
     over padded ones) and compiled_cohort_shapes (distinct cohort shapes this run has needed).
     """
     config, store, mesh = setup.config, setup.data.store, setup.data.mesh
-    layout = cohort_layout(store, ids, batch_size=config.local_bs, epochs=epochs)
+    layout = cohort_layout(store, ids, batch_size=config.local_bs, epochs=epochs, phases=MASK_UPDATE_PHASES)
     chunk = chunk_size(config.clients_per_chunk, len(ids), 1 if mesh is None else mesh.size)
     plan = ChunkPlan(spec, layout, setup.method.aggregation(config), mesh)
     setup.compiled.note((plan, chunk, mask_index is not None), lambda: _describe(plan, chunk, mask_index is not None))
