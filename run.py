@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
+import os
 import sys
 import tomllib
 
 from flash_jax.config import GROUPS, Config, ConfigError, choices
-from flash_jax.fl.methods import knobs, methods
 from flash_jax.data.sources import DataError
+from flash_jax.fl.methods import knobs, methods
 from flash_jax.fl.stops import DIVERGED_EXIT, DivergenceError, Interrupted
 
 class OneLineParser(argparse.ArgumentParser):
@@ -36,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     groups = {name: parser.add_argument_group(name) for name in order}
     groups["run and outputs"].add_argument(
         "--config", metavar="FILE", help="a preset (TOML, e.g. experiments/presets/*.toml); flags given here override it")
+    groups["run and outputs"].add_argument(
+        "--plugin", metavar="FILES", help="Python files (or modules), comma-separated, that register methods or "
+        "models (e.g. examples/custom_method.py); give it again when continuing the run")
     valid = choices()
     flags = [(field.name, field.default, field.metadata["group"], field.metadata["help"], valid.get(field.name))
              for field in dataclasses.fields(Config) if field.metadata]
@@ -86,16 +91,43 @@ def load_preset(path: str, parser: argparse.ArgumentParser) -> dict:
 def parse_config(argv=None) -> Config:
     """Flags (over a --config preset, over the defaults) -> validated Config; ConfigError if invalid."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    early = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    early.add_argument("--config")
+    early.add_argument("--plugin")
+    known, _ = early.parse_known_args(argv)
+    if known.plugin:  # before the parser: its methods and models add flags and choices
+        load_plugins(known.plugin)
     parser = build_parser()
     refuse_repeated_flags(argv, parser)
-    preset = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    preset.add_argument("--config")
-    known, _ = preset.parse_known_args(argv)
     if known.config:
         parser.set_defaults(**load_preset(known.config, parser))
     args = vars(parser.parse_args(argv))
     args.pop("config")
+    args.pop("plugin")
     return Config(**args).validate()
+
+
+def load_plugins(spec: str) -> None:
+    """Import each comma-separated Python file (or importable module) once, so the methods and
+    models it registers become flags and choices; a file's `if __name__ == "__main__"` part is not run."""
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        try:
+            if item.endswith(".py"):
+                name = f"flash_jax_plugin_{os.path.splitext(os.path.basename(item))[0]}"
+                if name in sys.modules:
+                    continue
+                module_spec = importlib.util.spec_from_file_location(name, item)
+                if module_spec is None or not os.path.isfile(item):
+                    raise ConfigError(f"--plugin {item}: no such file")
+                module = importlib.util.module_from_spec(module_spec)
+                sys.modules[name] = module
+                module_spec.loader.exec_module(module)
+            else:
+                importlib.import_module(item)
+        except ConfigError:
+            raise
+        except Exception as err:  # the plugin's own failure, in one line
+            raise ConfigError(f"--plugin {item}: importing it failed ({type(err).__name__}: {err})") from None
 
 
 def start_distributed() -> None:

@@ -26,3 +26,16 @@ def test_custom_method_example_reaches_d_and_learns_digits():
     found = re.search(r"accuracy ([\d.]+) density ([\d.]+)", result.stdout)
     assert float(found.group(1)) > 0.8, result.stdout
     assert float(found.group(2)) == 0.05, result.stdout  # exactly round(0.05 * N_m) weights: 0.0500 printed
+
+
+def test_a_plugin_method_runs_from_the_command_line():
+    """--plugin imports the example (not its __main__ part): its method and knob become flags."""
+    command = [sys.executable, "run.py", "--plugin", "examples/custom_method.py", "--experiment_type", "fedavg_gmp",
+               "--gmp_prune_fraction", "0.25", "--num_users", "8", "--fl_rounds", "4", "--eval_every", "2", "--quiet"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^fedavg_gmp on digits: round 4 accuracy [\d.]+ loss [\d.]+ density 0\.0500", result.stdout)
+    missing = subprocess.run([sys.executable, "run.py", "--plugin", "no_such_plugin.py"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2
+    assert missing.stderr == "run.py: error: --plugin no_such_plugin.py: no such file\n"
