@@ -34,10 +34,11 @@ class ClientSpec:
     growth: str = "random"         # sparse learning regrows at random or by largest |gradient|
     readjust: bool = False         # FedDST: one prune-and-regrow-by-|gradient| before the last phase
     clip_grad_norm: float = 0.0    # > 0: each step's gradient of the trained weights scaled to at most this norm
+    finish: Callable | None = None  # (flat maskable params) -> the client's final masks, after its last step
 
     @property
     def changes_masks(self) -> bool:
-        return self.sparse_learning or self.readjust
+        return self.sparse_learning or self.readjust or self.finish is not None
 
     @property
     def tracks_gradient(self) -> bool:
@@ -172,7 +173,12 @@ def local_train(spec: ClientSpec, phase_lengths: tuple[int, ...], store_x, store
             loss_sum, start = loss_sum + loss, start + length
             if spec.changes_masks and phase < num_phases - 1:
                 carry = update_masks(carry, phase, jnp.sum(step_valid[:start]))
-    return carry.params, carry.batch_stats, carry.masks, loss_sum / jnp.maximum(num_steps, 1)
+    params, masks = carry.params, carry.masks
+    if spec.finish is not None:  # e.g. Top-k's global magnitude cut of the trained model to d
+        flat = traverse_util.flatten_dict(params, sep="/")
+        masks = spec.finish({p: flat[p] for p in masks})
+        params = apply_masks(params, masks)
+    return params, carry.batch_stats, masks, loss_sum / jnp.maximum(num_steps, 1)
 
 
 def momentum_sgd(lr, momentum: float, weight_decay: float) -> optax.GradientTransformation:

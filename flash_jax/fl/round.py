@@ -93,13 +93,15 @@ def run_round(setup: Setup, state: RoundState) -> tuple[RoundState, dict[str, An
     levels = participant_levels(config, state, ids)
     budgets = np.asarray(setup.levels)[levels]
     # what each participant trains in: its own mask, its budget level's, or the one shared mask
-    if state.clients.masks:
+    mode = method.client.local(config, r)
+    if mode.dense:
+        masks, mask_index = _all_true(state.server.top), None
+    elif state.clients.masks:
         masks, mask_index = state.clients.masks, ids
     elif len(setup.levels) > 1:
         masks, mask_index = state.server.levels, levels
     else:
         masks, mask_index = state.server.top, None
-    mode = method.client.local(config, r)
     spec = dataclasses.replace(setup.spec, sparse_learning=mode.sparse_learning, readjust=mode.readjust_ratio > 0)
     params, batch_stats, client_masks, losses, shapes = train_clients(
         setup, spec, ids, round_key, ServerModel(state.model.params, state.model.batch_stats, masks),
@@ -140,3 +142,8 @@ def run_round(setup: Setup, state: RoundState) -> tuple[RoundState, dict[str, An
 def _level_counts(stacked) -> jax.Array:
     """Active entries of each level's mask (the level axis leads)."""
     return sum(jnp.sum(m.reshape(m.shape[0], -1), axis=1, dtype=jnp.int32) for m in stacked.values())
+
+
+@jax.jit
+def _all_true(masks) -> dict:
+    return {p: jnp.ones_like(m) for p, m in masks.items()}

@@ -28,6 +28,7 @@ class LocalMode(NamedTuple):
     """What a participant's local training does with its mask this round."""
 
     sparse_learning: bool = False  # MASK_UPDATE (§1) at every phase boundary, toward the client's budget
+    dense: bool = False            # train every weight (no mask) this round
     readjust_ratio: float = 0.0    # > 0: FedDST's readjustment of this fraction before the last phase
     metrics: tuple[tuple[str, float], ...] = ()  # logged with the round
 
@@ -49,6 +50,8 @@ class ClientRule(NamedTuple):
     local: Callable[[Any, int], LocalMode]  # (config, round)
     update: Callable[[Masks, np.ndarray, Masks | None], Masks]  # (per-client masks, ids, final masks)
     optimizer: Callable[[Any], Callable[[Any], optax.GradientTransformation]] = lambda config: optax.sgd
+    # (config) -> None, or a function from the trained maskable tensors to the client's final masks
+    finish: Callable[[Any], Callable | None] = lambda config: None
 
 
 class ServerMaskRule(NamedTuple):
@@ -105,6 +108,20 @@ MODEL_SUPPORT = ServerMaskRule(init=_random_at_d, update=lambda setup, outcome: 
                                masks_model=False)
 """Without a shared mask, the server's is the support of the averaged model: the union of the
 participants' masks (NST)."""
+
+
+def _all_weights(setup, key, params) -> Masks:
+    return {p: jnp.ones(s, bool) for p, s in setup.tensors.shapes.items()}
+
+
+DENSE_START_SUPPORT = MODEL_SUPPORT._replace(init=_all_weights)
+"""The support of the averaged model, from a dense start (Top-k, SparsyFed)."""
+
+
+def global_cut(density: float) -> Callable[[dict], Masks]:
+    """A client's final masks: its K_d = round(d * N_m) largest |weights| ranked across all maskable
+    tensors (one threshold, ties to the lower index), as B1.3's PRUNE_GLOBAL."""
+    return lambda maskable: magnitude_masks(maskable, sorted(maskable), density, scope="global")
 
 
 @jax.jit

@@ -124,7 +124,8 @@ def build_setup(config: Config, dataset: Dataset) -> Setup:
     spec = ClientSpec(apply_fn=model.module.apply, has_batch_stats=model.has_batch_stats,
                       sparse_learning=False, prune_rate=config.prune_rate,
                       augment=config.dataset in AUGMENTED_DATASETS, make_optimizer=method.client.optimizer(config),
-                      growth=config.growth, clip_grad_norm=config.clip_grad_norm)
+                      growth=config.growth, clip_grad_norm=config.clip_grad_norm,
+                      finish=method.client.finish(config))
     mesh = client_mesh()
     store = build_store(dataset.train_x, dataset.train_y, train_parts)
     store = store._replace(x=place(mesh, store.x, split=False), y=place(mesh, store.y, split=False))

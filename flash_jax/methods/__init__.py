@@ -1,6 +1,7 @@
-"""The built-in methods, one module each (ALGORITHMS.md §3); importing this package registers them.
+"""The built-in methods, one module each (ALGORITHMS.md §3, BASELINES.md); importing this package
+registers them.
 
 A new method is one more module like these, registered with `flash_jax.register_method`
 (README: "Adding a method").
 """
-from flash_jax.methods import dense, pdst, spdst, jmwst, nst, feddst  # noqa: F401  (order: --help's)
+from flash_jax.methods import dense, pdst, spdst, jmwst, nst, feddst, topk  # noqa: F401  (order: --help's)

@@ -39,14 +39,18 @@ def _flat(masks: Masks, lead: int) -> jax.Array:
 def _consensus_counts(client_masks: Masks, multiplicity: jax.Array, server_mask: Masks, previous_server_mask: Masks):
     clients = _flat(client_masks, 1)
     server = _flat(server_mask, 0)
+    previous = _flat(previous_server_mask, 0)
     held = jnp.sum(clients * multiplicity[:, None], axis=0, dtype=jnp.int32)
     k = jnp.sum(multiplicity)
     return {
         "differing_pairs": jnp.sum(held.astype(jnp.float32) * (k - held)),
         "to_server": jnp.sum(clients != server, axis=1, dtype=jnp.int32),
         "iou_to_server": jnp.sum(clients & server, axis=1) / jnp.maximum(jnp.sum(clients | server, axis=1), 1),
-        "server_change": jnp.sum(server != _flat(previous_server_mask, 0), dtype=jnp.int32),
+        "server_change": jnp.sum(server != previous, dtype=jnp.int32),
         "union": jnp.sum(held > 0, dtype=jnp.int32),
+        "activated": jnp.sum(clients & ~previous, axis=1, dtype=jnp.int32),
+        "deactivated": jnp.sum(~clients & previous, axis=1, dtype=jnp.int32),
+        "reactivated": jnp.sum(server & ~previous, dtype=jnp.int32),
     }
 
 
@@ -71,6 +75,11 @@ def mask_consensus(client_masks: Masks, server_mask: Masks, previous_server_mask
         "mask_iou_to_server": float(np.dot(multiplicity, counts["iou_to_server"])) / k,
         "server_mask_change": float(counts["server_change"]) / n,
         "union_density": float(counts["union"]) / n,
+        # regrowth (BASELINES.md B1.5), in entries: a participant's mask against the mask it received
+        # (the previous server mask; for NST, Top-k and SparsyFed the support of the model it got)
+        "mask_activated": float(np.dot(multiplicity, counts["activated"])) / k,
+        "mask_deactivated": float(np.dot(multiplicity, counts["deactivated"])) / k,
+        "server_reactivated": int(counts["reactivated"]),
     }
 
 
