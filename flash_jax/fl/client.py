@@ -15,6 +15,7 @@ import optax
 from flax import traverse_util
 
 from flash_jax.data.augment import random_crop_flip
+from flash_jax.models.activation_pruning import initial_thresholds, with_pruned_weight_gradients
 from flash_jax.sparse import apply_masks, mask_update, readjust_masks, sl_init
 
 # Stream ids folded into a client's key, one per use, so the draws never overlap.
@@ -35,6 +36,8 @@ class ClientSpec:
     readjust: bool = False         # FedDST: one prune-and-regrow-by-|gradient| before the last phase
     clip_grad_norm: float = 0.0    # > 0: each step's gradient of the trained weights scaled to at most this norm
     finish: Callable | None = None  # (flat maskable params) -> the client's final masks, after its last step
+    effective: Callable | None = None  # (params) -> the weights the model computes with (SparsyFed's Powerprop)
+    act_pruning: str = "off"       # SparsyFed's activation pruning of the weight gradient: off, first_step, every_step
 
     @property
     def changes_masks(self) -> bool:
@@ -49,18 +52,22 @@ def client_key(round_key, client_id):
     return jax.random.fold_in(round_key, client_id)
 
 
-def _loss(spec: ClientSpec, params, batch_stats, x, y, weight):
-    variables = {"params": params}
+def _loss(spec: ClientSpec, params, batch_stats, thresholds, x, y, weight):
+    """Mean loss over the real examples; also returns the new BatchNorm statistics and activation-
+    pruning thresholds."""
+    variables = {"params": params if spec.effective is None else spec.effective(params)}
+    apply_fn = spec.apply_fn
+    if spec.act_pruning != "off":
+        apply_fn, thresholds = with_pruned_weight_gradients(apply_fn, thresholds, spec.act_pruning == "first_step")
     if spec.has_batch_stats:
         variables["batch_stats"] = batch_stats
-        logits, updates = spec.apply_fn(variables, x, train=True, example_mask=weight,
-                                        mutable=["batch_stats"])
+        logits, updates = apply_fn(variables, x, train=True, example_mask=weight, mutable=["batch_stats"])
         batch_stats = updates["batch_stats"]
     else:
-        logits = spec.apply_fn(variables, x, train=True, example_mask=weight)
+        logits = apply_fn(variables, x, train=True, example_mask=weight)
     per_example = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     loss = jnp.sum(per_example * weight) / jnp.maximum(jnp.sum(weight), 1.0)
-    return loss, batch_stats
+    return loss, (batch_stats, thresholds)
 
 
 def _clip_trained_gradient(grads, masks, max_norm: float):
@@ -81,6 +88,7 @@ class LocalCarry(NamedTuple):
     masks: dict
     sl_state: Any          # sparse learning's growth-adjustment memory (SLState)
     grads_seen: dict       # the latest dense gradient of the masked tensors (gradient growth, readjustment)
+    thresholds: dict       # activation-pruning thresholds by kernel path (SparsyFed), {} without
 
 
 def _keep_if(valid, new, old):
@@ -110,14 +118,14 @@ def local_train(spec: ClientSpec, phase_lengths: tuple[int, ...], store_x, store
         masks = carry.masks
 
         def step(carry, inputs):
-            params, batch_stats, opt_state, grads_seen = carry
+            params, batch_stats, opt_state, grads_seen, thresholds = carry
             index, weight_mask, valid, t = inputs
             x, y = store_x[index], store_y[index]
             if spec.augment:
                 x = random_crop_flip(jax.random.fold_in(augment_key, t), x)
             weight = weight_mask.astype(jnp.float32)
-            (loss, new_stats), grads = jax.value_and_grad(_loss, argnums=1, has_aux=True)(
-                spec, params, batch_stats, x, y, weight)
+            (loss, (new_stats, new_thresholds)), grads = jax.value_and_grad(_loss, argnums=1, has_aux=True)(
+                spec, params, batch_stats, thresholds, x, y, weight)
             if spec.clip_grad_norm > 0:
                 grads = _clip_trained_gradient(grads, masks, spec.clip_grad_norm)
             updates, new_opt = optimizer.update(grads, opt_state, params)
@@ -127,14 +135,15 @@ def local_train(spec: ClientSpec, phase_lengths: tuple[int, ...], store_x, store
                 new_grads_seen = {p: flat_grads[p] for p in masks}
             else:
                 new_grads_seen = grads_seen
-            carry = _keep_if(valid, (new_params, new_stats, new_opt, new_grads_seen),
-                             (params, batch_stats, opt_state, grads_seen))
+            carry = _keep_if(valid, (new_params, new_stats, new_opt, new_grads_seen, new_thresholds),
+                             (params, batch_stats, opt_state, grads_seen, thresholds))
             return carry, jnp.where(valid, loss, 0.0)
 
-        (params, batch_stats, opt_state, grads_seen), losses = jax.lax.scan(
-            step, (carry.params, carry.batch_stats, carry.opt_state, carry.grads_seen), phase_inputs)
+        (params, batch_stats, opt_state, grads_seen, thresholds), losses = jax.lax.scan(
+            step, (carry.params, carry.batch_stats, carry.opt_state, carry.grads_seen, carry.thresholds),
+            phase_inputs)
         return carry._replace(params=params, batch_stats=batch_stats, opt_state=opt_state,
-                              grads_seen=grads_seen), jnp.sum(losses)
+                              grads_seen=grads_seen, thresholds=thresholds), jnp.sum(losses)
 
     def update_masks(carry: LocalCarry, phase, steps_done) -> LocalCarry:
         flat = traverse_util.flatten_dict(carry.params, sep="/")
@@ -149,7 +158,8 @@ def local_train(spec: ClientSpec, phase_lengths: tuple[int, ...], store_x, store
         return carry._replace(params=apply_masks(carry.params, masks), masks=masks, sl_state=sl_state)
 
     grads_seen = {p: jnp.zeros(m.shape, jnp.float32) for p, m in masks.items()} if spec.tracks_gradient else {}
-    carry = LocalCarry(params, batch_stats, optimizer.init(params), masks, sl_init(), grads_seen)
+    thresholds = initial_thresholds(masks) if spec.act_pruning != "off" else {}
+    carry = LocalCarry(params, batch_stats, optimizer.init(params), masks, sl_init(), grads_seen, thresholds)
     inputs = (example_index, example_valid, step_valid, jnp.arange(step_valid.shape[0]))
     num_phases = len(phase_lengths)
     if num_phases > 1 and len(set(phase_lengths)) == 1:  # E > 1: one phase per epoch

@@ -70,6 +70,8 @@ def evaluate_state(setup, state) -> dict[str, Any]:
     batch_stats, data, sizes = state.model.batch_stats, setup.data, setup.tensors.sizes
 
     def scores(params):
+        if setup.reparameterization:
+            params = setup.reparameterization.effective(params)
         variables = {"params": params, "batch_stats": batch_stats} if setup.model.has_batch_stats \
             else {"params": params}
         return evaluate(setup.eval_apply, variables, data.test_x, data.test_y, data.test_partition)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from flash_jax.fl.rules import NO_MASK, Aggregation, ClientRule, ServerMaskRule
+from flash_jax.fl.rules import NO_MASK, Aggregation, ClientRule, Reparameterization, ServerMaskRule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +40,8 @@ class Method:
     stage1: Callable | None = None
     knobs: tuple[Knob, ...] = ()
     hetero: bool = False
+    # (config, maskable paths) -> None, or how the maskable weights are stored vs computed with
+    reparameterization: Callable[[Any, tuple[str, ...]], Reparameterization | None] = lambda config, paths: None
     group: str = ""  # --help group of its knobs (default: the name)
 
     @property

@@ -37,6 +37,8 @@ def init_state(setup: Setup) -> RoundState:
     variables = init_variables(setup.model, jax.random.fold_in(base, INIT_STREAM), setup.data.input_shape)
     masks = method.server_mask.init(setup, jax.random.fold_in(base, MASK_STREAM), variables["params"])
     params = apply_masks(variables["params"], masks)
+    if setup.reparameterization:
+        params = setup.reparameterization.stored(params)
     return RoundState(
         round=0, model=Model(params, variables.get("batch_stats", {})),
         server=ServerMasks(levels=levels_of(setup, params, masks), ids=np.arange(len(setup.levels))),

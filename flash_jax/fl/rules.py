@@ -11,6 +11,7 @@ part of the round state, `update` moves it on by one round (ALGORITHMS.md ยง2, ย
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -19,9 +20,11 @@ import numpy as np
 import optax
 
 from flash_jax.fl.aggregate import FEDAVG, FMA, Aggregation
+from flash_jax.fl.client import momentum_sgd
 from flash_jax.sparse import Masks, magnitude_masks, next_mask, random_masks
 
-__all__ = ["Aggregation", "ClientRule", "LocalMode", "RoundOutcome", "ServerMaskRule", "FEDAVG", "FMA"]
+__all__ = ["Aggregation", "ClientRule", "LocalMode", "Reparameterization", "RoundOutcome", "ServerMaskRule", "FEDAVG",
+           "FMA"]
 
 
 class LocalMode(NamedTuple):
@@ -52,6 +55,16 @@ class ClientRule(NamedTuple):
     optimizer: Callable[[Any], Callable[[Any], optax.GradientTransformation]] = lambda config: optax.sgd
     # (config) -> None, or a function from the trained maskable tensors to the client's final masks
     finish: Callable[[Any], Callable | None] = lambda config: None
+    act_pruning: Callable[[Any], str] = lambda config: "off"  # SparsyFed's: off, first_step, every_step
+
+
+class Reparameterization(NamedTuple):
+    """Weights stored, sent and averaged as one thing, computed with as another (SparsyFed's
+    Powerprop): `stored` maps initial weights to what is stored, `effective` what is stored to the
+    weights the model computes with; both over the whole params tree."""
+
+    stored: Callable[[dict], dict]
+    effective: Callable[[dict], dict]
 
 
 class ServerMaskRule(NamedTuple):
@@ -122,6 +135,16 @@ def global_cut(density: float) -> Callable[[dict], Masks]:
     """A client's final masks: its K_d = round(d * N_m) largest |weights| ranked across all maskable
     tensors (one threshold, ties to the lower index), as B1.3's PRUNE_GLOBAL."""
     return lambda maskable: magnitude_masks(maskable, sorted(maskable), density, scope="global")
+
+
+def train_dense_then_cut(weight_decay: Callable[[Any], float],
+                         act_pruning: Callable[[Any], str] = lambda config: "off") -> ClientRule:
+    """Participants train every weight (SGD, weight decay on all parameters) from the model they
+    receive, then cut it to d with `global_cut` (Top-k, SparsyFed: BASELINES.md B1.3, B2.1)."""
+    return FIXED_MASK._replace(
+        local=lambda config, r: LocalMode(dense=True),
+        optimizer=lambda config: functools.partial(momentum_sgd, momentum=None, weight_decay=weight_decay(config)),
+        finish=lambda config: global_cut(config.density), act_pruning=act_pruning)
 
 
 @jax.jit

@@ -22,6 +22,7 @@ from flash_jax.data.store import ClientStore, build_store
 from flash_jax.fl.client import ClientSpec
 from flash_jax.fl.cohort import client_mesh, place
 from flash_jax.fl.methods import Method, get_method
+from flash_jax.fl.rules import Reparameterization
 from flash_jax.models import ModelDef, get_model, init_variables
 from flash_jax.sparse import maskable_paths
 
@@ -91,6 +92,7 @@ class Setup:
     tensors: MaskableTensors
     spec: ClientSpec
     lr: Callable[[int], float]
+    reparameterization: Reparameterization | None
     levels: tuple[float, ...]  # budget levels as fractions of d, highest (the server mask) first
     compiled: CompileLog
 
@@ -121,11 +123,13 @@ def build_setup(config: Config, dataset: Dataset) -> Setup:
     model = get_model(config.model_type, dataset.num_classes, config.conv_impl, config.mnistnet_softmax)
     config.validate_against_model(dataset.input_shape, model.min_input_size)
     tensors = _maskable_tensors(config, model, dataset.input_shape, method.sparse)
+    reparameterization = method.reparameterization(config, tensors.paths)
     spec = ClientSpec(apply_fn=model.module.apply, has_batch_stats=model.has_batch_stats,
                       sparse_learning=False, prune_rate=config.prune_rate,
                       augment=config.dataset in AUGMENTED_DATASETS, make_optimizer=method.client.optimizer(config),
                       growth=config.growth, clip_grad_norm=config.clip_grad_norm,
-                      finish=method.client.finish(config))
+                      finish=method.client.finish(config), act_pruning=method.client.act_pruning(config),
+                      effective=reparameterization.effective if reparameterization else None)
     mesh = client_mesh()
     store = build_store(dataset.train_x, dataset.train_y, train_parts)
     store = store._replace(x=place(mesh, store.x, split=False), y=place(mesh, store.y, split=False))
@@ -134,5 +138,6 @@ def build_setup(config: Config, dataset: Dataset) -> Setup:
                       input_shape=dataset.input_shape, mesh=mesh)
     eval_model = get_model(config.model_type, dataset.num_classes, "xla", config.mnistnet_softmax)
     return Setup(config=config, method=method, data=data, model=model, eval_apply=eval_model.module.apply,
-                 tensors=tensors, spec=spec, lr=learning_rate_schedule(config), levels=config.density_levels[0],
+                 tensors=tensors, spec=spec, lr=learning_rate_schedule(config), reparameterization=reparameterization,
+                 levels=config.density_levels[0],
                  compiled=CompileLog(config.quiet))

@@ -1,18 +1,11 @@
 """Top-k (BASELINES.md B2), SparsyFed's baseline: clients train every weight with weight decay, then
 keep their K_d largest |weights| across all maskable tensors; FedAvg; the global model is the union
 of the clients' supports, reported as is and pruned back to d."""
-import functools
-
-from flash_jax.fl.client import momentum_sgd
 from flash_jax.fl.methods import Knob, Method, register_method
-from flash_jax.fl.rules import DENSE_START_SUPPORT, FEDAVG, FIXED_MASK, LocalMode, global_cut
+from flash_jax.fl.rules import DENSE_START_SUPPORT, FEDAVG, train_dense_then_cut
 
 TOPK = register_method(Method(
     name="topk", help="Top-k: dense local training, then a global magnitude cut to d; FedAvg of the cuts",
-    client=FIXED_MASK._replace(
-        local=lambda config, r: LocalMode(dense=True),
-        optimizer=lambda config: functools.partial(momentum_sgd, momentum=None,
-                                                   weight_decay=config.topk_weight_decay),
-        finish=lambda config: global_cut(config.density)),
+    client=train_dense_then_cut(lambda config: config.topk_weight_decay),
     server_mask=DENSE_START_SUPPORT, aggregation=lambda config: FEDAVG, group="Top-k",
     knobs=(Knob("topk_weight_decay", 1e-3, "Top-k: client weight decay", lambda v: v >= 0.0, ">= 0"),)))
