@@ -3,13 +3,13 @@
 # alpha 1, d=0.05, seed 1, 100 rounds, for every method; then the table (experiments/summarize.py) and
 # the plots (python -m flash_jax.plot). A method whose workdir already holds all 100 rounds is not rerun.
 # Usage: bash experiments/reproduce_fashion_mnist.sh [OUTDIR [METHOD ...]]
-#   about 10-20 minutes per method on 2 CPU cores (2.5 hours for all eight)
+#   about 10-20 minutes per method on 2 CPU cores (about 3 hours for all ten)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/reproduce_fashion_mnist}
 shift || true
 rounds=100
-all=(dense pdst nst spdst jmwst hetero_spdst hetero_jmwst feddst)
+all=(dense pdst nst spdst jmwst hetero_spdst hetero_jmwst feddst topk sparsyfed)
 methods=("${@:-${all[@]}}")
 common=(--dataset fashion_mnist --model_type mnistnet --num_users 100 --frac 0.1 --alpha 1 --density 0.05
         --seed 1 --fl_rounds $rounds --eval_every 5 --quiet)
@@ -17,7 +17,7 @@ for name in "${methods[@]}"; do
   case $name in
     hetero_spdst) flags=(--experiment_type spdst --hetero_client) ;;
     hetero_jmwst) flags=(--experiment_type jmwst --hetero_client) ;;
-    dense|pdst|nst|spdst|jmwst|feddst) flags=(--experiment_type "$name") ;;
+    dense|pdst|nst|spdst|jmwst|feddst|topk|sparsyfed) flags=(--experiment_type "$name") ;;
     *) echo "unknown method $name; choose from ${all[*]}" >&2; exit 2 ;;
   esac
   if python - "$out/$name/metrics.jsonl" $rounds <<'PY' 2>/dev/null; then echo "$name: done already"; continue; fi

@@ -11,7 +11,7 @@ import pytest
 
 from flash_jax.config import Config
 from flash_jax.data import sources
-from flash_jax.fl.client import _clip_trained_gradient
+from flash_jax.fl.client import clip_trained_gradient
 from flash_jax.fl.stops import DivergenceError
 
 pytestmark = pytest.mark.skipif(not os.path.isdir(sources.DEBIAN_DIRS["fashion_mnist"]),
@@ -54,9 +54,9 @@ def test_clipping_scales_the_trained_part_of_the_gradient_to_the_bound():
     masks = {"a/kernel": jnp.asarray(rng.random((4, 5)) < 0.3)}
     trained = lambda g: jnp.sqrt(jnp.sum(jnp.where(masks["a/kernel"], g["a"]["kernel"], 0) ** 2)
                                  + jnp.sum(g["b"]["bias"] ** 2))
-    clipped = _clip_trained_gradient(grads, masks, 0.5)
+    clipped = clip_trained_gradient(grads, masks, 0.5)
     assert float(trained(clipped)) == pytest.approx(0.5, rel=1e-5)
     scale = float(trained(clipped) / trained(grads))
     jax.tree.map(lambda c, g: np.testing.assert_allclose(c, scale * g, rtol=1e-6), clipped, grads)
-    unchanged = _clip_trained_gradient(grads, masks, 1e3)  # under the bound: the gradient as it was
+    unchanged = clip_trained_gradient(grads, masks, 1e3)  # under the bound: the gradient as it was
     jax.tree.map(np.testing.assert_array_equal, unchanged, grads)

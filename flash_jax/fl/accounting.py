@@ -41,10 +41,11 @@ def _level_nnz(maskable, stacked_masks) -> dict[str, jax.Array]:
 
 
 def account(tensors, sparse: bool, old: RoundState, new_server_levels: dict, ids: np.ndarray, levels: np.ndarray,
-            uploads: Uploads) -> tuple[ServerMasks, ClientTable, CommCounters, dict[str, float]]:
+            uploads: Uploads, extra_upload_bits: int = 0) -> tuple[ServerMasks, ClientTable, CommCounters,
+                                                                     dict[str, float]]:
     """The round's bits: the server's new mask ids, the clients' held ids, the new counters and the
     round's metrics. `tensors` is the setup's MaskableTensors; participant k trains at level
-    levels[k]."""
+    levels[k]; `extra_upload_bits` is what the participants upload besides their models."""
     sizes, k = tensors.sizes, len(ids)
     dense = dense_model_bits(tensors.dense_size + tensors.num_maskable)
     server, clients = old.server, old.clients
@@ -67,6 +68,7 @@ def account(tensors, sparse: bool, old: RoundState, new_server_levels: dict, ids
         mask_ids[changed] = mask_ids.max() + 1 + np.arange(changed.sum())
         new_server = ServerMasks(levels=new_server_levels, ids=mask_ids)
         clients = clients.replace(mask_id=holders)
+    up += extra_upload_bits
     comm = CommCounters(cumulative_bits=old.comm.cumulative_bits + up + down,
                         dense_cumulative_bits=old.comm.dense_cumulative_bits + 2 * dense * k)
     metrics = {"upload_bits": up, "download_bits": down, "cumulative_bits": comm.cumulative_bits,

@@ -50,16 +50,18 @@ class Aggregation(NamedTuple):
     name: str
     per_entry: bool
 
-    def init(self, params, batch_stats, masked_paths) -> tuple[dict, dict]:
-        return zero_sums(params, tuple(masked_paths) if self.per_entry else ()), zero_sums(batch_stats)
+    def init(self, params, batch_stats, masked_paths, reports) -> tuple[dict, dict, dict]:
+        """`reports`: shaped like the clients' reports ({} without), averaged like FedAvg."""
+        return (zero_sums(params, tuple(masked_paths) if self.per_entry else ()), zero_sums(batch_stats),
+                zero_sums(reports))
 
-    def update(self, sums, client_params, client_stats, weights, client_masks) -> tuple[dict, dict]:
+    def update(self, sums, client_params, client_stats, weights, client_masks, reports) -> tuple[dict, dict, dict]:
         chunk = (weighted_sums(client_params, weights, client_masks if self.per_entry else None),
-                 weighted_sums(client_stats, weights))
+                 weighted_sums(client_stats, weights), weighted_sums(reports, weights))
         return jax.tree.map(jnp.add, sums, chunk)
 
-    def finalize(self, sums) -> tuple[dict, dict]:
-        return weighted_average(sums[0]), weighted_average(sums[1])
+    def finalize(self, sums) -> tuple[dict, dict, dict]:
+        return tuple(weighted_average(part) for part in sums)
 
 
 FEDAVG = Aggregation("fedavg", per_entry=False)

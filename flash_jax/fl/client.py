@@ -38,6 +38,7 @@ class ClientSpec:
     finish: Callable | None = None  # (flat maskable params) -> the client's final masks, after its last step
     effective: Callable | None = None  # (params) -> the weights the model computes with (SparsyFed's Powerprop)
     act_pruning: str = "off"       # SparsyFed's activation pruning of the weight gradient: off, first_step, every_step
+    gradient_report: bool = False  # also return the square of the client's summed dense gradient (PruneFL)
 
     @property
     def changes_masks(self) -> bool:
@@ -52,7 +53,7 @@ def client_key(round_key, client_id):
     return jax.random.fold_in(round_key, client_id)
 
 
-def _loss(spec: ClientSpec, params, batch_stats, thresholds, x, y, weight):
+def client_loss(spec: ClientSpec, params, batch_stats, thresholds, x, y, weight):
     """Mean loss over the real examples; also returns the new BatchNorm statistics and activation-
     pruning thresholds."""
     variables = {"params": params if spec.effective is None else spec.effective(params)}
@@ -70,7 +71,7 @@ def _loss(spec: ClientSpec, params, batch_stats, thresholds, x, y, weight):
     return loss, (batch_stats, thresholds)
 
 
-def _clip_trained_gradient(grads, masks, max_norm: float):
+def clip_trained_gradient(grads, masks, max_norm: float):
     """Scale the whole gradient so that its trained part (masked-out entries excluded, since the mask
     discards their update) has global L2 norm at most `max_norm`. With logits, an unclipped SGD step
     at lr 0.1 can throw MNISTNet's 5120-input dense layer into divergence on a skewed client."""
@@ -89,6 +90,7 @@ class LocalCarry(NamedTuple):
     sl_state: Any          # sparse learning's growth-adjustment memory (SLState)
     grads_seen: dict       # the latest dense gradient of the masked tensors (gradient growth, readjustment)
     thresholds: dict       # activation-pruning thresholds by kernel path (SparsyFed), {} without
+    grad_sum: dict         # the sum of the dense gradients of every parameter so far (PruneFL), {} without
 
 
 def _keep_if(valid, new, old):
@@ -97,7 +99,8 @@ def _keep_if(valid, new, old):
 
 def local_train(spec: ClientSpec, phase_lengths: tuple[int, ...], store_x, store_y, params, batch_stats,
                 masks, lr, readjust_ratio, key, example_index, example_valid, step_valid, target_count):
-    """Train one client; returns (params, batch_stats, masks, mean training loss over its steps).
+    """Train one client; returns (params, batch_stats, masks, mean training loss over its steps, the
+    square of its summed dense gradient when spec.gradient_report, else {}).
 
     The mask update of ALGORITHMS.md §1 runs between phases (mid-epoch for E=1, between epochs for
     E>1); its prune rate decays linearly with the client's own completed steps. FedDST's
@@ -118,16 +121,16 @@ def local_train(spec: ClientSpec, phase_lengths: tuple[int, ...], store_x, store
         masks = carry.masks
 
         def step(carry, inputs):
-            params, batch_stats, opt_state, grads_seen, thresholds = carry
+            params, batch_stats, opt_state, grads_seen, thresholds, grad_sum = carry
             index, weight_mask, valid, t = inputs
             x, y = store_x[index], store_y[index]
             if spec.augment:
                 x = random_crop_flip(jax.random.fold_in(augment_key, t), x)
             weight = weight_mask.astype(jnp.float32)
-            (loss, (new_stats, new_thresholds)), grads = jax.value_and_grad(_loss, argnums=1, has_aux=True)(
+            (loss, (new_stats, new_thresholds)), grads = jax.value_and_grad(client_loss, argnums=1, has_aux=True)(
                 spec, params, batch_stats, thresholds, x, y, weight)
             if spec.clip_grad_norm > 0:
-                grads = _clip_trained_gradient(grads, masks, spec.clip_grad_norm)
+                grads = clip_trained_gradient(grads, masks, spec.clip_grad_norm)
             updates, new_opt = optimizer.update(grads, opt_state, params)
             new_params = apply_masks(optax.apply_updates(params, updates), masks)
             if spec.tracks_gradient:  # the dense gradient, inactive entries included
@@ -135,15 +138,16 @@ def local_train(spec: ClientSpec, phase_lengths: tuple[int, ...], store_x, store
                 new_grads_seen = {p: flat_grads[p] for p in masks}
             else:
                 new_grads_seen = grads_seen
-            carry = _keep_if(valid, (new_params, new_stats, new_opt, new_grads_seen, new_thresholds),
-                             (params, batch_stats, opt_state, grads_seen, thresholds))
+            new_grad_sum = jax.tree.map(jnp.add, grad_sum, grads) if spec.gradient_report else grad_sum
+            carry = _keep_if(valid, (new_params, new_stats, new_opt, new_grads_seen, new_thresholds, new_grad_sum),
+                             (params, batch_stats, opt_state, grads_seen, thresholds, grad_sum))
             return carry, jnp.where(valid, loss, 0.0)
 
-        (params, batch_stats, opt_state, grads_seen, thresholds), losses = jax.lax.scan(
-            step, (carry.params, carry.batch_stats, carry.opt_state, carry.grads_seen, carry.thresholds),
-            phase_inputs)
-        return carry._replace(params=params, batch_stats=batch_stats, opt_state=opt_state,
-                              grads_seen=grads_seen, thresholds=thresholds), jnp.sum(losses)
+        (params, batch_stats, opt_state, grads_seen, thresholds, grad_sum), losses = jax.lax.scan(
+            step, (carry.params, carry.batch_stats, carry.opt_state, carry.grads_seen, carry.thresholds,
+                   carry.grad_sum), phase_inputs)
+        return carry._replace(params=params, batch_stats=batch_stats, opt_state=opt_state, grads_seen=grads_seen,
+                              thresholds=thresholds, grad_sum=grad_sum), jnp.sum(losses)
 
     def update_masks(carry: LocalCarry, phase, steps_done) -> LocalCarry:
         flat = traverse_util.flatten_dict(carry.params, sep="/")
@@ -159,7 +163,9 @@ def local_train(spec: ClientSpec, phase_lengths: tuple[int, ...], store_x, store
 
     grads_seen = {p: jnp.zeros(m.shape, jnp.float32) for p, m in masks.items()} if spec.tracks_gradient else {}
     thresholds = initial_thresholds(masks) if spec.act_pruning != "off" else {}
-    carry = LocalCarry(params, batch_stats, optimizer.init(params), masks, sl_init(), grads_seen, thresholds)
+    grad_sum = jax.tree.map(jnp.zeros_like, params) if spec.gradient_report else {}
+    carry = LocalCarry(params, batch_stats, optimizer.init(params), masks, sl_init(), grads_seen, thresholds,
+                       grad_sum)
     inputs = (example_index, example_valid, step_valid, jnp.arange(step_valid.shape[0]))
     num_phases = len(phase_lengths)
     if num_phases > 1 and len(set(phase_lengths)) == 1:  # E > 1: one phase per epoch
@@ -188,7 +194,8 @@ def local_train(spec: ClientSpec, phase_lengths: tuple[int, ...], store_x, store
         flat = traverse_util.flatten_dict(params, sep="/")
         masks = spec.finish({p: flat[p] for p in masks})
         params = apply_masks(params, masks)
-    return params, carry.batch_stats, masks, loss_sum / jnp.maximum(num_steps, 1)
+    report = jax.tree.map(jnp.square, carry.grad_sum)
+    return params, carry.batch_stats, masks, loss_sum / jnp.maximum(num_steps, 1), report
 
 
 def momentum_sgd(lr, momentum: float, weight_decay: float) -> optax.GradientTransformation:

@@ -115,10 +115,10 @@ def train_chunk(plan: ChunkPlan, store_x, store_y, model: ServerModel, shared: R
         return local_train(spec, layout.phase_lengths, store_x, store_y, model.params, model.batch_stats, masks,
                            shared.lr, shared.readjust_ratio, key, index, valid, step_ok, target)
 
-    client_params, client_stats, client_masks, losses = jax.vmap(
+    client_params, client_stats, client_masks, losses, reports = jax.vmap(
         one_client, in_axes=(0 if per_client_masks else None, 0, 0, 0, 0, 0))(
         masks, keys, cohort.example_index, cohort.example_valid, cohort.step_valid, clients["targets"])
-    sums = plan.aggregation.update(sums, client_params, client_stats, clients["weights"], client_masks)
+    sums = plan.aggregation.update(sums, client_params, client_stats, clients["weights"], client_masks, reports)
     sums = _constrain(plan.mesh, sums, split=False)
     return sums, _constrain(plan.mesh, (client_masks if spec.changes_masks else None, losses), split=True)
 
@@ -128,14 +128,18 @@ def _finalize(aggregation: Aggregation, sums):
     return aggregation.finalize(sums)
 
 
-def train_cohort(plan: ChunkPlan, chunk: int, store: ClientStore, model: ServerModel, shared: RoundInputs,
-                 clients: dict[str, np.ndarray]):
-    """The whole cohort in chunks of `chunk` clients (`train_chunk`); `clients` are its per-client
-    host arrays (as there, without weights: a client weighs its sample count).
+class CohortResult(NamedTuple):
+    params: dict
+    batch_stats: dict
+    client_masks: dict | None  # the participants' final masks, in cohort order (None: they cannot change)
+    losses: jax.Array          # each participant's mean training loss
+    reports: dict              # the participants' reports, averaged like FedAvg ({} without)
 
-    Returns the aggregated params and BatchNorm statistics, the clients' final masks (when they can
-    change, else None) and their mean training losses, in cohort order.
-    """
+
+def train_cohort(plan: ChunkPlan, chunk: int, store: ClientStore, model: ServerModel, shared: RoundInputs,
+                 clients: dict[str, np.ndarray]) -> CohortResult:
+    """The whole cohort in chunks of `chunk` clients (`train_chunk`); `clients` are its per-client
+    host arrays (as there, without weights: a client weighs its sample count)."""
     ids = clients["ids"]
     cohort = len(ids)
     padded = -(-cohort // chunk) * chunk
@@ -143,7 +147,8 @@ def train_cohort(plan: ChunkPlan, chunk: int, store: ClientStore, model: ServerM
     inputs = {name: np.asarray(value)[slot] for name, value in clients.items()}
     inputs["weights"] = np.where(np.arange(padded) < cohort, store.counts[ids][slot], 0).astype(np.float32)
     model = ServerModel(*place(plan.mesh, tuple(model), split=False))
-    sums = place(plan.mesh, plan.aggregation.init(model.params, model.batch_stats, model.masks), split=False)
+    reports = model.params if plan.spec.gradient_report else {}
+    sums = place(plan.mesh, plan.aggregation.init(model.params, model.batch_stats, model.masks, reports), split=False)
     outputs = []
     for start in range(0, padded, chunk):
         chunk_inputs = place(plan.mesh, {name: value[start:start + chunk] for name, value in inputs.items()},
@@ -151,7 +156,8 @@ def train_cohort(plan: ChunkPlan, chunk: int, store: ClientStore, model: ServerM
         sums, per_client = train_chunk(plan, store.x, store.y, model, shared, chunk_inputs, sums)
         outputs.append(per_client)
     client_masks, losses = jax.tree.map(lambda *parts: _in_cohort_order(parts, cohort), *outputs)
-    return *_finalize(plan.aggregation, sums), client_masks, losses
+    params, batch_stats, reports = _finalize(plan.aggregation, sums)
+    return CohortResult(params, batch_stats, client_masks, losses, reports)
 
 
 def _in_cohort_order(parts, cohort: int):

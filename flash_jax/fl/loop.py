@@ -76,12 +76,12 @@ def _train(setup: Setup, state: RoundState, history: list[dict[str, Any]], check
     config, start, saved_round = setup.config, time.perf_counter(), state.round if resumed else None
     if not resumed:
         if setup.method.stage1:  # one jitted call: the bar shows that it runs and for how long
-            with tqdm(total=1, desc=f"stage 1 ({config.stage1_clients} clients x {config.init_epoch} epochs)",
-                      disable=config.quiet, dynamic_ncols=True) as stage_bar:
-                state, sensitivity = setup.method.stage1(setup, state)
+            with tqdm(total=1, desc=f"{config.experiment_type} stage 1", disable=config.quiet,
+                      dynamic_ncols=True) as stage_bar:
+                state, record = setup.method.stage1(setup, state)
                 stage_bar.update(1)
             if config.workdir:
-                write_json(os.path.join(config.workdir, "sensitivity.json"), sensitivity)
+                write_json(os.path.join(config.workdir, setup.method.stage1_record), record)
         if checkpoints:
             checkpoints.save(state, history, config)
             saved_round = state.round

@@ -29,7 +29,7 @@ class Method:
     """How a sparse federated method differs from another: each part is a rule (fl/rules.py).
 
     `stage1` runs once before the rounds, from the initial state to the first round's state (and a
-    record for the workdir's sensitivity.json). `hetero`: the method accepts --hetero_client budgets.
+    record for the workdir's `stage1_record` file). `hetero`: the method accepts --hetero_client budgets.
     """
 
     name: str
@@ -38,6 +38,7 @@ class Method:
     server_mask: ServerMaskRule
     aggregation: Callable[[Any], Aggregation]  # of the Config
     stage1: Callable | None = None
+    stage1_record: str = "sensitivity.json"  # the workdir file stage 1's record goes to
     knobs: tuple[Knob, ...] = ()
     hetero: bool = False
     # (config, maskable paths) -> None, or how the maskable weights are stored vs computed with

@@ -16,7 +16,8 @@ from flash_jax.fl.client import ClientSpec
 from flash_jax.fl.cohort import ChunkPlan, RoundInputs, ServerModel, chunk_size, train_cohort
 from flash_jax.fl.hetero import client_budget_levels, participant_levels, server_levels
 from flash_jax.fl.phases import MASK_UPDATE_PHASES
-from flash_jax.fl.rules import RoundOutcome
+from flash_jax.comm import VALUE_BITS
+from flash_jax.fl.rules import RoundOutcome, ServerUpdate
 from flash_jax.fl.setup import INIT_STREAM, MASK_STREAM, ROUND_STREAM, Setup, sample_clients
 from flash_jax.fl.state import ClientTable, CommCounters, Model, RoundState, ServerMasks, stack_levels
 from flash_jax.models import init_variables
@@ -45,7 +46,8 @@ def init_state(setup: Setup) -> RoundState:
         clients=ClientTable(masks=method.client.init(config, masks),
                             level=client_budget_levels(config),
                             mask_id=np.zeros(config.num_users, np.int64)),
-        comm=CommCounters(cumulative_bits=0, dense_cumulative_bits=0))
+        comm=CommCounters(cumulative_bits=0, dense_cumulative_bits=0),
+        server_state=method.server_mask.init_state(setup, params))
 
 
 def train_clients(setup: Setup, spec: ClientSpec, ids: np.ndarray, round_key, model: ServerModel, *,
@@ -56,9 +58,8 @@ def train_clients(setup: Setup, spec: ClientSpec, ids: np.ndarray, round_key, mo
     model.masks[mask_index[k]]. `budgets` are the participants' density targets as fractions of d
     (default: all at d).
 
-    Returns the aggregated params and statistics, the participants' final masks (None when they
-    cannot change), their training losses, and the round's padding_efficiency (real client-steps
-    over padded ones) and compiled_cohort_shapes (distinct cohort shapes this run has needed).
+    Returns the cohort's CohortResult, and the round's padding_efficiency (real client-steps over
+    padded ones) and compiled_cohort_shapes (distinct cohort shapes this run has needed).
     """
     config, store, mesh = setup.config, setup.data.store, setup.data.mesh
     layout = cohort_layout(store, ids, batch_size=config.local_bs, epochs=epochs, phases=MASK_UPDATE_PHASES)
@@ -70,12 +71,11 @@ def train_clients(setup: Setup, spec: ClientSpec, ids: np.ndarray, round_key, mo
                "targets": (budgets * config.density * setup.tensors.num_maskable).astype(np.float32)}
     if mask_index is not None:
         clients["mask_index"] = mask_index
-    params, batch_stats, client_masks, losses = train_cohort(plan, chunk, store, model,
-                                                             RoundInputs(lr, readjust_ratio, round_key), clients)
+    result = train_cohort(plan, chunk, store, model, RoundInputs(lr, readjust_ratio, round_key), clients)
     real_steps = epochs * int(steps_per_epoch(store.counts[ids], layout.batch_size).sum())
     padded_steps = -(-len(ids) // chunk) * chunk * sum(layout.phase_lengths)
     shapes = {"padding_efficiency": real_steps / padded_steps, "compiled_cohort_shapes": len(setup.compiled.seen)}
-    return params, batch_stats, client_masks, losses, shapes
+    return result, shapes
 
 
 def _describe(plan: ChunkPlan, chunk: int, per_client_masks: bool) -> str:
@@ -104,21 +104,27 @@ def run_round(setup: Setup, state: RoundState) -> tuple[RoundState, dict[str, An
         masks, mask_index = state.server.levels, levels
     else:
         masks, mask_index = state.server.top, None
-    spec = dataclasses.replace(setup.spec, sparse_learning=mode.sparse_learning, readjust=mode.readjust_ratio > 0)
-    params, batch_stats, client_masks, losses, shapes = train_clients(
+    spec = dataclasses.replace(setup.spec, sparse_learning=mode.sparse_learning, readjust=mode.readjust_ratio > 0,
+                               gradient_report=mode.gradient_report)
+    result, shapes = train_clients(
         setup, spec, ids, round_key, ServerModel(state.model.params, state.model.batch_stats, masks),
         mask_index=mask_index, epochs=config.local_epoch, lr=setup.lr(r), readjust_ratio=mode.readjust_ratio,
         budgets=budgets)
+    params, batch_stats, client_masks, losses = result.params, result.batch_stats, result.client_masks, result.losses
     flat = traverse_util.flatten_dict(params, sep="/")
     server_mask = state.server.top
     outcome = RoundOutcome(round=r, ids=ids, budgets=budgets, mode=mode,
                            maskable={p: flat[p] for p in setup.tensors.paths}, client_masks=client_masks,
-                           server_mask=server_mask)
-    new_mask = method.server_mask.update(setup, outcome)
-    if new_mask is not None:
-        server_mask = new_mask
+                           server_mask=server_mask, reports=result.reports, server_state=state.server_state)
+    update = method.server_mask.update(setup, outcome)
+    update = update if isinstance(update, ServerUpdate) else ServerUpdate(mask=update)
+    if update.maskable is not None:
+        flat.update(update.maskable)
+        params = traverse_util.unflatten_dict(flat, sep="/")
+    if update.mask is not None:
+        server_mask = update.mask
         if method.server_mask.masks_model:
-            params = apply_masks(params, new_mask)
+            params = apply_masks(params, update.mask)
     info = {"train_loss": float(jnp.mean(losses)), "lr": setup.lr(r), **shapes, **dict(mode.metrics)}
     new_levels = levels_of(setup, params, server_mask)
     if len(setup.levels) > 1:
@@ -133,11 +139,15 @@ def run_round(setup: Setup, state: RoundState) -> tuple[RoundState, dict[str, An
     if method.sparse:
         multiplicity = np.bincount(uploads.row, minlength=next(iter(uploads.masks.values())).shape[0])
         info.update(mask_consensus(uploads.masks, server_mask, state.server.top, multiplicity))
+    gradient_bits = len(ids) * VALUE_BITS * (setup.tensors.num_maskable + setup.tensors.dense_size) \
+        if mode.gradient_report else 0  # every parameter's squared gradient, dense
     server, clients, comm, comm_metrics = account(setup.tensors, method.sparse, state, new_levels, ids, levels,
-                                                  uploads)
+                                                  uploads, gradient_bits)
     clients = clients.replace(masks=method.client.update(clients.masks, ids, client_masks))
     info.update(comm_metrics)
-    return RoundState(round=r + 1, model=Model(params, batch_stats), server=server, clients=clients, comm=comm), info
+    server_state = state.server_state if update.state is None else update.state
+    return RoundState(round=r + 1, model=Model(params, batch_stats), server=server, clients=clients, comm=comm,
+                      server_state=server_state), info
 
 
 @jax.jit

@@ -23,8 +23,8 @@ from flash_jax.fl.aggregate import FEDAVG, FMA, Aggregation
 from flash_jax.fl.client import momentum_sgd
 from flash_jax.sparse import Masks, magnitude_masks, next_mask, random_masks
 
-__all__ = ["Aggregation", "ClientRule", "LocalMode", "Reparameterization", "RoundOutcome", "ServerMaskRule", "FEDAVG",
-           "FMA"]
+__all__ = ["Aggregation", "ClientRule", "LocalMode", "Reparameterization", "RoundOutcome", "ServerMaskRule",
+           "ServerUpdate", "FEDAVG", "FMA"]
 
 
 class LocalMode(NamedTuple):
@@ -33,6 +33,7 @@ class LocalMode(NamedTuple):
     sparse_learning: bool = False  # MASK_UPDATE (§1) at every phase boundary, toward the client's budget
     dense: bool = False            # train every weight (no mask) this round
     readjust_ratio: float = 0.0    # > 0: FedDST's readjustment of this fraction before the last phase
+    gradient_report: bool = False  # participants also upload their squared summed dense gradients (PruneFL)
     metrics: tuple[tuple[str, float], ...] = ()  # logged with the round
 
 
@@ -46,6 +47,16 @@ class RoundOutcome(NamedTuple):
     maskable: dict[str, jax.Array]  # the aggregated maskable tensors, by path
     client_masks: Masks | None  # the participants' final masks (None: nobody's mask could change)
     server_mask: Masks          # the mask at d of the round's start
+    reports: dict               # the participants' gradient reports, averaged ({} without)
+    server_state: dict          # the rule's own state (ServerMaskRule.init_state)
+
+
+class ServerUpdate(NamedTuple):
+    """What a server-mask rule returns when it changes more than the mask: None keeps a part."""
+
+    mask: Masks | None = None
+    maskable: dict | None = None  # new values of maskable tensors by path (before the mask applies)
+    state: dict | None = None     # the rule's new own state
 
 
 class ClientRule(NamedTuple):
@@ -69,8 +80,9 @@ class Reparameterization(NamedTuple):
 
 class ServerMaskRule(NamedTuple):
     init: Callable[[Any, jax.Array, dict], Masks]  # (setup, key, initial params) -> the mask at d
-    update: Callable[[Any, RoundOutcome], Masks | None]  # (setup, outcome)
+    update: Callable[[Any, RoundOutcome], Masks | ServerUpdate | None]  # (setup, outcome)
     masks_model: bool = True  # the new mask multiplies the model (False: it is the model's support)
+    init_state: Callable[[Any, dict], dict] = lambda setup, params: {}  # (setup, initial params) -> own state
 
 
 def _shared(config, server_mask: Masks) -> Masks:

@@ -24,11 +24,11 @@ def sensitivity_stage(setup: Setup, state: RoundState) -> tuple[RoundState, dict
     config, tensors = setup.config, setup.tensors
     base = jax.random.PRNGKey(config.seed)
     ids = sample_clients(config.seed, SENSITIVITY_STREAM, 0, config.num_users, config.stage1_clients)
-    _, _, client_masks, _, _ = train_clients(
+    result, _ = train_clients(
         setup, dataclasses.replace(setup.spec, sparse_learning=True), ids, jax.random.fold_in(base, SENSITIVITY_STREAM),
         ServerModel(state.model.params, state.model.batch_stats, state.server.top),
         epochs=config.init_epoch, lr=config.lr_start)
-    reported = client_layer_densities(client_masks)
+    reported = client_layer_densities(result.client_masks)
     densities = sensitivity_densities(reported, tensors.sizes, config.density)
     masks = random_masks(jax.random.fold_in(base, STAGE2_MASK_STREAM), tensors.shapes, densities)
     variables = init_variables(setup.model, jax.random.fold_in(base, REINIT_STREAM), setup.data.input_shape)

@@ -63,6 +63,7 @@ class RoundState:
     server: ServerMasks
     clients: ClientTable
     comm: CommCounters
+    server_state: dict  # what the method's server-mask rule keeps of its own (PruneFL's dense weights); {}
 
 
 def stack_levels(masks: Masks) -> Masks:

@@ -4,4 +4,4 @@ registers them.
 A new method is one more module like these, registered with `flash_jax.register_method`
 (README: "Adding a method").
 """
-from flash_jax.methods import dense, pdst, spdst, jmwst, nst, feddst, topk, sparsyfed  # noqa: F401  (order: --help's)
+from flash_jax.methods import dense, pdst, spdst, jmwst, nst, feddst, topk, sparsyfed, prunefl  # noqa: F401  (order: --help's)

@@ -1,0 +1,70 @@
+"""PruneFL's mask search ADJUST (BASELINES.md B3.1), as one vectorised pass on the host.
+
+It greedily maximises U/V: U the squared gradients kept (an estimate of the empirical-risk
+reduction), V = T0 + sum_l c_l * active_l the time of a round. Each tensor first drops its
+floor(dtp * active) smallest-|theta| active entries (exact count, ties to the lower index); then
+the dropped and inactive entries join one list sorted by S_j / c_l (descending; ties in layer and
+index order), and the greedy adds them while S_j / c_l > U/V of the set so far and the count stays
+within the cap. Sorting once replaces the original's heap of per-layer lists: both visit candidates
+in the same order, and adding j raises U/V exactly when S_j / c_l > U/V, so the greedy stops at the
+first candidate that fails.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def adjust(theta: dict[str, np.ndarray], mask: dict[str, np.ndarray], squared: dict[str, np.ndarray],
+           other_squared: float, dtp: float, costs: dict[str, float], t0: float,
+           cap: float | None = None) -> dict[str, np.ndarray]:
+    """The new mask of the maskable tensors (bool, shaped like `mask`).
+
+    `squared`: accumulated squared gradients of the maskable tensors; `other_squared`: their sum over
+    every other parameter (always kept); `costs`: c_l per entry of each tensor; `cap`: the most
+    active maskable entries allowed before an addition (None: no cap)."""
+    paths = sorted(mask)
+    u, v = float(other_squared), float(t0)
+    kept, ratios, scores, entry_costs, owners = {}, [], [], [], []
+    for p in paths:
+        active = np.flatnonzero(np.asarray(mask[p]).reshape(-1))
+        magnitude = np.abs(np.asarray(theta[p], np.float64).reshape(-1))
+        s = np.asarray(squared[p], np.float64).reshape(-1)
+        dropped = math.floor(dtp * active.size)
+        keep = np.zeros(magnitude.size, bool)
+        keep[active[np.argsort(magnitude[active], kind="stable")[dropped:]]] = True
+        kept[p] = keep
+        u += float(s[keep].sum())
+        v += costs[p] * int(keep.sum())
+        candidates = np.flatnonzero(~keep)
+        ratios.append(s[candidates] / costs[p])
+        scores.append(s[candidates])
+        entry_costs.append(np.full(candidates.size, costs[p]))
+        owners.append((p, candidates))
+    ratio = np.concatenate(ratios)
+    order = np.argsort(-ratio, kind="stable")
+    gained = np.concatenate(scores)[order]
+    spent = np.concatenate(entry_costs)[order]
+    u_before = u + np.concatenate([[0.0], np.cumsum(gained)[:-1]])
+    v_before = v + np.concatenate([[0.0], np.cumsum(spent)[:-1]])
+    fails = np.flatnonzero(ratio[order] * v_before <= u_before)  # S_j/c_l <= U/V, without dividing
+    added = int(fails[0]) if fails.size else order.size
+    if cap is not None:  # additions stop at the cap (the original checks `>` and may pass it by one)
+        active_now = sum(int(k.sum()) for k in kept.values())
+        added = min(added, max(0, math.floor(cap) - active_now))
+    chosen = np.zeros(order.size, bool)
+    chosen[order[:added]] = True
+    start = 0
+    for p, candidates in owners:
+        kept[p][candidates[chosen[start:start + candidates.size]]] = True
+        start += candidates.size
+    return {p: kept[p].reshape(np.shape(mask[p])) for p in paths}
+
+
+def ratio(mask: dict[str, np.ndarray], squared: dict[str, np.ndarray], other_squared: float,
+          costs: dict[str, float], t0: float) -> float:
+    """U/V of a mask: what ADJUST maximises."""
+    u = other_squared + sum(float(np.asarray(squared[p], np.float64)[np.asarray(mask[p])].sum()) for p in mask)
+    v = t0 + sum(costs[p] * int(np.asarray(mask[p]).sum()) for p in mask)
+    return u / v
