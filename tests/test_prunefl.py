@@ -105,3 +105,18 @@ def test_the_cap_brings_the_density_to_d(digits):
     assert history[-1]["density"] <= 0.05
     reached = next(i for i, r in enumerate(history) if r["density"] <= 0.05)
     assert all(r["density"] <= 0.05 for r in history[reached:])
+
+
+def test_the_feddst_variant_keeps_70_then_85_percent_and_turns_dense(digits, tmp_path):
+    """Its READJUST keeps at least 1 - 0.3 * 0.5^t of the mask: 0.7 after the initial stage, 0.85
+    after round 1 (t = 1), everything after round 51; the rebuilt mask is paid with a dense gradient."""
+    config = Config(experiment_type="prunefl", prunefl_variant="feddst", num_users=10, frac=0.3, fl_rounds=53,
+                    eval_every=1, quiet=True, workdir=str(tmp_path))
+    history = run(config, digits)
+    stage = json.load(open(tmp_path / "initial_pruning.json"))
+    assert stage["density"] == pytest.approx(0.7, abs=2 / N_M)  # n <= n_req admits one entry past 0.7 N_m
+    mask = {r["round"]: r["server_mask_density"] for r in history}  # after the round's server update
+    assert mask[1] == stage["density"] and mask[2] >= 0.85 and mask[51] < 1.0 and mask[52] == 1.0
+    for r in history:  # the model inside the mask it trained in, plus the dense last-step gradient on t = 1, 51
+        model = 3 * VALUE_BITS * (round(r["union_density"] * N_M) + D_SIZE)
+        assert r["upload_bits"] == model + (3 * VALUE_BITS * N_M if r["round"] in (2, 52) else 0)

@@ -51,13 +51,14 @@ class Aggregation(NamedTuple):
     per_entry: bool
 
     def init(self, params, batch_stats, masked_paths, reports) -> tuple[dict, dict, dict]:
-        """`reports`: shaped like the clients' reports ({} without), averaged like FedAvg."""
+        """`reports`: shaped like the clients' reports ({} without), averaged with their own weights."""
         return (zero_sums(params, tuple(masked_paths) if self.per_entry else ()), zero_sums(batch_stats),
                 zero_sums(reports))
 
-    def update(self, sums, client_params, client_stats, weights, client_masks, reports) -> tuple[dict, dict, dict]:
+    def update(self, sums, client_params, client_stats, weights, client_masks, reports,
+               report_weights) -> tuple[dict, dict, dict]:
         chunk = (weighted_sums(client_params, weights, client_masks if self.per_entry else None),
-                 weighted_sums(client_stats, weights), weighted_sums(reports, weights))
+                 weighted_sums(client_stats, weights), weighted_sums(reports, report_weights))
         return jax.tree.map(jnp.add, sums, chunk)
 
     def finalize(self, sums) -> tuple[dict, dict, dict]:

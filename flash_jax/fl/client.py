@@ -38,7 +38,9 @@ class ClientSpec:
     finish: Callable | None = None  # (flat maskable params) -> the client's final masks, after its last step
     effective: Callable | None = None  # (params) -> the weights the model computes with (SparsyFed's Powerprop)
     act_pruning: str = "off"       # SparsyFed's activation pruning of the weight gradient: off, first_step, every_step
-    gradient_report: bool = False  # also return the square of the client's summed dense gradient (PruneFL)
+    # also return (PruneFL) "sum_squared": the square of the client's summed dense gradient of every
+    # parameter, or "last": the dense gradient of the maskable tensors at its last step
+    gradient_report: str = ""
 
     @property
     def changes_masks(self) -> bool:
@@ -46,7 +48,7 @@ class ClientSpec:
 
     @property
     def tracks_gradient(self) -> bool:
-        return self.readjust or (self.sparse_learning and self.growth == "gradient")
+        return self.readjust or (self.sparse_learning and self.growth == "gradient") or self.gradient_report == "last"
 
 
 def client_key(round_key, client_id):
@@ -99,8 +101,8 @@ def _keep_if(valid, new, old):
 
 def local_train(spec: ClientSpec, phase_lengths: tuple[int, ...], store_x, store_y, params, batch_stats,
                 masks, lr, readjust_ratio, key, example_index, example_valid, step_valid, target_count):
-    """Train one client; returns (params, batch_stats, masks, mean training loss over its steps, the
-    square of its summed dense gradient when spec.gradient_report, else {}).
+    """Train one client; returns (params, batch_stats, masks, mean training loss over its steps, its
+    gradient report (spec.gradient_report; {} without)).
 
     The mask update of ALGORITHMS.md §1 runs between phases (mid-epoch for E=1, between epochs for
     E>1); its prune rate decays linearly with the client's own completed steps. FedDST's
@@ -138,7 +140,7 @@ def local_train(spec: ClientSpec, phase_lengths: tuple[int, ...], store_x, store
                 new_grads_seen = {p: flat_grads[p] for p in masks}
             else:
                 new_grads_seen = grads_seen
-            new_grad_sum = jax.tree.map(jnp.add, grad_sum, grads) if spec.gradient_report else grad_sum
+            new_grad_sum = jax.tree.map(jnp.add, grad_sum, grads) if spec.gradient_report == "sum_squared" else grad_sum
             carry = _keep_if(valid, (new_params, new_stats, new_opt, new_grads_seen, new_thresholds, new_grad_sum),
                              (params, batch_stats, opt_state, grads_seen, thresholds, grad_sum))
             return carry, jnp.where(valid, loss, 0.0)
@@ -163,7 +165,7 @@ def local_train(spec: ClientSpec, phase_lengths: tuple[int, ...], store_x, store
 
     grads_seen = {p: jnp.zeros(m.shape, jnp.float32) for p, m in masks.items()} if spec.tracks_gradient else {}
     thresholds = initial_thresholds(masks) if spec.act_pruning != "off" else {}
-    grad_sum = jax.tree.map(jnp.zeros_like, params) if spec.gradient_report else {}
+    grad_sum = jax.tree.map(jnp.zeros_like, params) if spec.gradient_report == "sum_squared" else {}
     carry = LocalCarry(params, batch_stats, optimizer.init(params), masks, sl_init(), grads_seen, thresholds,
                        grad_sum)
     inputs = (example_index, example_valid, step_valid, jnp.arange(step_valid.shape[0]))
@@ -194,7 +196,7 @@ def local_train(spec: ClientSpec, phase_lengths: tuple[int, ...], store_x, store
         flat = traverse_util.flatten_dict(params, sep="/")
         masks = spec.finish({p: flat[p] for p in masks})
         params = apply_masks(params, masks)
-    report = jax.tree.map(jnp.square, carry.grad_sum)
+    report = carry.grads_seen if spec.gradient_report == "last" else jax.tree.map(jnp.square, carry.grad_sum)
     return params, carry.batch_stats, masks, loss_sum / jnp.maximum(num_steps, 1), report
 
 

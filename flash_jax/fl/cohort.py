@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from flash_jax.data.store import ClientStore, CohortLayout, cohort_plan
@@ -118,7 +119,11 @@ def train_chunk(plan: ChunkPlan, store_x, store_y, model: ServerModel, shared: R
     client_params, client_stats, client_masks, losses, reports = jax.vmap(
         one_client, in_axes=(0 if per_client_masks else None, 0, 0, 0, 0, 0))(
         masks, keys, cohort.example_index, cohort.example_valid, cohort.step_valid, clients["targets"])
-    sums = plan.aggregation.update(sums, client_params, client_stats, clients["weights"], client_masks, reports)
+    # a last-step gradient is averaged over the participants, unweighted (the FedDST authors' PruneFL)
+    report_weights = (clients["weights"] > 0).astype(jnp.float32) if spec.gradient_report == "last" \
+        else clients["weights"]
+    sums = plan.aggregation.update(sums, client_params, client_stats, clients["weights"], client_masks, reports,
+                                   report_weights)
     sums = _constrain(plan.mesh, sums, split=False)
     return sums, _constrain(plan.mesh, (client_masks if spec.changes_masks else None, losses), split=True)
 
@@ -147,7 +152,9 @@ def train_cohort(plan: ChunkPlan, chunk: int, store: ClientStore, model: ServerM
     inputs = {name: np.asarray(value)[slot] for name, value in clients.items()}
     inputs["weights"] = np.where(np.arange(padded) < cohort, store.counts[ids][slot], 0).astype(np.float32)
     model = ServerModel(*place(plan.mesh, tuple(model), split=False))
-    reports = model.params if plan.spec.gradient_report else {}
+    flat_params = traverse_util.flatten_dict(model.params, sep="/")
+    reports = {"sum_squared": model.params, "last": {p: flat_params[p] for p in model.masks},
+               "": {}}[plan.spec.gradient_report]
     sums = place(plan.mesh, plan.aggregation.init(model.params, model.batch_stats, model.masks, reports), split=False)
     outputs = []
     for start in range(0, padded, chunk):

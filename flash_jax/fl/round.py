@@ -139,8 +139,9 @@ def run_round(setup: Setup, state: RoundState) -> tuple[RoundState, dict[str, An
     if method.sparse:
         multiplicity = np.bincount(uploads.row, minlength=next(iter(uploads.masks.values())).shape[0])
         info.update(mask_consensus(uploads.masks, server_mask, state.server.top, multiplicity))
-    gradient_bits = len(ids) * VALUE_BITS * (setup.tensors.num_maskable + setup.tensors.dense_size) \
-        if mode.gradient_report else 0  # every parameter's squared gradient, dense
+    reported = {"sum_squared": setup.tensors.num_maskable + setup.tensors.dense_size,  # every parameter, dense
+                "last": setup.tensors.num_maskable, "": 0}[mode.gradient_report]
+    gradient_bits = len(ids) * VALUE_BITS * reported
     server, clients, comm, comm_metrics = account(setup.tensors, method.sparse, state, new_levels, ids, levels,
                                                   uploads, gradient_bits)
     clients = clients.replace(masks=method.client.update(clients.masks, ids, client_masks))

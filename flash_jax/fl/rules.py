@@ -33,7 +33,7 @@ class LocalMode(NamedTuple):
     sparse_learning: bool = False  # MASK_UPDATE (§1) at every phase boundary, toward the client's budget
     dense: bool = False            # train every weight (no mask) this round
     readjust_ratio: float = 0.0    # > 0: FedDST's readjustment of this fraction before the last phase
-    gradient_report: bool = False  # participants also upload their squared summed dense gradients (PruneFL)
+    gradient_report: str = ""      # participants also upload a gradient report (ClientSpec.gradient_report)
     metrics: tuple[tuple[str, float], ...] = ()  # logged with the round
 
 

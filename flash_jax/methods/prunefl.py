@@ -18,6 +18,7 @@ from flash_jax.comm import model_bits
 from flash_jax.fl.client import clip_trained_gradient, client_loss
 from flash_jax.fl.evaluate import server_nnz
 from flash_jax.fl.methods import Knob, Method, register_method
+from flash_jax.methods import prunefl_feddst
 from flash_jax.fl.rules import FEDAVG, FIXED_MASK, LocalMode, ServerMaskRule, ServerUpdate
 from flash_jax.sparse import apply_masks
 from flash_jax.sparse.prunefl_search import adjust
@@ -62,6 +63,8 @@ def _server_update(setup, outcome):
     """Aggregated values where the mask holds, the server's last values elsewhere; ADJUST on
     adjustment rounds."""
     config = setup.config
+    if config.prunefl_variant == "feddst":
+        return prunefl_feddst.server_update(setup, outcome)
     fill = (lambda m, new, old: jnp.where(m, new, old)) if config.prunefl_regrow_init == "stale" \
         else (lambda m, new, old: jnp.where(m, new, 0.0))
     dense = {p: fill(outcome.server_mask[p], outcome.maskable[p], outcome.server_state["dense"][p])
@@ -148,6 +151,22 @@ def initial_pruning(setup, state):
     return new_state, {"client": client, "rounds": r, "gate_round": start, "densities": densities}
 
 
+def _stage1(setup, state):
+    if setup.config.prunefl_variant == "feddst":
+        return prunefl_feddst.initial_stage(setup, state)
+    return initial_pruning(setup, state)
+
+
+def _local(config, r: int) -> LocalMode:
+    if config.prunefl_variant == "feddst":
+        return LocalMode(gradient_report="last" if prunefl_feddst.is_readjust_round(config, r) else "")
+    return LocalMode(gradient_report="sum_squared" if is_adjust_round(config, r) else "")
+
+
+def _optimizer(config):
+    return prunefl_feddst.optimizer(config) if config.prunefl_variant == "feddst" else optax.sgd
+
+
 def _all_weights(setup, key, params):
     return {p: jnp.ones(s, bool) for p, s in setup.tensors.shapes.items()}
 
@@ -159,11 +178,12 @@ def _dense_state(setup, params):
 
 PRUNEFL = register_method(Method(
     name="prunefl", help="PruneFL: initial pruning at one client, then ADJUST of one global mask every R rounds",
-    client=FIXED_MASK._replace(local=lambda config, r: LocalMode(gradient_report=is_adjust_round(config, r))),
+    client=FIXED_MASK._replace(local=_local, optimizer=_optimizer),
     server_mask=ServerMaskRule(init=_all_weights, update=_server_update, init_state=_dense_state),
-    aggregation=lambda config: FEDAVG, stage1=initial_pruning, stage1_record="initial_pruning.json", group="PruneFL",
+    aggregation=lambda config: FEDAVG, stage1=_stage1, stage1_record="initial_pruning.json", group="PruneFL",
     knobs=(
-        Knob("prunefl_variant", "original", "PruneFL: the original (jiangyuang/PruneFL)", choices=("original",)),
+        Knob("prunefl_variant", "original", "PruneFL: the original (jiangyuang/PruneFL) or the FedDST authors' "
+             "re-implementation (bibikar/feddst)", choices=("original", "feddst")),
         Knob("prunefl_adjust_every", 50, "PruneFL: FL rounds between adjustments R", lambda v: v >= 1, ">= 1"),
         Knob("prunefl_max_density", 1.0, "PruneFL: cap on the active maskable share (set --density's value for "
              "comparisons at FLASH's d; 1: none)", lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
@@ -185,4 +205,6 @@ PRUNEFL = register_method(Method(
              lambda v: v >= 0, ">= 0"),
         Knob("prunefl_regrow_init", "stale", "PruneFL: a re-added weight restarts at its last value or at 0",
              choices=("stale", "zero")),
+        Knob("prunefl_initial_rounds", 5, "PruneFL (feddst variant): rounds of the one-client initial stage",
+             lambda v: v >= 1, ">= 1"),
     )))

@@ -51,6 +51,7 @@ def _consensus_counts(client_masks: Masks, multiplicity: jax.Array, server_mask:
         "activated": jnp.sum(clients & ~previous, axis=1, dtype=jnp.int32),
         "deactivated": jnp.sum(~clients & previous, axis=1, dtype=jnp.int32),
         "reactivated": jnp.sum(server & ~previous, dtype=jnp.int32),
+        "server": jnp.sum(server, dtype=jnp.int32),
     }
 
 
@@ -75,6 +76,7 @@ def mask_consensus(client_masks: Masks, server_mask: Masks, previous_server_mask
         "mask_iou_to_server": float(np.dot(multiplicity, counts["iou_to_server"])) / k,
         "server_mask_change": float(counts["server_change"]) / n,
         "union_density": float(counts["union"]) / n,
+        "server_mask_density": float(counts["server"]) / n,  # may exceed the model's: weights at 0 in the mask
         # regrowth (BASELINES.md B1.5), in entries: a participant's mask against the mask it received
         # (the previous server mask; for NST, Top-k and SparsyFed the support of the model it got)
         "mask_activated": float(np.dot(multiplicity, counts["activated"])) / k,

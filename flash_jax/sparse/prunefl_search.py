@@ -68,3 +68,22 @@ def ratio(mask: dict[str, np.ndarray], squared: dict[str, np.ndarray], other_squ
     u = other_squared + sum(float(np.asarray(squared[p], np.float64)[np.asarray(mask[p])].sum()) for p in mask)
     v = t0 + sum(costs[p] * int(np.asarray(mask[p]).sum()) for p in mask)
     return u / v
+
+
+def readjust(squared: dict[str, np.ndarray], costs: dict[str, float], t0: float,
+             keep_fraction: float) -> dict[str, np.ndarray]:
+    """The FedDST authors' PruneFL search (BASELINES.md B3.6), a new mask built from scratch: visit
+    the entries by S_j descending (ties in layer and index order) and add each while S_j / c_l >=
+    U / T (U the S added so far, T = t0 + their costs) or fewer than keep_fraction * N_m are in."""
+    paths = sorted(squared)
+    s = np.concatenate([np.asarray(squared[p], np.float64).reshape(-1) for p in paths])
+    c = np.concatenate([np.full(np.size(squared[p]), costs[p]) for p in paths])
+    order = np.argsort(-s, kind="stable")
+    u_before = np.concatenate([[0.0], np.cumsum(s[order])[:-1]])
+    t_before = t0 + np.concatenate([[0.0], np.cumsum(c[order])[:-1]])
+    required = keep_fraction * s.size
+    fails = np.flatnonzero((s[order] / c[order] * t_before < u_before) & (np.arange(s.size) > required))
+    chosen = np.zeros(s.size, bool)
+    chosen[order[:int(fails[0]) if fails.size else s.size]] = True
+    bounds = np.cumsum([0] + [np.size(squared[p]) for p in paths])
+    return {p: chosen[a:b].reshape(np.shape(squared[p])) for p, a, b in zip(paths, bounds[:-1], bounds[1:])}
