@@ -62,6 +62,7 @@ def test_round_trip_of_the_full_state(digits, tmp_path):
     dict(experiment_type="nst"),  # every client's own mask
     dict(experiment_type="jmwst", hetero_client=True, init_frac=0.2, init_epoch=1),  # level masks, budgets
     dict(experiment_type="sparsyfed"),  # Powerprop's stored weights, the union model
+    dict(experiment_type="prunefl", prunefl_adjust_every=1, prunefl_ip_max_rounds=20, prunefl_ip_adjust_every=5),
 ])
 def test_resume_after_a_damaged_checkpoint_is_bit_exact(digits, tmp_path, settings, capsys):
     reference = Config(num_users=6, frac=0.5, fl_rounds=3, eval_every=1, checkpoint_every=1, quiet=True,

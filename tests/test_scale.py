@@ -132,3 +132,19 @@ def sharded_federation(out: str) -> None:
 
 if __name__ == "__main__":
     sharded_federation(sys.argv[1])
+
+
+@pytest.mark.parametrize("method", [dict(experiment_type="sparsyfed"),
+                                    dict(experiment_type="prunefl", prunefl_adjust_every=1)],
+                         ids=lambda m: m["experiment_type"])
+def test_the_baselines_chunk_like_the_others(method):
+    """A cohort in chunks of 4 trains as the whole cohort at once: Powerprop and activation pruning
+    (SparsyFed), and the gradient reports that PruneFL's ADJUST reads on round 1."""
+    digits = load_dataset("digits")
+    _, whole, infos = federation(digits, update_mode=0, quiet=True, **method)
+    _, chunked, chunked_infos = federation(digits, update_mode=0, quiet=True, clients_per_chunk=4, **method)
+    chex.assert_trees_all_close(chunked, whole, rtol=1e-4, atol=1e-5)
+    for ours, theirs in zip(infos, chunked_infos, strict=True):
+        assert theirs["train_loss"] == pytest.approx(ours["train_loss"], rel=1e-5)
+        assert theirs["server_mask_density"] == pytest.approx(ours["server_mask_density"], abs=1e-3)
+        assert theirs["upload_bits"] == pytest.approx(ours["upload_bits"], rel=1e-3)
