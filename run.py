@@ -29,7 +29,7 @@ class OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """One flag per Config field, grouped and described by the field's metadata."""
     registered = methods()
-    epilog = "methods (--experiment_type):\n" + "\n".join(f"  {name:8s} {m.help}" for name, m in registered.items())
+    epilog = "methods (--experiment_type):\n" + "\n".join(f"  {name:10s} {m.help}" for name, m in registered.items())
     parser = OneLineParser(prog="run.py", description=__doc__.splitlines()[0], allow_abbrev=False, epilog=epilog,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     method_groups = [m.group or name for name, m in registered.items() if m.knobs]

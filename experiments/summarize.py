@@ -34,6 +34,20 @@ def consensus_row(name: str, records: list[dict]) -> list[str] | None:
                      for k in ("mask_hamming_clients", "mask_hamming_to_server", "server_mask_change")]
 
 
+def regrowth_row(name: str, records: list[dict]) -> list[str] | None:
+    """BASELINES.md B1.5's regrowth: entries the participants' masks gained against the model they
+    received, entries the server re-activated, the union's excess over d (first and last evaluation)."""
+    tracked = [r for r in records if "mask_activated" in r]
+    if not tracked:
+        return None
+    d = tracked[0]["density_pruned"] if "density_pruned" in tracked[0] else None
+    excess = "-" if d is None else (f"{tracked[0]['density'] - d:.4f} (round {tracked[0]['round']}) -> "
+                                    f"{tracked[-1]['density'] - d:.4f} (round {tracked[-1]['round']})")
+    mean = lambda key: sum(r[key] for r in tracked) / len(tracked)  # noqa: E731
+    return [name, f"{mean('mask_activated'):.1f}", f"{mean('server_reactivated'):.1f}", excess,
+            f"{tracked[-1]['server_mask_density']:.4f}" if "server_mask_density" in tracked[-1] else "-"]
+
+
 def main(outdir: str, methods: list[str]) -> None:
     runs = {}
     for name in methods:
@@ -51,6 +65,14 @@ def main(outdir: str, methods: list[str]) -> None:
     for name, records in runs.items():
         cells = consensus_row(name, records)
         if cells:
+            print("| " + " | ".join(cells) + " |")
+    regrowth = [cells for name, records in runs.items() if (cells := regrowth_row(name, records))]
+    if regrowth:
+        print()
+        print("| method | entries activated per participant (mean of evaluated rounds) | entries the server "
+              "re-activated (mean) | union density - d | server mask density (last) |")
+        print("|---|---|---|---|---|")
+        for cells in regrowth:
             print("| " + " | ".join(cells) + " |")
 
 
