@@ -112,7 +112,7 @@ def test_mask_update_changes_masks_and_keeps_params_on_mask():
     spec = spec_for(model, sparse_learning=True)
     keys = jax.random.split(jax.random.PRNGKey(4), 1)
     target = jnp.float32(0.5 * sum(m.size for m in masks.values()))
-    _, ((new_params, _, new_masks, loss),) = train_alone(spec, store, [0], params, masks, keys, target)
+    _, ((new_params, _, new_masks, loss, _),) = train_alone(spec, store, [0], params, masks, keys, target)
     assert any(bool(jnp.any(new_masks[p] != masks[p])) for p in masks)
     flat = traverse_util.flatten_dict(new_params, sep="/")
     for p, m in new_masks.items():
