@@ -2,7 +2,7 @@
 # The FLASH issue's reproduction: MNISTNet on Fashion-MNIST (Debian's dataset-fashion-mnist), N=100, K=10,
 # alpha 1, d=0.05, seed 1, 100 rounds, for every method; then the table (experiments/summarize.py) and
 # the plots (python -m flash_jax.plot). A method whose workdir already holds all 100 rounds is not rerun.
-# Usage: bash experiments/reproduce_fashion_mnist.sh [OUTDIR [METHOD ...]]
+# Usage: [DENSITY=d] bash experiments/reproduce_fashion_mnist.sh [OUTDIR [METHOD ...]]   (default d 0.05)
 #   about 10-20 minutes per method on 2 CPU cores (about 3.5 hours for all twelve)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +11,7 @@ shift || true
 rounds=100
 all=(dense pdst nst spdst jmwst hetero_spdst hetero_jmwst feddst topk sparsyfed prunefl prunefl_capped)
 methods=("${@:-${all[@]}}")
-common=(--dataset fashion_mnist --model_type mnistnet --num_users 100 --frac 0.1 --alpha 1 --density 0.05
+common=(--dataset fashion_mnist --model_type mnistnet --num_users 100 --frac 0.1 --alpha 1 --density "${DENSITY:-0.05}"
         --seed 1 --fl_rounds $rounds --eval_every 5 --quiet)
 for name in "${methods[@]}"; do
   case $name in
