@@ -135,11 +135,12 @@ MODEL_SUPPORT = ServerMaskRule(init=_random_at_d, update=lambda setup, outcome: 
 participants' masks (NST)."""
 
 
-def _all_weights(setup, key, params) -> Masks:
+def all_weights(setup, key, params) -> Masks:
+    """A dense start: every maskable weight in the mask."""
     return {p: jnp.ones(s, bool) for p, s in setup.tensors.shapes.items()}
 
 
-DENSE_START_SUPPORT = MODEL_SUPPORT._replace(init=_all_weights)
+DENSE_START_SUPPORT = MODEL_SUPPORT._replace(init=all_weights)
 """The support of the averaged model, from a dense start (Top-k, SparsyFed)."""
 
 

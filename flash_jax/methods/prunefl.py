@@ -19,7 +19,8 @@ from flash_jax.fl.client import clip_trained_gradient, client_loss
 from flash_jax.fl.evaluate import server_nnz
 from flash_jax.fl.methods import Knob, Method, register_method
 from flash_jax.methods import prunefl_feddst
-from flash_jax.fl.rules import FEDAVG, FIXED_MASK, LocalMode, ServerMaskRule, ServerUpdate
+from flash_jax.fl.rules import FEDAVG, FIXED_MASK, LocalMode, ServerMaskRule, ServerUpdate, all_weights
+from flash_jax.fl.state import stack_levels
 from flash_jax.sparse import apply_masks
 from flash_jax.sparse.prunefl_search import adjust
 
@@ -144,7 +145,7 @@ def initial_pruning(setup, state):
     masked = apply_masks(params, mask)
     upload = model_bits(server_nnz(masked, setup.tensors.paths), setup.tensors.sizes, setup.tensors.dense_size,
                         mask_known=False)
-    server = state.server.replace(levels=jax.tree.map(lambda m: m[None], mask), ids=state.server.ids + 1)
+    server = state.server.replace(levels=stack_levels(mask), ids=state.server.ids + 1)
     new_state = state.replace(model=state.model.replace(params=masked, batch_stats=batch_stats), server=server,
                               comm=state.comm.replace(cumulative_bits=state.comm.cumulative_bits + upload),
                               server_state={"dense": {p: flat[p] for p in setup.tensors.paths}})
@@ -167,10 +168,6 @@ def _optimizer(config):
     return prunefl_feddst.optimizer(config) if config.prunefl_variant == "feddst" else optax.sgd
 
 
-def _all_weights(setup, key, params):
-    return {p: jnp.ones(s, bool) for p, s in setup.tensors.shapes.items()}
-
-
 def _dense_state(setup, params):
     flat = traverse_util.flatten_dict(params, sep="/")
     return {"dense": {p: flat[p] for p in setup.tensors.paths}}
@@ -179,7 +176,7 @@ def _dense_state(setup, params):
 PRUNEFL = register_method(Method(
     name="prunefl", help="PruneFL: initial pruning at one client, then ADJUST of one global mask every R rounds",
     client=FIXED_MASK._replace(local=_local, optimizer=_optimizer),
-    server_mask=ServerMaskRule(init=_all_weights, update=_server_update, init_state=_dense_state),
+    server_mask=ServerMaskRule(init=all_weights, update=_server_update, init_state=_dense_state),
     aggregation=lambda config: FEDAVG, stage1=_stage1, stage1_record="initial_pruning.json", group="PruneFL",
     knobs=(
         Knob("prunefl_variant", "original", "PruneFL: the original (jiangyuang/PruneFL) or the FedDST authors' "

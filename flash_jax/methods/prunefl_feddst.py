@@ -19,6 +19,7 @@ from flash_jax.fl.cohort import ServerModel
 from flash_jax.fl.evaluate import server_nnz
 from flash_jax.fl.round import train_clients
 from flash_jax.fl.rules import ServerUpdate
+from flash_jax.fl.state import stack_levels
 from flash_jax.sparse import apply_masks
 from flash_jax.sparse.prunefl_search import readjust
 
@@ -75,7 +76,7 @@ def initial_stage(setup, state):
             params = apply_masks(params, mask)
             if len(changes) >= 5 and all(c < 0.1 for c in changes[-5:]):
                 break
-    server = state.server.replace(levels=jax.tree.map(lambda m: m[None], mask), ids=state.server.ids + (not known))
+    server = state.server.replace(levels=stack_levels(mask), ids=state.server.ids + (not known))
     new_state = state.replace(model=state.model.replace(params=params, batch_stats=batch_stats), server=server,
                               comm=state.comm.replace(cumulative_bits=state.comm.cumulative_bits + bits))
     density = sum(int(m.sum()) for m in mask.values()) / tensors.num_maskable
