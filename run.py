@@ -14,6 +14,7 @@ import os
 import sys
 import tomllib
 
+from flash_jax import launch
 from flash_jax.config import GROUPS, Config, ConfigError, choices
 from flash_jax.data.sources import DataError
 from flash_jax.fl.methods import knobs, methods
@@ -130,24 +131,17 @@ def load_plugins(spec: str) -> None:
             raise ConfigError(f"--plugin {item}: importing it failed ({type(err).__name__}: {err})") from None
 
 
-def start_distributed() -> None:
-    """jax.distributed.initialize with the cluster it detects (SLURM, Open MPI, Kubernetes, Cloud TPU);
-    it must run before anything touches a device, so it comes before the round loop is imported."""
-    import jax
-    try:
-        jax.distributed.initialize()
-    except (ValueError, RuntimeError) as err:
-        raise ConfigError(f"--distributed: jax.distributed.initialize failed: {err}") from None
-
-
 def main(argv=None) -> int:
     """Exit status: 0 done, 2 refused (settings, data, workdir), 3 diverged, 128 + signal when stopped
     by SIGINT (130) or SIGTERM (143). Every failure is one line on stderr."""
     try:
         config = parse_config(argv)
-        if config.distributed:
-            start_distributed()
-        from flash_jax.fl.loop import run  # after validation: bad flags fail before JAX starts
+        if config.distributed and not launch.is_worker():
+            return launch.supervise(os.path.abspath(__file__), sys.argv[1:] if argv is None else list(argv),
+                                    str(config.process_id) if config.process_id >= 0 else "?")
+        from flash_jax import processes  # devices and processes are set before JAX starts
+        processes.start(config, auto_devices=True)
+        from flash_jax.fl.loop import run
         history = run(config)
     except ConfigError as err:
         print(f"run.py: error: {err}", file=sys.stderr)
@@ -164,6 +158,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:  # before the run installed its handlers (imports, flag parsing)
         print("interrupted before the first round", file=sys.stderr)
         return 130
+    if not processes.is_writer():
+        return 0
     last = history[-1]
     extra = f", pruned-to-d accuracy {last['accuracy_pruned']:.4f}" if "accuracy_pruned" in last else ""
     print(f"{config.experiment_type} on {config.dataset}: round {last['round']} accuracy {last['accuracy']:.4f} "

@@ -104,7 +104,15 @@ class Config:
     clients_per_chunk: int = _flag(0, "scale",
                         "clients trained per jitted call (0: the whole cohort); bounds memory for large cohorts")
     distributed: bool = _flag(False, "scale",
-                        "call jax.distributed.initialize() first (multi-host; the cluster is auto-detected)")
+                        "run as one of several processes (JAX's multi-process runtime): the cohort is split over "
+                        "every process's devices, process 0 writes the workdir; the cluster (SLURM, Open MPI, "
+                        "Cloud TPU) is detected, or give the three flags below")
+    coordinator_address: str = _flag("", "scale", "with --distributed: HOST:PORT of process 0 (default: detected)")
+    num_processes: int = _flag(0, "scale", "with --distributed: how many processes (0: detected)")
+    process_id: int = _flag(-1, "scale", "with --distributed: this process's index, 0 to num_processes-1 "
+                                         "(-1: detected)")
+    host_devices: int = _flag(0, "scale", "CPU devices per process the client axis is split over (0: one per "
+                                          "core from the command line, unless XLA_FLAGS sets a count)")
     quiet: bool = _flag(False, "run and outputs", "no progress bar and no compile log")
     method_knobs: tuple = ()
 
@@ -170,6 +178,10 @@ class Config:
             (self.eval_every >= 1, "--eval_every", ">= 1"),
             (self.checkpoint_every >= 1, "--checkpoint_every", ">= 1"),
             (self.clients_per_chunk >= 0, "--clients_per_chunk", ">= 0 (0: the whole cohort in one call)"),
+            (self.host_devices >= 0, "--host_devices", ">= 0 (0: one per core)"),
+            (self.num_processes >= 0, "--num_processes", ">= 0 (0: detected)"),
+            (-1 <= self.process_id < (self.num_processes or 2**31), "--process_id",
+             f"in [0, {self.num_processes}) (or -1: detected)" if self.num_processes else ">= 0 (or -1: detected)"),
         ]
         for field in dataclasses.fields(self):  # NaN passes no range check; inf would pass some
             value = getattr(self, field.name)
@@ -198,6 +210,10 @@ class Config:
                                   f"({err})") from None
         if self.hetero_client:
             self._validate_hetero()
+        given = [flag for flag, value, default in (("--coordinator_address", self.coordinator_address, ""),
+                 ("--num_processes", self.num_processes, 0), ("--process_id", self.process_id, -1)) if value != default]
+        if given and not self.distributed:
+            raise ConfigError(f"{given[0]} needs --distributed (it says how the processes of one run find each other)")
         if self.mnistnet_softmax and self.model_type != "mnistnet":
             raise ConfigError(f"--mnistnet_softmax works with --model_type mnistnet, not {self.model_type}")
         return self

@@ -13,9 +13,11 @@ import sys
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import serialization, traverse_util
 
+from flash_jax import processes
 from flash_jax.config import Config, ConfigError
 from flash_jax.fl.state import FORMAT_VERSION, RoundState
 from flash_jax.workdir import strict
@@ -23,6 +25,20 @@ from flash_jax.workdir import strict
 
 class CheckpointFormatError(ConfigError):
     """The workdir's checkpoint has another state layout than this version of flash_jax writes."""
+
+
+def _host_local(a) -> bool:
+    """A device array of this process alone in a multi-process run (the state before its first
+    round): orbax writes only global arrays and numpy, so it goes as numpy."""
+    return isinstance(a, jax.Array) and jax.process_count() > 1 and a.is_fully_addressable
+
+
+def _abstract(a):
+    """What orbax restores a leaf as: a global array keeps its sharding; a host-local one comes
+    back as numpy (the round places it); on one process, an array on the default device."""
+    if _host_local(a):
+        return np.empty(a.shape, a.dtype)
+    return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding if isinstance(a, jax.Array) else None)
 
 
 def _parts(state: RoundState) -> tuple[dict, dict[str, int], dict]:
@@ -53,6 +69,7 @@ class Checkpoints:
 
     def save(self, state: RoundState, history: list[dict[str, Any]], config: Config) -> None:
         arrays, counters, _ = _parts(state)
+        arrays = jax.tree.map(lambda a: np.asarray(a) if _host_local(a) else a, arrays)
         record = strict({"format": FORMAT_VERSION, "counters": counters, "history": history,
                          "config": config.to_dict()})
         self._manager.save(state.round, args=ocp.args.Composite(
@@ -64,7 +81,7 @@ class Checkpoints:
         `template` (a fresh state of the same run); an unreadable one is skipped with a warning.
         None when there is none; CheckpointFormatError for one of another format."""
         arrays, _, flat = _parts(template)
-        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), arrays)
+        abstract = jax.tree.map(_abstract, arrays)
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
                 record = self._manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
@@ -78,9 +95,11 @@ class Checkpoints:
             except Exception as err:
                 self._warn(step, err)
                 continue
-            for newer in self._manager.all_steps():
-                if newer > step:  # unreadable ones: the rounds are recomputed and saved again
-                    shutil.rmtree(os.path.join(self._manager.directory, str(newer)))
+            if processes.is_writer():
+                for newer in self._manager.all_steps():
+                    if newer > step:  # unreadable ones: the rounds are recomputed and saved again
+                        shutil.rmtree(os.path.join(self._manager.directory, str(newer)))
+            processes.wait_for_writer("checkpoint_cleanup")
             self._manager.reload()
             flat.update(traverse_util.flatten_dict(restored))
             flat.update({tuple(k.split(".")): v for k, v in record["counters"].items()})
@@ -90,7 +109,8 @@ class Checkpoints:
 
     @staticmethod
     def _warn(step: int, err: Exception) -> None:
-        print(f"warning: checkpoint of round {step} is unreadable ({type(err).__name__}); "
+        if processes.is_writer():
+            print(f"warning: checkpoint of round {step} is unreadable ({type(err).__name__}); "
               "trying the previous one", file=sys.stderr)
 
 

@@ -6,6 +6,7 @@ from (seed, stream, round, client), so results do not depend on how the cohort i
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -14,6 +15,7 @@ from typing import Any
 import jax
 from tqdm.auto import tqdm
 
+from flash_jax import processes
 from flash_jax.config import Config, ConfigError
 from flash_jax.data.sources import Dataset, load_dataset
 from flash_jax.fl.checkpoint import Checkpoints, saved_settings
@@ -43,31 +45,50 @@ def run(config: Config, dataset: Dataset | None = None) -> list[dict[str, Any]]:
     (locked for the run) the state is checkpointed every --checkpoint_every rounds (and after stage
     1 and the last round); running again on the same workdir continues from the newest checkpoint,
     and the metric lines after it are recomputed, so a killed run loses nothing and duplicates
-    nothing. Raises DivergenceError or Interrupted (fl.stops) when the run stops early.
+    nothing. With several processes (--distributed) each calls this; process 0 alone takes the
+    lock and writes files. Raises DivergenceError or Interrupted (fl.stops) when the run stops early.
     """
     config.validate()
+    processes.start(config, auto_devices=False)
     with StopSignals() as stops:
         dataset = dataset or load_dataset(config.dataset, config.path, config.data_dir)
         setup = build_setup(config, dataset)
         state = init_state(setup)
         if not config.workdir:
             return _train(setup, state, [], None, None, stops, resumed=False)
-        with WorkdirLock(config.workdir):
-            try:
-                check_workdir(config.workdir, config, saved_settings(config.workdir))
-                metrics_path = prepare_workdir(config.workdir, config, setup)
-                checkpoints = Checkpoints(config.workdir)
-                restored = checkpoints.restore_latest(state)
-                history = []
-                if restored:
-                    state, history = restored
+        with contextlib.ExitStack() as writer:
+            metrics_path = _open_workdir(config, setup, writer)
+            checkpoints = Checkpoints(config.workdir)
+            restored = checkpoints.restore_latest(state)
+            history = []
+            if restored:
+                state, history = restored
+                if processes.is_writer():
                     print(f"resuming {config.workdir} from its checkpoint of round {state.round}", file=sys.stderr)
-                else:
-                    set_old_metrics_aside(metrics_path)
+            elif metrics_path:
+                set_old_metrics_aside(metrics_path)
+            if metrics_path:
                 rewrite_metrics(metrics_path, history)
-            except OSError as err:
-                raise ConfigError(f"--workdir {config.workdir} is not writable: {err.strerror or err}") from err
             return _train(setup, state, history, checkpoints, metrics_path, stops, resumed=bool(restored))
+
+
+def _open_workdir(config: Config, setup: Setup, writer: contextlib.ExitStack) -> str | None:
+    """Process 0 locks the workdir (for as long as `writer` is open), checks that this run may
+    continue it and writes config.json; returns the metrics path there (None elsewhere). The other
+    processes learn whether that worked, so a refusal stops all of them."""
+    failure = None
+    if processes.is_writer():
+        try:
+            writer.enter_context(WorkdirLock(config.workdir))
+            check_workdir(config.workdir, config, saved_settings(config.workdir))
+            metrics_path = prepare_workdir(config.workdir, config, setup)
+        except ConfigError as err:
+            failure = err
+        except OSError as err:
+            failure = ConfigError(f"--workdir {config.workdir} is not writable: {err.strerror or err}")
+    if processes.agree(failure is not None):
+        raise failure or ConfigError(f"--workdir {config.workdir}: process 0 refused it (its message says why)")
+    return metrics_path if processes.is_writer() else None
 
 
 def _train(setup: Setup, state: RoundState, history: list[dict[str, Any]], checkpoints: Checkpoints | None,
@@ -76,20 +97,22 @@ def _train(setup: Setup, state: RoundState, history: list[dict[str, Any]], check
     config, start, saved_round = setup.config, time.perf_counter(), state.round if resumed else None
     if not resumed:
         if setup.method.stage1:  # one jitted call: the bar shows that it runs and for how long
-            with tqdm(total=1, desc=f"{config.experiment_type} stage 1", disable=config.quiet,
+            with tqdm(total=1, desc=f"{config.experiment_type} stage 1", disable=setup.compiled.quiet,
                       dynamic_ncols=True) as stage_bar:
                 state, record = setup.method.stage1(setup, state)
                 stage_bar.update(1)
-            if config.workdir:
+            if config.workdir and processes.is_writer():
                 write_json(os.path.join(config.workdir, setup.method.stage1_record), record)
         if checkpoints:
             checkpoints.save(state, history, config)
             saved_round = state.round
     bar = tqdm(range(state.round, config.fl_rounds), desc=f"{config.experiment_type} rounds",
-               initial=state.round, total=config.fl_rounds, disable=config.quiet, dynamic_ncols=True)
+               initial=state.round, total=config.fl_rounds, disable=setup.compiled.quiet, dynamic_ncols=True)
     train_s, rounds_since_eval = 0.0, 0
     for r in bar:
-        if stops.signum is not None:
+        signum = processes.agree(stops.signum or 0)  # every process stops at the same round
+        if signum:
+            stops.signum = stops.signum or signum
             break
         tic = time.perf_counter()
         new_state, info = run_round(setup, state)  # returns after the device work (it reads the losses)

@@ -15,6 +15,7 @@ from flax import traverse_util
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
+from flash_jax import processes
 from flash_jax.config import Config, ConfigError
 from flash_jax.data.partition import partition
 from flash_jax.data.sources import Dataset
@@ -140,4 +141,4 @@ def build_setup(config: Config, dataset: Dataset) -> Setup:
     return Setup(config=config, method=method, data=data, model=model, eval_apply=eval_model.module.apply,
                  tensors=tensors, spec=spec, lr=learning_rate_schedule(config), reparameterization=reparameterization,
                  levels=config.density_levels[0],
-                 compiled=CompileLog(config.quiet))
+                 compiled=CompileLog(config.quiet or not processes.is_writer()))

@@ -1,0 +1,81 @@
+"""run.py --distributed does its work in a child process and watches it.
+
+When another process of the run dies, JAX's runtime ends the survivors with a C++ abort and a
+page of runtime log and stack trace. The parent keeps the run's own output (progress, messages),
+sets the runtime's log lines aside, and reports a lost peer as one line with exit status
+PEER_LOST_EXIT. The child dies with its parent (a SIGKILL of the parent leaves no orphan) and gets
+the SIGINT / SIGTERM the parent gets, so stopping at a round boundary works as without it.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+
+PEER_LOST_EXIT = 4
+WORKER_ENV = "FLASH_JAX_WORKER"
+# the runtime's own lines: glog records, gloo's connection notes; after an error record (E, F) the
+# runtime is failing and what follows is its crash report
+_RUNTIME_LINE = re.compile(r"^(?:([EWIF])\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]|\[Gloo\])")
+_CAUSE = re.compile(r"absl::Status: (\w+: [^.:\n]*)")
+
+
+def is_worker() -> bool:
+    return os.environ.get(WORKER_ENV) == "1"
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGKILL when the parent dies, however it dies."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _filter(source, sink, report: dict) -> None:
+    """Copy the worker's output to `sink` segment by segment (lines, and progress bars' \\r
+    updates), without the runtime's lines; note the first abort cause in `report`."""
+    pending = b""
+    while chunk := source.read1(65536):
+        segments = re.split(rb"(?<=[\r\n])", pending + chunk)
+        pending = segments.pop()
+        for segment in filter(None, segments):
+            text = segment.decode(errors="replace")
+            cause = _CAUSE.search(text)
+            if cause and "cause" not in report:
+                report["cause"] = cause.group(1)
+            record = _RUNTIME_LINE.match(text)
+            if record and record.group(1) in ("E", "F"):
+                report["failing"] = True
+            if not (record or report.get("failing")):
+                sink.write(text)
+                sink.flush()
+    sink.write(pending.decode(errors="replace"))
+    sink.flush()
+
+
+def supervise(script: str, argv: list[str], process_id: str) -> int:
+    """Run `script argv` as the worker; its exit status, or PEER_LOST_EXIT after one line when
+    JAX's runtime aborted it because another process is gone."""
+    child = subprocess.Popen([sys.executable, script, *argv], env=dict(os.environ, **{WORKER_ENV: "1"}),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: child.send_signal(signum))
+    report = {}
+    readers = [threading.Thread(target=_filter, args=(stream, sink, report), daemon=True)
+               for stream, sink in ((child.stdout, sys.stdout), (child.stderr, sys.stderr))]
+    for reader in readers:
+        reader.start()
+    status = child.wait()
+    for reader in readers:
+        reader.join()
+    if status in (-signal.SIGABRT, 128 + signal.SIGABRT):
+        print(f"run.py: error: process {process_id} lost the other processes of the run "
+              f"({report.get('cause', 'the JAX runtime aborted it')}); run the same commands to continue from "
+              "the last checkpoint", file=sys.stderr, flush=True)
+        return PEER_LOST_EXIT
+    return status if status >= 0 else 128 - status
