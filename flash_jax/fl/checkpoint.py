@@ -16,9 +16,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import serialization, traverse_util
+from jax.sharding import NamedSharding, PartitionSpec
 
 from flash_jax import processes
 from flash_jax.config import Config, ConfigError
+from flash_jax.fl.cohort import client_mesh
 from flash_jax.fl.state import FORMAT_VERSION, RoundState
 from flash_jax.workdir import strict
 
@@ -34,10 +36,10 @@ def _host_local(a) -> bool:
 
 
 def _abstract(a):
-    """What orbax restores a leaf as: a global array keeps its sharding; a host-local one comes
-    back as numpy (the round places it); on one process, an array on the default device."""
+    """What orbax restores a leaf as: a global array keeps its sharding, a host-local one comes
+    back replicated over every process's devices; on one process, an array on the default device."""
     if _host_local(a):
-        return np.empty(a.shape, a.dtype)
+        return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=NamedSharding(client_mesh(), PartitionSpec()))
     return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding if isinstance(a, jax.Array) else None)
 
 

@@ -76,11 +76,11 @@ def _open_workdir(config: Config, setup: Setup, writer: contextlib.ExitStack) ->
     """Process 0 locks the workdir (for as long as `writer` is open), checks that this run may
     continue it and writes config.json; returns the metrics path there (None elsewhere). The other
     processes learn whether that worked, so a refusal stops all of them."""
-    failure = None
+    failure, saved = None, saved_settings(config.workdir)  # every process: orbax opens it collectively
     if processes.is_writer():
         try:
             writer.enter_context(WorkdirLock(config.workdir))
-            check_workdir(config.workdir, config, saved_settings(config.workdir))
+            check_workdir(config.workdir, config, saved)
             metrics_path = prepare_workdir(config.workdir, config, setup)
         except ConfigError as err:
             failure = err

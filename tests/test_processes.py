@@ -1,0 +1,135 @@
+"""Multi-process runs on this machine: two processes x two host devices on localhost, talking
+through JAX's distributed runtime with gloo collectives, against one process with one device;
+SIGKILL of both and a restart; SIGKILL of one."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import traverse_util
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN = [sys.executable, os.path.join(ROOT, "run.py"), "--experiment_type", "nst", "--num_users", "20", "--frac",
+       "0.25", "--lr_start", "0.1", "--density", "0.3", "--local_epoch", "3", "--eval_every", "2", "--checkpoint_every", "2", "--quiet"]
+TIMING = ("round_s", "wall_s", "compiled_cohort_shapes", "padding_efficiency")
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
+           JAX_PLATFORMS="cpu")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_two(workdir, rounds: int, port: int | None = None) -> list[subprocess.Popen]:
+    port = port or free_port()
+    return [subprocess.Popen(RUN + ["--fl_rounds", str(rounds), "--workdir", str(workdir), "--distributed",
+                                    "--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2",
+                                    "--process_id", str(i), "--host_devices", "2"],
+                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+
+
+def finish(procs, timeout=600) -> list[tuple[int, str, str]]:
+    outputs = [p.communicate(timeout=timeout) for p in procs]
+    return [(p.returncode, *output) for p, output in zip(procs, outputs)]
+
+
+def metrics(workdir) -> list[dict]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def final_params(workdir) -> dict:
+    """The newest checkpoint's parameters as numpy, whatever devices wrote them."""
+    steps = os.path.join(workdir, "checkpoints")
+    path = os.path.join(steps, str(max(int(s) for s in os.listdir(steps) if s.isdigit())), "state")
+    checkpointer = ocp.StandardCheckpointer()
+    target = jax.tree.map(lambda a: np.empty(a.shape, a.dtype), checkpointer.metadata(path).item_metadata.tree)
+    return traverse_util.flatten_dict(checkpointer.restore(path, target)["model"]["params"], sep="/")
+
+
+def assert_close_metrics(a: list[dict], b: list[dict], rel: float):
+    assert [r["round"] for r in a] == [r["round"] for r in b]
+    for ra, rb in zip(a, b):
+        for key in ra:
+            if key in TIMING:
+                continue
+            if isinstance(ra[key], float):
+                assert rb[key] == pytest.approx(ra[key], rel=rel, abs=1e-7), (ra["round"], key)
+            elif isinstance(ra[key], dict):
+                assert rb[key] == pytest.approx(ra[key], rel=rel, abs=1e-7), (ra["round"], key)
+            else:
+                assert rb[key] == ra[key], (ra["round"], key)
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("two")
+    results = finish(start_two(workdir, rounds=6))
+    for status, out, err in results:
+        assert status == 0, err[-3000:]
+    return workdir, results
+
+
+def test_two_processes_equal_one(two_process_run, tmp_path):
+    workdir, results = two_process_run
+    one = subprocess.run(RUN + ["--fl_rounds", "6", "--workdir", str(tmp_path), "--host_devices", "1"], env=ENV,
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    single, double = metrics(tmp_path), metrics(workdir)
+    assert len(double) == 3 and double[-1]["accuracy"] > 0.4  # it learns
+    assert_close_metrics(single, double, rel=1e-4)
+    a, b = final_params(tmp_path), final_params(workdir)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], atol=1e-5, err_msg=key)
+    # process 0 alone speaks: the summary line once, nothing from process 1
+    (_, out0, err0), (_, out1, err1) = results
+    assert "nst on digits: round 6" in out0 and out1 == ""
+    assert "Gloo" not in err0 + err1 and "Traceback" not in err0 + err1
+
+
+def test_both_killed_and_restarted_end_as_uninterrupted(two_process_run, tmp_path):
+    reference, _ = two_process_run
+    procs = start_two(tmp_path, rounds=6)
+    deadline = time.time() + 300
+    while not os.path.isdir(tmp_path / "checkpoints" / "2") and time.time() < deadline:
+        time.sleep(0.2)
+    assert all(p.poll() is None for p in procs), "the run ended before it could be killed"
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+    finish(procs)
+    results = finish(start_two(tmp_path, rounds=6))
+    for status, out, err in results:
+        assert status == 0, err[-3000:]
+    assert "resuming" in results[0][2]
+    assert_close_metrics(metrics(reference), metrics(tmp_path), rel=0)
+    a, b = final_params(reference), final_params(tmp_path)
+    for key in a:
+        np.testing.assert_array_equal(b[key], a[key], err_msg=key)
+
+
+@pytest.mark.parametrize("victim", [0, 1])
+def test_a_killed_process_ends_the_other_within_a_minute(tmp_path, victim):
+    procs = start_two(tmp_path, rounds=1000)
+    deadline = time.time() + 300
+    while not os.path.exists(tmp_path / "metrics.jsonl") or os.path.getsize(tmp_path / "metrics.jsonl") == 0:
+        assert time.time() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.2)
+    procs[victim].send_signal(signal.SIGKILL)
+    killed = time.time()
+    survivor = procs[1 - victim]
+    _, err = survivor.communicate(timeout=90)
+    assert time.time() - killed < 60
+    assert survivor.returncode == 4
+    assert err.strip().splitlines()[-1].startswith(f"run.py: error: process {1 - victim} lost the other processes")
+    assert "Check failure" not in err and "@ 0x" not in err
+    finish(procs)
