@@ -24,6 +24,8 @@ import sys
 import time
 import traceback
 
+import jax
+
 from benchmarks import round_time
 from flash_jax.data.sources import DataError, load_dataset
 from flash_jax.models import CONV_IMPLS, resolve_conv_impl
@@ -121,8 +123,6 @@ def run_tests(node_ids: tuple[str, ...], timeout_s: float) -> dict:
 
 
 def environment() -> dict:
-    import jax
-
     versions = {}
     for name in ("jax", "jaxlib", "flax", "optax", "torch"):
         try:
@@ -218,13 +218,13 @@ def markdown(result: dict) -> str:
     mnist = result.get("mnistnet", {})
     versions = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items() if v)
     lines = ["# GPU check", "", f"{env.get('device_kind')} x {env.get('device_count')} ({env.get('backend')}); "
-             f"{versions}; peak TFLOP/s {env.get('peak_tflops')} ({env.get('peak_source')}).", "",
+             f"{versions}; peak TFLOP/s {env.get('peak_tflops') or 'unknown'} ({PEAK_SOURCE}).", "",
              f"{result['total_s']} s of a {result['budget_s']:g} s budget; "
              f"{'SOME STEPS FAILED' if result['failed'] else 'no step failed'}.", "",
              f"- tests: **{tests.get('status')}**: {tests.get('summary', tests.get('error', tests.get('reason')))}"]
     if resnet:
-        lines.append(f"- convolution: fastest by K {resnet['fastest_by_k']}; GPU default **{resnet['chosen']}**; "
-                     f"'auto' resolves to {resnet['auto']} (agrees: {resnet['auto_agrees']})")
+        lines.append(f"- convolution: fastest by K {resnet['fastest_by_k']}; default (fastest at the largest K) "
+                     f"**{resnet['chosen']}**; 'auto' resolves to {resnet['auto']} (agrees: {resnet['auto_agrees']})")
     if torch:
         lines.append(f"- PyTorch reference: {torch['status']} {torch.get('reason', '')}"
                      f"{torch.get('torch_version', '')} {torch.get('device', '')}".rstrip())
@@ -252,6 +252,7 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     plan = SMALL if args.small else FULL
     check = Check(args.out, args.budget_s, args.small)
+    # the tests' process first: this one's first device call reserves most of a GPU's memory
     tests = check.step(lambda: run_tests(plan.tests, max(60.0, min(300.0, args.budget_s / 2))), step="tests")
     env = check.step(environment, step="environment")
     check.save("environment", env)
