@@ -177,7 +177,7 @@ def conv_choice(runs: list[dict]) -> dict:
             "auto_agrees": chosen == auto if chosen else None}
 
 
-def torch_reference(check: Check, plan: Plan, conv: str, timed: dict) -> dict:
+def torch_reference(check: Check, plan: Plan, conv: str, timed: dict, peak) -> dict:
     """The PyTorch reference beside flash_jax at the smallest K of each setup (`timed`: setup -> (cohorts,
     data, flash_jax's runs)), on CUDA when torch has it; on a GPU backend a CPU-only torch is skipped."""
     try:
@@ -192,7 +192,7 @@ def torch_reference(check: Check, plan: Plan, conv: str, timed: dict) -> dict:
     for setup, (cohorts, data, jax_runs) in timed.items():
         k, (users, chunk) = next(iter(cohorts.items()))
         like = [r for r in jax_runs if r["clients_per_round"] == k and r["conv_impl"] == conv]
-        runs.append(check.step(lambda: measure(setup, k, users, chunk, conv, plan, data, None, device),
+        runs.append(check.step(lambda: measure(setup, k, users, chunk, conv, plan, data, peak, device),
                                2 * estimate(like, k, plan.rounds), setup=setup, clients_per_round=k, conv_impl=conv))
     return {**info, "status": _status(runs), "device": device, "runs": runs}
 
@@ -237,7 +237,7 @@ def main(argv=None) -> int:
     check.save("mnistnet", {"status": _status(mnist), "data": source, "runs": mnist})
     timed = {"resnet18_cifar": (plan.resnet_cohorts, cifar, resnet),
              "mnistnet_fmnist": (plan.mnist_cohorts, fmnist, mnist)}
-    check.save("torch_reference", torch_reference(check, plan, conv, timed))
+    check.save("torch_reference", torch_reference(check, plan, conv, timed, peak))
     sweep(check, plan, "resnet18_cifar", dict(larger), CONV_IMPLS, cifar, peak, resnet)
     check.save("resnet18_conv", {**conv_choice(resnet), "used_by_the_others": conv})
     print(f"wrote {os.path.join(args.out, 'gpu_check.json')} and gpu_check.md in {check.elapsed():.0f} s"
