@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import platform
 import statistics
@@ -32,12 +33,16 @@ from flash_jax.models import get_model, init_variables
 METHODS = ("dense", "pdst", "nst")
 
 
-def cifar_shaped(num_examples: int = 50_000, seed: int = 0) -> Dataset:
-    """Random 32x32x3 images with random labels: timing needs the shapes, not the content."""
+def random_images(name: str, shape: tuple[int, ...], num_examples: int, seed: int = 0) -> Dataset:
+    """Random images of `shape` with random labels of 10 classes: timing needs the shapes, not the content."""
     rng = np.random.default_rng(seed)
-    images = rng.standard_normal((num_examples, 32, 32, 3), dtype=np.float32)
+    images = rng.standard_normal((num_examples, *shape), dtype=np.float32)
     labels = rng.integers(0, 10, num_examples).astype(np.int32)
-    return Dataset("cifar10", images, labels, images[:1000], labels[:1000], 10)
+    return Dataset(name, images, labels, images[:1000], labels[:1000], 10)
+
+
+def cifar_shaped(num_examples: int = 50_000, seed: int = 0) -> Dataset:
+    return random_images("cifar10", (32, 32, 3), num_examples, seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +61,9 @@ SETUPS = {
 
 def make_config(args, bench: BenchSetup) -> Config:
     extra = {"clients_per_chunk": args.clients_per_chunk} if args.clients_per_chunk else {}
+    num_users = args.num_users or bench.num_users
     return Config(experiment_type=args.experiment_type, dataset=bench.dataset, model_type=bench.model_type,
-                  num_users=bench.num_users, frac=args.clients_per_round / bench.num_users, local_epoch=1,
+                  num_users=num_users, frac=args.clients_per_round / num_users, local_epoch=1,
                   local_bs=32, density=args.density, conv_impl=args.conv_impl, fl_rounds=1000, quiet=True,
                   seed=args.seed, **extra).validate()
 
@@ -65,8 +71,14 @@ def make_config(args, bench: BenchSetup) -> Config:
 def train_flops_per_example(setup, batch_size: int) -> float:
     """XLA's FLOP count of one SGD step's forward and backward pass with the native convolution,
     per example: the nominal work, whatever formulation the cohort uses."""
-    model = get_model(setup.config.model_type, setup.model.module.num_classes, "xla")
-    variables = init_variables(model, jax.random.PRNGKey(0), setup.data.input_shape)
+    return _train_flops(setup.config.model_type, setup.model.module.num_classes, tuple(setup.data.input_shape),
+                        batch_size)
+
+
+@functools.cache  # one compile per model and batch size, however many measurements share them
+def _train_flops(model_type: str, num_classes: int, input_shape: tuple, batch_size: int) -> float:
+    model = get_model(model_type, num_classes, "xla")
+    variables = init_variables(model, jax.random.PRNGKey(0), input_shape)
 
     def loss(params, x, y):
         extra = {"batch_stats": variables["batch_stats"]} if model.has_batch_stats else {}
@@ -75,7 +87,7 @@ def train_flops_per_example(setup, batch_size: int) -> float:
         logits = out[0] if model.has_batch_stats else out
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    x = jnp.zeros((batch_size, *setup.data.input_shape), jnp.float32)
+    x = jnp.zeros((batch_size, *input_shape), jnp.float32)
     y = jnp.zeros((batch_size,), jnp.int32)
     cost = jax.jit(jax.grad(loss)).lower(variables["params"], x, y).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
@@ -88,31 +100,33 @@ def timed(fn) -> float:
     return time.perf_counter() - tic
 
 
-def main(argv=None) -> int:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--setup", choices=sorted(SETUPS), default="mnistnet_fmnist")
     parser.add_argument("--experiment_type", choices=METHODS, default="pdst")
     parser.add_argument("--clients_per_round", type=int, default=10)
+    parser.add_argument("--num_users", type=int, default=0, help="clients in the federation (0: the setup's)")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds of each (after one warm-up round)")
     parser.add_argument("--density", type=float, default=0.05)
     parser.add_argument("--conv_impl", default="auto")
     parser.add_argument("--clients_per_chunk", type=int, default=0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--skip_torch", action="store_true", help="time flash_jax only (no ratio line)")
+    parser.add_argument("--torch_device", default="cpu", help="where the PyTorch reference trains (cpu, cuda)")
     parser.add_argument("--json", help="append the result as one JSON line to this file")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def measure(args, dataset: Dataset | None = None) -> dict:
+    """One measurement (make_parser's arguments) as round_time's JSON record; `dataset` replaces the
+    setup's own data. Raises ConfigError or DataError for settings it cannot run, ImportError when the
+    reference is asked for without torch."""
     bench = SETUPS[args.setup]
-    try:
-        config = make_config(args, bench)
-        dataset = bench.load()
-    except (ConfigError, DataError) as err:
-        parser.exit(2, f"error: {err}\n")
+    config = make_config(args, bench)
+    dataset = bench.load() if dataset is None else dataset
     reference = None
     if not args.skip_torch:
-        try:
-            from benchmarks.torch_reference import Reference
-        except ImportError:
-            parser.exit(2, "error: the PyTorch reference needs torch (pip install torch==2.13.0), or pass --skip_torch\n")
+        from benchmarks.torch_reference import Reference
 
     setup = build_setup(config, dataset)
     state = init_state(setup)
@@ -132,7 +146,7 @@ def main(argv=None) -> int:
         reference = Reference(config.model_type, config.experiment_type, client_data,
                               num_classes=dataset.num_classes, density=config.density, batch_size=config.local_bs,
                               epochs=config.local_epoch, prune_rate=config.prune_rate,
-                              augment=setup.spec.augment, seed=config.seed)
+                              augment=setup.spec.augment, seed=config.seed, device=args.torch_device)
         rng = np.random.default_rng(config.seed)
 
     def torch_round():
@@ -148,27 +162,46 @@ def main(argv=None) -> int:
             torch_s.append(timed(torch_round))
     jax_median = statistics.median(jax_s)
     result = {"setup": args.setup, "experiment_type": args.experiment_type, "clients_per_round": k,
-              "clients_per_chunk": args.clients_per_chunk, "conv_impl": setup.model.module.conv_impl,
+              "num_users": config.num_users, "clients_per_chunk": args.clients_per_chunk,
+              "conv_impl": setup.model.module.conv_impl,
               "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
               "devices": jax.device_count(), "machine": platform.processor() or platform.machine(),
               "compile_s": round(first - jax_median, 3), "round_s": round(jax_median, 4),
               "round_s_all": [round(t, 4) for t in jax_s],
               "train_gflop_per_round": round(flops * examples_per_round / 1e9, 2),
               "achieved_gflops": round(flops * examples_per_round / jax_median / 1e9, 2)}
-    print(f"{args.setup} {args.experiment_type}: {k} clients per round, {args.rounds} timed rounds, "
-          f"{jax.default_backend()} ({result['device']}, {result['devices']} device(s)), conv {result['conv_impl']}")
-    print(f"flash_jax  compile_s {result['compile_s']:.2f}  round_s median {jax_median:.4f}  "
-          f"(min {min(jax_s):.4f}, max {max(jax_s):.4f})  {result['achieved_gflops']} GFLOP/s")
     if reference:
         torch_median = statistics.median(torch_s)
         result.update(torch_round_s=round(torch_median, 4), torch_round_s_all=[round(t, 4) for t in torch_s],
-                      torch_version=sys.modules["torch"].__version__,
+                      torch_version=sys.modules["torch"].__version__, torch_device=str(reference.device),
                       ratio_vs_torch=round(jax_median / torch_median, 4))
-        print(f"torch      round_s median {torch_median:.4f}  (min {min(torch_s):.4f}, max {max(torch_s):.4f})")
+    return result
+
+
+def main(argv=None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = measure(args)
+    except (ConfigError, DataError) as err:
+        parser.exit(2, f"error: {err}\n")
+    except ModuleNotFoundError as err:
+        if err.name != "torch":
+            raise
+        parser.exit(2, "error: the PyTorch reference needs torch (pip install torch==2.13.0), or pass --skip_torch\n")
+    jax_s = result["round_s_all"]
+    print(f"{args.setup} {args.experiment_type}: {result['clients_per_round']} clients per round, {args.rounds} timed "
+          f"rounds, {result['backend']} ({result['device']}, {result['devices']} device(s)), conv {result['conv_impl']}")
+    print(f"flash_jax  compile_s {result['compile_s']:.2f}  round_s median {result['round_s']:.4f}  "
+          f"(min {min(jax_s):.4f}, max {max(jax_s):.4f})  {result['achieved_gflops']} GFLOP/s")
+    if "torch_round_s" in result:
+        torch_s = result["torch_round_s_all"]
+        print(f"torch      round_s median {result['torch_round_s']:.4f}  (min {min(torch_s):.4f}, "
+              f"max {max(torch_s):.4f})")
     if args.json:
         with open(args.json, "a") as f:
             f.write(json.dumps(result) + "\n")
-    if reference:
+    if "ratio_vs_torch" in result:
         print(f"ratio_vs_torch {result['ratio_vs_torch']:.4f}")
     return 0
 

@@ -122,6 +122,7 @@ def train_client(global_model: nn.Module, images: torch.Tensor, labels: torch.Te
     """One client update: fresh model and optimizer, DataLoader, mask after every step."""
     model = copy.deepcopy(global_model)
     model.train()
+    device = next(model.parameters()).device
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=batch_size,
                                          shuffle=True)
@@ -131,6 +132,7 @@ def train_client(global_model: nn.Module, images: torch.Tensor, labels: torch.Te
     steps_per_epoch = len(loader)
     for epoch in range(epochs):
         for step, (x, y) in enumerate(loader):
+            x, y = x.to(device), y.to(device)  # the authors' loop: host batches, moved one at a time
             if augment:
                 x = _crop_flip(x)
             optimizer.zero_grad()
@@ -163,13 +165,15 @@ def fedavg(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 
 
 class Reference:
-    """The authors' federation on given data: `run_round(client_ids, lr)` trains and aggregates."""
+    """The authors' federation on given data: `run_round(client_ids, lr)` trains and aggregates on
+    `device` (the data stays on the host, as a DataLoader's does)."""
 
     def __init__(self, model_type: str, method: str, client_data: list[tuple[np.ndarray, np.ndarray]], *,
                  num_classes: int, density: float, batch_size: int, epochs: int, prune_rate: float,
-                 augment: bool, seed: int = 0):
+                 augment: bool, seed: int = 0, device: str = "cpu"):
         torch.manual_seed(seed)
         build, pattern = MODELS[model_type]
+        self.device = torch.device(device)
         self.model = build(num_classes)
         self.method = method
         # NHWC float32 arrays -> NCHW tensors, once (the authors' datasets are tensors by then too)
@@ -179,6 +183,9 @@ class Reference:
                             prune_rate=prune_rate, augment=augment)
         generator = torch.Generator().manual_seed(seed)
         masks = random_masks(self.model, pattern, density, generator) if method != "dense" else None
+        self.model.to(self.device)
+        if masks:
+            masks = {name: m.to(self.device) for name, m in masks.items()}
         self.client_masks = [masks] * len(client_data)  # NST: every client's own mask, from the shared init
 
     def run_round(self, client_ids, lr: float) -> None:
@@ -188,3 +195,5 @@ class Reference:
             self.client_masks[k] = mask
             states.append(state)
         self.model.load_state_dict(fedavg(states))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the round is over when its kernels are

@@ -18,10 +18,11 @@ CONV_IMPLS = ("xla", "patches", "slices")
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
 
-def resolve_conv_impl(impl: str) -> str:
-    """Turn "auto" into the convolution formulation measured fastest on the current backend."""
+def resolve_conv_impl(impl: str, backend: str | None = None) -> str:
+    """Turn "auto" into the convolution formulation measured fastest on `backend` (default: the
+    current one; another, to build a model that is lowered for it)."""
     if impl == "auto":
-        return "slices" if jax.default_backend() == "cpu" else "xla"
+        return "slices" if (backend or jax.default_backend()) == "cpu" else "xla"
     if impl not in CONV_IMPLS:
         raise ValueError(f"unknown conv impl {impl!r}; choose one of 'auto', {', '.join(map(repr, CONV_IMPLS))}")
     return impl
