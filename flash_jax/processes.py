@@ -92,3 +92,13 @@ def wait_for_writer(name: str) -> None:
     """Every process waits here until process 0 has reached the same point."""
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
+
+
+def to_host(tree):
+    """Numpy copies of a tree's arrays, whole on every process even where the arrays are split
+    across processes (a cohort's per-client outputs)."""
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            x = multihost_utils.process_allgather(x, tiled=True)
+        return np.asarray(x)
+    return jax.tree.map(get, tree)

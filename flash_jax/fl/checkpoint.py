@@ -36,11 +36,14 @@ def _host_local(a) -> bool:
 
 
 def _abstract(a):
-    """What orbax restores a leaf as: a global array keeps its sharding, a host-local one comes
-    back replicated over every process's devices; on one process, an array on the default device."""
-    if _host_local(a):
-        return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=NamedSharding(client_mesh(), PartitionSpec()))
-    return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding if isinstance(a, jax.Array) else None)
+    """What orbax restores a leaf as: numpy stays numpy; a device array keeps its sharding if it
+    spans processes, else comes back replicated over the devices (so it mixes with the mesh's
+    arrays), on the default device when there is one."""
+    if not isinstance(a, jax.Array):
+        return jax.ShapeDtypeStruct(a.shape, a.dtype)
+    mesh = client_mesh()
+    sharding = a.sharding if not a.is_fully_addressable else NamedSharding(mesh, PartitionSpec()) if mesh else None
+    return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)
 
 
 def _parts(state: RoundState) -> tuple[dict, dict[str, int], dict]:

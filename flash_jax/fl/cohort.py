@@ -20,6 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from flash_jax.data.store import ClientStore, CohortLayout, cohort_plan
 from flash_jax.fl.aggregate import Aggregation
 from flash_jax.fl.client import SHUFFLE_STREAM, ClientSpec, client_key, local_train
+from flash_jax.sparse import unpack_rows
 
 CLIENTS = "clients"  # the mesh axis of the client dimension
 
@@ -100,16 +101,19 @@ def train_chunk(plan: ChunkPlan, store_x, store_y, model: ServerModel, shared: R
 
     `clients` holds per-client arrays: ids (keys are fold_in(round_key, id)), offsets and counts
     into the store, target counts, weights (0 for padding) and, when each client trains with its own
-    mask, mask_index into the leading axis of `model.masks`. Returns the new sums, the clients'
+    mask, either mask_index into the leading axis of `model.masks` or the masks themselves as
+    bit-packed rows (sparse.pack_rows) under "masks". Returns the new sums, the clients'
     final masks (when they can change, else None) and their mean training losses.
     """
     spec, layout = plan.spec, plan.layout
     keys = jax.vmap(client_key, in_axes=(None, 0))(shared.round_key, clients["ids"])
     shuffle_keys = jax.vmap(lambda k: jax.random.fold_in(k, SHUFFLE_STREAM))(keys)
     cohort = cohort_plan(layout, shuffle_keys, clients["offsets"], clients["counts"])
-    per_client_masks = "mask_index" in clients
+    per_client_masks = "mask_index" in clients or "masks" in clients
     masks = model.masks
-    if per_client_masks:
+    if "masks" in clients:
+        masks = unpack_rows(clients["masks"], {p: m.shape for p, m in masks.items()})
+    elif per_client_masks:
         masks = jax.tree.map(lambda m: m[clients["mask_index"]], masks)
 
     def one_client(masks, key, index, valid, step_ok, target):
@@ -149,7 +153,7 @@ def train_cohort(plan: ChunkPlan, chunk: int, store: ClientStore, model: ServerM
     cohort = len(ids)
     padded = -(-cohort // chunk) * chunk
     slot = np.concatenate([np.arange(cohort), np.zeros(padded - cohort, np.int64)])  # padding copies client 0
-    inputs = {name: np.asarray(value)[slot] for name, value in clients.items()}
+    inputs = jax.tree.map(lambda value: np.asarray(value)[slot], clients)
     inputs["weights"] = np.where(np.arange(padded) < cohort, store.counts[ids][slot], 0).astype(np.float32)
     model = ServerModel(*place(plan.mesh, tuple(model), split=False))
     flat_params = traverse_util.flatten_dict(model.params, sep="/")
@@ -158,8 +162,7 @@ def train_cohort(plan: ChunkPlan, chunk: int, store: ClientStore, model: ServerM
     sums = place(plan.mesh, plan.aggregation.init(model.params, model.batch_stats, model.masks, reports), split=False)
     outputs = []
     for start in range(0, padded, chunk):
-        chunk_inputs = place(plan.mesh, {name: value[start:start + chunk] for name, value in inputs.items()},
-                             split=True)
+        chunk_inputs = place(plan.mesh, jax.tree.map(lambda value: value[start:start + chunk], inputs), split=True)
         sums, per_client = train_chunk(plan, store.x, store.y, model, shared, chunk_inputs, sums)
         outputs.append(per_client)
     client_masks, losses = jax.tree.map(lambda *parts: _in_cohort_order(parts, cohort), *outputs)

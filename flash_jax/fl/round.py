@@ -51,11 +51,11 @@ def init_state(setup: Setup) -> RoundState:
 
 
 def train_clients(setup: Setup, spec: ClientSpec, ids: np.ndarray, round_key, model: ServerModel, *,
-                  epochs: int, lr: float, mask_index: np.ndarray | None = None, readjust_ratio: float = 0.0,
-                  budgets: np.ndarray | None = None):
+                  epochs: int, lr: float, mask_index: np.ndarray | None = None, own_masks: dict | None = None,
+                  readjust_ratio: float = 0.0, budgets: np.ndarray | None = None):
     """One cohort's local training and aggregation, --clients_per_chunk clients per jitted call;
     client keys are fold_in(round_key, client id). With `mask_index`, participant k takes the masks
-    model.masks[mask_index[k]]. `budgets` are the participants' density targets as fractions of d
+    model.masks[mask_index[k]]; with `own_masks` (bit-packed rows, one per participant) its own. `budgets` are the participants' density targets as fractions of d
     (default: all at d).
 
     Returns the cohort's CohortResult, and the round's padding_efficiency (real client-steps over
@@ -65,12 +65,15 @@ def train_clients(setup: Setup, spec: ClientSpec, ids: np.ndarray, round_key, mo
     layout = cohort_layout(store, ids, batch_size=config.local_bs, epochs=epochs, phases=MASK_UPDATE_PHASES)
     chunk = chunk_size(config.clients_per_chunk, len(ids), 1 if mesh is None else mesh.size)
     plan = ChunkPlan(spec, layout, setup.method.aggregation(config), mesh)
-    setup.compiled.note((plan, chunk, mask_index is not None), lambda: _describe(plan, chunk, mask_index is not None))
+    per_client = mask_index is not None or own_masks is not None
+    setup.compiled.note((plan, chunk, per_client), lambda: _describe(plan, chunk, per_client))
     budgets = np.ones(len(ids)) if budgets is None else budgets
     clients = {"ids": ids, "offsets": store.offsets[ids], "counts": store.counts[ids],
                "targets": (budgets * config.density * setup.tensors.num_maskable).astype(np.float32)}
     if mask_index is not None:
         clients["mask_index"] = mask_index
+    if own_masks is not None:
+        clients["masks"] = own_masks
     result = train_cohort(plan, chunk, store, model, RoundInputs(lr, readjust_ratio, round_key), clients)
     real_steps = epochs * int(steps_per_epoch(store.counts[ids], layout.batch_size).sum())
     padded_steps = -(-len(ids) // chunk) * chunk * sum(layout.phase_lengths)
@@ -96,19 +99,18 @@ def run_round(setup: Setup, state: RoundState) -> tuple[RoundState, dict[str, An
     budgets = np.asarray(setup.levels)[levels]
     # what each participant trains in: its own mask, its budget level's, or the one shared mask
     mode = method.client.local(config, r)
+    masks, mask_index, own_masks = state.server.top, None, None
     if mode.dense:
-        masks, mask_index = _all_true(state.server.top), None
+        masks = _all_true(state.server.top)
     elif state.clients.masks:
-        masks, mask_index = state.clients.masks, ids
+        own_masks = {p: rows[ids] for p, rows in state.clients.masks.items()}
     elif len(setup.levels) > 1:
         masks, mask_index = state.server.levels, levels
-    else:
-        masks, mask_index = state.server.top, None
     spec = dataclasses.replace(setup.spec, sparse_learning=mode.sparse_learning, readjust=mode.readjust_ratio > 0,
                                gradient_report=mode.gradient_report)
     result, shapes = train_clients(
         setup, spec, ids, round_key, ServerModel(state.model.params, state.model.batch_stats, masks),
-        mask_index=mask_index, epochs=config.local_epoch, lr=setup.lr(r), readjust_ratio=mode.readjust_ratio,
+        mask_index=mask_index, own_masks=own_masks, epochs=config.local_epoch, lr=setup.lr(r), readjust_ratio=mode.readjust_ratio,
         budgets=budgets)
     params, batch_stats, client_masks, losses = result.params, result.batch_stats, result.client_masks, result.losses
     flat = traverse_util.flatten_dict(params, sep="/")

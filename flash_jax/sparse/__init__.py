@@ -6,9 +6,11 @@ from flash_jax.sparse.masks import (
     layer_counts,
     magnitude_masks,
     maskable_paths,
+    pack_rows,
     random_masks,
     random_masks_from_counts,
     topk_mask,
+    unpack_rows,
 )
 from flash_jax.sparse.consensus import (SUBSAMPLE_METHODS, client_layer_densities, client_mask_counts,
                                         level_masks, mask_consensus, next_mask, prune_union,
@@ -29,6 +31,7 @@ __all__ = [
     "next_mask",
     "mask_update",
     "maskable_paths",
+    "pack_rows",
     "prune_union",
     "random_masks",
     "random_masks_from_counts",
@@ -36,4 +39,5 @@ __all__ = [
     "sensitivity_densities",
     "sl_init",
     "topk_mask",
+    "unpack_rows",
 ]

@@ -28,9 +28,11 @@ __all__ = [
     "layer_counts",
     "magnitude_masks",
     "maskable_paths",
+    "pack_rows",
     "random_masks",
     "random_masks_from_counts",
     "topk_mask",
+    "unpack_rows",
 ]
 
 
@@ -200,3 +202,15 @@ def magnitude_masks(
         masks[p] = keep[start : start + n].reshape(flat[p].shape)
         start += n
     return masks
+
+
+def pack_rows(masks: Masks) -> dict[str, jax.Array]:
+    """Masks with a leading row axis (one per client), each row flattened and bit-packed into
+    uint8: 8x smaller than bool, for state kept per client (NST's 10,000 private masks)."""
+    return {p: jnp.packbits(m.reshape(m.shape[0], -1), axis=1) for p, m in masks.items()}
+
+
+def unpack_rows(rows: Mapping[str, jax.Array], shapes: Shapes) -> Masks:
+    """pack_rows undone: bool masks shaped (rows,) + shapes[path]."""
+    return {p: jnp.unpackbits(r, axis=1, count=_size(shapes[p])).astype(bool).reshape((r.shape[0],) + tuple(shapes[p]))
+            for p, r in rows.items()}
