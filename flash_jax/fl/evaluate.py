@@ -20,8 +20,9 @@ def _batch_scores(apply_fn, variables, x, y):
     return optax.softmax_cross_entropy_with_integer_labels(logits, y), jnp.argmax(logits, -1) == y
 
 
-def per_example_scores(apply_fn, variables, x: jax.Array, y: jax.Array, batch_size: int = 1000):
-    """Cross-entropy and correctness of every test example (host arrays)."""
+def per_example_scores(apply_fn, variables, x: jax.Array, y: jax.Array, batch_size: int = 250):
+    """Cross-entropy and correctness of every test example (host arrays); batches of 250 keep the
+    activations small next to a large federation's state."""
     n = x.shape[0]
     batch_size = min(batch_size, n)
     losses, correct = [], []

@@ -51,8 +51,7 @@ def run(config: Config, dataset: Dataset | None = None) -> list[dict[str, Any]]:
     config.validate()
     processes.start(config, auto_devices=False)
     with StopSignals() as stops:
-        dataset = dataset or load_dataset(config.dataset, config.path, config.data_dir)
-        setup = build_setup(config, dataset)
+        setup = build_setup(config, dataset or load_dataset(config.dataset, config.path, config.data_dir))
         state = init_state(setup)
         if not config.workdir:
             return _train(setup, state, [], None, None, stops, resumed=False)

@@ -21,7 +21,7 @@ from flash_jax.fl.rules import RoundOutcome, ServerUpdate
 from flash_jax.fl.setup import INIT_STREAM, MASK_STREAM, ROUND_STREAM, Setup, sample_clients
 from flash_jax.fl.state import ClientTable, CommCounters, Model, RoundState, ServerMasks, stack_levels
 from flash_jax.models import init_variables
-from flash_jax.sparse import apply_masks, mask_consensus
+from flash_jax.sparse import apply_masks, mask_consensus, pack_rows
 
 
 def levels_of(setup: Setup, params, top_mask) -> dict:
@@ -52,11 +52,11 @@ def init_state(setup: Setup) -> RoundState:
 
 def train_clients(setup: Setup, spec: ClientSpec, ids: np.ndarray, round_key, model: ServerModel, *,
                   epochs: int, lr: float, mask_index: np.ndarray | None = None, own_masks: dict | None = None,
-                  readjust_ratio: float = 0.0, budgets: np.ndarray | None = None):
+                  readjust_ratio: float = 0.0, budgets: np.ndarray | None = None, unpack_masks: bool = True):
     """One cohort's local training and aggregation, --clients_per_chunk clients per jitted call;
     client keys are fold_in(round_key, client id). With `mask_index`, participant k takes the masks
     model.masks[mask_index[k]]; with `own_masks` (bit-packed rows, one per participant) its own. `budgets` are the participants' density targets as fractions of d
-    (default: all at d).
+    (default: all at d). Without `unpack_masks` the final masks come only bit-packed (client_rows).
 
     Returns the cohort's CohortResult, and the round's padding_efficiency (real client-steps over
     padded ones) and compiled_cohort_shapes (distinct cohort shapes this run has needed).
@@ -74,7 +74,8 @@ def train_clients(setup: Setup, spec: ClientSpec, ids: np.ndarray, round_key, mo
         clients["mask_index"] = mask_index
     if own_masks is not None:
         clients["masks"] = own_masks
-    result = train_cohort(plan, chunk, store, model, RoundInputs(lr, readjust_ratio, round_key), clients)
+    result = train_cohort(plan, chunk, store, model, RoundInputs(lr, readjust_ratio, round_key), clients,
+                          unpack_masks)
     real_steps = epochs * int(steps_per_epoch(store.counts[ids], layout.batch_size).sum())
     padded_steps = -(-len(ids) // chunk) * chunk * sum(layout.phase_lengths)
     shapes = {"padding_efficiency": real_steps / padded_steps, "compiled_cohort_shapes": len(setup.compiled.seen)}
@@ -111,12 +112,12 @@ def run_round(setup: Setup, state: RoundState) -> tuple[RoundState, dict[str, An
     result, shapes = train_clients(
         setup, spec, ids, round_key, ServerModel(state.model.params, state.model.batch_stats, masks),
         mask_index=mask_index, own_masks=own_masks, epochs=config.local_epoch, lr=setup.lr(r), readjust_ratio=mode.readjust_ratio,
-        budgets=budgets)
-    params, batch_stats, client_masks, losses = result.params, result.batch_stats, result.client_masks, result.losses
+        budgets=budgets, unpack_masks=False)
+    params, batch_stats, client_rows, losses = result.params, result.batch_stats, result.client_rows, result.losses
     flat = traverse_util.flatten_dict(params, sep="/")
     server_mask = state.server.top
     outcome = RoundOutcome(round=r, ids=ids, budgets=budgets, mode=mode,
-                           maskable={p: flat[p] for p in setup.tensors.paths}, client_masks=client_masks,
+                           maskable={p: flat[p] for p in setup.tensors.paths}, client_rows=client_rows,
                            server_mask=server_mask, reports=result.reports, server_state=state.server_state)
     update = method.server_mask.update(setup, outcome)
     update = update if isinstance(update, ServerUpdate) else ServerUpdate(mask=update)
@@ -132,12 +133,12 @@ def run_round(setup: Setup, state: RoundState) -> tuple[RoundState, dict[str, An
     if len(setup.levels) > 1:
         level_counts = jax.device_get(_level_counts(new_levels))
         info["hetero_level_density"] = [float(c) / setup.tensors.num_maskable for c in level_counts]
-    if client_masks is not None:  # the participants' masks after training, as distinct masks and rows
-        uploads = Uploads(client_masks, np.arange(len(ids)), changed=True)
+    if client_rows is not None:  # the participants' masks after training, as distinct masks and rows
+        uploads = Uploads(client_rows, np.arange(len(ids)), changed=True)
     elif mask_index is not None:  # every participant kept the mask it was given
-        uploads = Uploads(masks, mask_index, changed=False)
+        uploads = Uploads(pack_rows(masks), mask_index, changed=False)
     else:
-        uploads = Uploads(stack_levels(masks), np.zeros(len(ids), np.int64), changed=False)
+        uploads = Uploads(pack_rows(stack_levels(masks)), np.zeros(len(ids), np.int64), changed=False)
     if method.sparse:
         multiplicity = np.bincount(uploads.row, minlength=next(iter(uploads.masks.values())).shape[0])
         info.update(mask_consensus(uploads.masks, server_mask, state.server.top, multiplicity))
@@ -146,7 +147,7 @@ def run_round(setup: Setup, state: RoundState) -> tuple[RoundState, dict[str, An
     gradient_bits = len(ids) * VALUE_BITS * reported
     server, clients, comm, comm_metrics = account(setup.tensors, method.sparse, state, new_levels, ids, levels,
                                                   uploads, gradient_bits)
-    clients = clients.replace(masks=method.client.update(clients.masks, ids, client_masks))
+    clients = clients.replace(masks=method.client.update(clients.masks, ids, client_rows))
     info.update(comm_metrics)
     server_state = state.server_state if update.state is None else update.state
     return RoundState(round=r + 1, model=Model(params, batch_stats), server=server, clients=clients, comm=comm,

@@ -11,6 +11,7 @@ from flash_jax.sparse.masks import (
     random_masks_from_counts,
     topk_mask,
     unpack_rows,
+    unpacked,
 )
 from flash_jax.sparse.consensus import (SUBSAMPLE_METHODS, client_layer_densities, client_mask_counts,
                                         level_masks, mask_consensus, next_mask, prune_union,
@@ -40,4 +41,5 @@ __all__ = [
     "sl_init",
     "topk_mask",
     "unpack_rows",
+    "unpacked",
 ]

@@ -8,13 +8,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flash_jax.sparse.masks import Masks, topk_mask
+from flash_jax.sparse.masks import Masks, pack_rows, topk_mask
+
+
+def as_rows(client_masks: Masks) -> dict[str, jax.Array]:
+    """Masks with a leading client axis as bit-packed rows (sparse.pack_rows); packed ones as they are."""
+    return client_masks if next(iter(client_masks.values())).dtype == jnp.uint8 else pack_rows(client_masks)
 
 
 @jax.jit
+def _row_counts(rows: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    return _per_row(lambda row: {p: _popcount(r) for p, r in row.items()}, rows)
+
+
 def client_mask_counts(client_masks: Masks) -> dict[str, jax.Array]:
-    """Active entries per client and tensor (masks with a leading client axis)."""
-    return {p: jnp.sum(m.reshape(m.shape[0], -1), axis=1, dtype=jnp.int32) for p, m in client_masks.items()}
+    """Active entries per client and tensor, from boolean masks with a leading client axis or
+    their packed rows (popcounts: no widening of every mask to int32 at once)."""
+    return _row_counts(as_rows(client_masks))
 
 
 def client_layer_densities(client_masks: Masks) -> dict[str, float]:
@@ -31,27 +41,61 @@ def sensitivity_densities(layer_density: dict[str, float], sizes: dict[str, int]
     return {p: min(scale * layer_density[p], 1.0) for p in sizes}
 
 
-def _flat(masks: Masks, lead: int) -> jax.Array:
-    return jnp.concatenate([masks[p].reshape(masks[p].shape[:lead] + (-1,)) for p in sorted(masks)], axis=-1)
+def _popcount(rows: jax.Array) -> jax.Array:
+    return jnp.sum(jax.lax.population_count(rows), axis=-1, dtype=jnp.int32)
+
+
+def _per_row(f, rows):
+    """f over the rows, 64 at a time: XLA's CPU backend widens a reduction's whole input to int32
+    first, which over 1,000 MNISTNet masks at once is GBs."""
+    return jax.lax.map(f, rows, batch_size=64)
+
+
+def _held(rows: jax.Array, multiplicity: jax.Array, size: int, block: int = 16) -> jax.Array:
+    """How many participants hold each entry, from bit-packed rows, `block` rows at a time (a
+    weighted sum as a matmul: exact in float32 below 2**24 participants)."""
+    pad = -rows.shape[0] % block
+    rows = jnp.pad(rows, ((0, pad), (0, 0))).reshape(-1, block, rows.shape[1])
+    weights = jnp.pad(multiplicity, (0, pad)).reshape(-1, block).astype(jnp.float32)
+
+    def add(held, part):
+        bits = jnp.unpackbits(part[0], axis=1, count=size).astype(jnp.float32)
+        return held + part[1] @ bits, None
+
+    held, _ = jax.lax.scan(add, jnp.zeros(size, jnp.float32), (rows, weights))
+    return held.astype(jnp.int32)
 
 
 @jax.jit
-def _consensus_counts(client_masks: Masks, multiplicity: jax.Array, server_mask: Masks, previous_server_mask: Masks):
-    clients = _flat(client_masks, 1)
-    server = _flat(server_mask, 0)
-    previous = _flat(previous_server_mask, 0)
-    held = jnp.sum(clients * multiplicity[:, None], axis=0, dtype=jnp.int32)
+def _consensus_counts(clients: dict[str, jax.Array], multiplicity: jax.Array, server_mask: Masks,
+                      previous_server_mask: Masks):
+    """Counts over bit-packed masks: memory O(K*N_m/8), not the GBs of int32 temporaries XLA's CPU
+    backend made of 1,000 boolean MNISTNet masks, and with the client axis split over devices each
+    gathers the cohort's masks 8x smaller. Padding bits are 0 in every packed row."""
+    server = pack_rows({p: m[None] for p, m in server_mask.items()})
+    previous = pack_rows({p: m[None] for p, m in previous_server_mask.items()})
+
+    def one_client(row):
+        def count(bits):
+            return sum(_popcount(bits(row[p], server[p][0], previous[p][0])) for p in row)
+        return {"to_server": count(lambda c, s, q: c ^ s), "both": count(lambda c, s, q: c & s),
+                "either": count(lambda c, s, q: c | s), "activated": count(lambda c, s, q: c & ~q),
+                "deactivated": count(lambda c, s, q: ~c & q)}
+
+    per_client = _per_row(one_client, clients)
+
+    held = jnp.concatenate([_held(clients[p], multiplicity, server_mask[p].size) for p in sorted(clients)])
     k = jnp.sum(multiplicity)
     return {
         "differing_pairs": jnp.sum(held.astype(jnp.float32) * (k - held)),
-        "to_server": jnp.sum(clients != server, axis=1, dtype=jnp.int32),
-        "iou_to_server": jnp.sum(clients & server, axis=1) / jnp.maximum(jnp.sum(clients | server, axis=1), 1),
-        "server_change": jnp.sum(server != previous, dtype=jnp.int32),
+        "to_server": per_client["to_server"],
+        "iou_to_server": per_client["both"] / jnp.maximum(per_client["either"], 1),
+        "server_change": sum(_popcount(server[p] ^ previous[p])[0] for p in server),
         "union": jnp.sum(held > 0, dtype=jnp.int32),
-        "activated": jnp.sum(clients & ~previous, axis=1, dtype=jnp.int32),
-        "deactivated": jnp.sum(~clients & previous, axis=1, dtype=jnp.int32),
-        "reactivated": jnp.sum(server & ~previous, dtype=jnp.int32),
-        "server": jnp.sum(server, dtype=jnp.int32),
+        "activated": per_client["activated"],
+        "deactivated": per_client["deactivated"],
+        "reactivated": sum(_popcount(server[p] & ~previous[p])[0] for p in server),
+        "server": sum(_popcount(server[p])[0] for p in server),
     }
 
 
@@ -59,14 +103,14 @@ def mask_consensus(client_masks: Masks, server_mask: Masks, previous_server_mask
                    multiplicity: np.ndarray | None = None) -> dict[str, float]:
     """The paper's consensus measures for one round (§5), as Python floats from exact counts.
 
-    client_masks has a leading axis of distinct masks; participant-weighted by `multiplicity` (how
-    many participants hold each; default one each), so a mask shared by K participants is passed
-    once instead of K times. Mean pairwise Hamming distance uses that a coordinate held by c of K
+    client_masks has a leading axis of distinct masks (boolean, or bit-packed rows); participant-
+    weighted by `multiplicity` (how many participants hold each; default one each), so a mask shared
+    by K participants is passed once instead of K times. Mean pairwise Hamming distance uses that a coordinate held by c of K
     clients differs in c*(K-c) of the K*(K-1)/2 pairs.
     """
     rows = next(iter(client_masks.values())).shape[0]
     multiplicity = np.ones(rows, np.int64) if multiplicity is None else np.asarray(multiplicity, np.int64)
-    counts = jax.device_get(_consensus_counts(client_masks, jnp.asarray(multiplicity, jnp.int32), server_mask,
+    counts = jax.device_get(_consensus_counts(as_rows(client_masks), jnp.asarray(multiplicity, jnp.int32), server_mask,
                                               previous_server_mask))
     k = int(multiplicity.sum())
     n = sum(m.size for m in server_mask.values())
