@@ -133,3 +133,34 @@ def test_a_killed_process_ends_the_other_within_a_minute(tmp_path, victim):
     assert err.strip().splitlines()[-1].startswith(f"run.py: error: process {1 - victim} lost the other processes")
     assert "Check failure" not in err and "@ 0x" not in err
     finish(procs)
+
+
+def test_process_flags_need_distributed_and_are_checked():
+    from flash_jax import Config, ConfigError
+    with pytest.raises(ConfigError, match="--num_processes needs --distributed"):
+        Config(num_processes=2).validate()
+    with pytest.raises(ConfigError, match=r"--process_id=2 is invalid: must be in \[0, 2\)"):
+        Config(distributed=True, num_processes=2, process_id=2).validate()
+    with pytest.raises(ConfigError, match="--host_devices=-1 is invalid"):
+        Config(host_devices=-1).validate()
+    Config(distributed=True, coordinator_address="127.0.0.1:1", num_processes=2, process_id=1).validate()
+
+
+def test_host_devices_one_per_core_unless_told(monkeypatch):
+    from flash_jax import Config, processes
+    monkeypatch.setattr(processes, "cpu_cores", lambda: 6)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    assert processes.host_devices(Config(), auto=True) == 6
+    assert processes.host_devices(Config(), auto=False) is None  # from Python: JAX's own setting
+    assert processes.host_devices(Config(host_devices=3), auto=False) == 3
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+    assert processes.host_devices(Config(), auto=True) is None  # the user's XLA_FLAGS win
+
+
+def test_host_devices_refused_once_jax_runs_with_another_count():
+    import jax
+    from flash_jax import Config, ConfigError, processes
+    jax.devices()  # the backend is up (one device in the suite)
+    with pytest.raises(ConfigError, match="--host_devices 3: JAX already runs with 1 CPU devices"):
+        processes.start(Config(host_devices=3), auto_devices=False)
+    processes.start(Config(host_devices=1), auto_devices=True)  # the same count: nothing to do
