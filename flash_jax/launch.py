@@ -62,7 +62,8 @@ def supervise(script: str, argv: list[str], process_id: str) -> int:
     """Run `script argv` as the worker; its exit status, or PEER_LOST_EXIT after one line when
     JAX's runtime aborted it because another process is gone."""
     child = subprocess.Popen([sys.executable, script, *argv], env=dict(os.environ, **{WORKER_ENV: "1"}),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_die_with_parent,
+                             process_group=0)  # a terminal's Ctrl-C reaches it once, through the parent
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: child.send_signal(signum))
     report = {}

@@ -130,8 +130,10 @@ def train_chunk(plan: ChunkPlan, store_x, store_y, model: ServerModel, shared: R
     sums = plan.aggregation.update(sums, client_params, client_stats, clients["weights"], client_masks, reports,
                                    report_weights)
     sums = _constrain(plan.mesh, sums, split=False)
-    # final masks leave the chunk bit-packed: the cohort's stay 8x smaller until they are joined
-    return sums, _constrain(plan.mesh, (pack_rows(client_masks) if spec.changes_masks else None, losses), split=True)
+    # final masks leave the chunk bit-packed: the cohort's stay 8x smaller until they are joined; with
+    # several processes they are gathered to every process, which all read them
+    per_client = (pack_rows(client_masks) if spec.changes_masks else None, losses)
+    return sums, _constrain(plan.mesh, per_client, split=jax.process_count() == 1)
 
 
 @functools.partial(jax.jit, static_argnums=0)
