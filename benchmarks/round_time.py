@@ -51,19 +51,26 @@ class BenchSetup:
     dataset: str
     num_users: int
     load: callable
+    clients_per_round: int = 10
+    clients_per_chunk: int = 0
 
 
 SETUPS = {
     "mnistnet_fmnist": BenchSetup("mnistnet", "fashion_mnist", 100, lambda: load_dataset("fashion_mnist")),
+    # the cross-device regime: ~6 examples per client, so one step of batch 6 each, many clients per call
+    "mnistnet_fmnist_xdev": BenchSetup("mnistnet", "fashion_mnist", 10_000, lambda: load_dataset("fashion_mnist"),
+                                       clients_per_round=1000, clients_per_chunk=100),
     "resnet18_cifar": BenchSetup("resnet18", "cifar10", 100, cifar_shaped),
 }
 
 
 def make_config(args, bench: BenchSetup) -> Config:
-    extra = {"clients_per_chunk": args.clients_per_chunk} if args.clients_per_chunk else {}
+    chunk = bench.clients_per_chunk if args.clients_per_chunk is None else args.clients_per_chunk
+    extra = {"clients_per_chunk": chunk} if chunk else {}
     num_users = args.num_users or bench.num_users
+    per_round = args.clients_per_round or bench.clients_per_round
     return Config(experiment_type=args.experiment_type, dataset=bench.dataset, model_type=bench.model_type,
-                  num_users=num_users, frac=args.clients_per_round / num_users, local_epoch=1,
+                  num_users=num_users, frac=per_round / num_users, local_epoch=1,
                   local_bs=32, density=args.density, conv_impl=args.conv_impl, fl_rounds=1000, quiet=True,
                   seed=args.seed, **extra).validate()
 
@@ -104,12 +111,13 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--setup", choices=sorted(SETUPS), default="mnistnet_fmnist")
     parser.add_argument("--experiment_type", choices=METHODS, default="pdst")
-    parser.add_argument("--clients_per_round", type=int, default=10)
+    parser.add_argument("--clients_per_round", type=int, default=0, help="0: the setup's (10 unless it says)")
     parser.add_argument("--num_users", type=int, default=0, help="clients in the federation (0: the setup's)")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds of each (after one warm-up round)")
     parser.add_argument("--density", type=float, default=0.05)
     parser.add_argument("--conv_impl", default="auto")
-    parser.add_argument("--clients_per_chunk", type=int, default=0)
+    parser.add_argument("--clients_per_chunk", type=int, default=None,
+                        help="clients per jitted call (0: the whole cohort; default: the setup's)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--skip_torch", action="store_true", help="time flash_jax only (no ratio line)")
     parser.add_argument("--torch_device", default="cpu", help="where the PyTorch reference trains (cpu, cuda)")
@@ -162,7 +170,7 @@ def measure(args, dataset: Dataset | None = None) -> dict:
             torch_s.append(timed(torch_round))
     jax_median = statistics.median(jax_s)
     result = {"setup": args.setup, "experiment_type": args.experiment_type, "clients_per_round": k,
-              "num_users": config.num_users, "clients_per_chunk": args.clients_per_chunk,
+              "num_users": config.num_users, "clients_per_chunk": config.clients_per_chunk,
               "conv_impl": setup.model.module.conv_impl,
               "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
               "devices": jax.device_count(), "machine": platform.processor() or platform.machine(),

@@ -44,3 +44,18 @@ def test_reference_keeps_masks_applied_and_averages_clients():
             assert not torch.equal(reference.client_masks[0]["fc1.weight"], reference.client_masks[1]["fc1.weight"])
             union = torch.maximum(reference.client_masks[0]["fc1.weight"], reference.client_masks[2]["fc1.weight"])
             assert torch.all(params["fc1.weight"][union == 0] == 0)
+
+
+def test_cross_device_setup_defaults_and_overrides():
+    """mnistnet_fmnist_xdev is 10,000 clients, 1,000 per round, 100 per call unless flags say otherwise."""
+    def config(*flags):
+        args = round_time.make_parser().parse_args(["--setup", "mnistnet_fmnist_xdev", *flags])
+        return round_time.make_config(args, round_time.SETUPS[args.setup])
+
+    xdev = config()
+    assert (xdev.num_users, xdev.clients_per_round, xdev.clients_per_chunk) == (10_000, 1000, 100)
+    assert xdev.dataset == "fashion_mnist" and xdev.model_type == "mnistnet"
+    whole = config("--clients_per_chunk", "0", "--clients_per_round", "500")
+    assert (whole.clients_per_round, whole.clients_per_chunk) == (500, 0)
+    small = round_time.make_config(round_time.make_parser().parse_args([]), round_time.SETUPS["mnistnet_fmnist"])
+    assert (small.num_users, small.clients_per_round, small.clients_per_chunk) == (100, 10, 0)
