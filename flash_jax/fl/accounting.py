@@ -20,7 +20,8 @@ from flash_jax.sparse import client_mask_counts
 
 class Uploads(NamedTuple):
     """The participants' masks after training: a stack of distinct masks (bit-packed rows,
-    sparse.pack_rows) and each participant's row in it. `changed`: the masks came out of training (the server does not know them)."""
+    sparse.pack_rows) and each participant's row in it. `changed`: the masks came out of training
+    (the server does not know them)."""
 
     masks: dict
     row: np.ndarray

@@ -55,8 +55,8 @@ def train_clients(setup: Setup, spec: ClientSpec, ids: np.ndarray, round_key, mo
                   readjust_ratio: float = 0.0, budgets: np.ndarray | None = None, unpack_masks: bool = True):
     """One cohort's local training and aggregation, --clients_per_chunk clients per jitted call;
     client keys are fold_in(round_key, client id). With `mask_index`, participant k takes the masks
-    model.masks[mask_index[k]]; with `own_masks` (bit-packed rows, one per participant) its own. `budgets` are the participants' density targets as fractions of d
-    (default: all at d). Without `unpack_masks` the final masks come only bit-packed (client_rows).
+    model.masks[mask_index[k]]; with `own_masks` (bit-packed rows, one per participant) its own.
+    `budgets` are the participants' density targets as fractions of d (default: all at d). Without `unpack_masks` the final masks come only bit-packed (client_rows).
 
     Returns the cohort's CohortResult, and the round's padding_efficiency (real client-steps over
     padded ones) and compiled_cohort_shapes (distinct cohort shapes this run has needed).
@@ -111,8 +111,8 @@ def run_round(setup: Setup, state: RoundState) -> tuple[RoundState, dict[str, An
                                gradient_report=mode.gradient_report)
     result, shapes = train_clients(
         setup, spec, ids, round_key, ServerModel(state.model.params, state.model.batch_stats, masks),
-        mask_index=mask_index, own_masks=own_masks, epochs=config.local_epoch, lr=setup.lr(r), readjust_ratio=mode.readjust_ratio,
-        budgets=budgets, unpack_masks=False)
+        mask_index=mask_index, own_masks=own_masks, epochs=config.local_epoch, lr=setup.lr(r),
+        readjust_ratio=mode.readjust_ratio, budgets=budgets, unpack_masks=False)
     params, batch_stats, client_rows, losses = result.params, result.batch_stats, result.client_rows, result.losses
     flat = traverse_util.flatten_dict(params, sep="/")
     server_mask = state.server.top

@@ -21,6 +21,7 @@ import optax
 
 from flash_jax.fl.aggregate import FEDAVG, FMA, Aggregation
 from flash_jax.fl.client import momentum_sgd
+from flash_jax.fl.state import stack_levels
 from flash_jax.processes import to_host
 from flash_jax.sparse import Masks, magnitude_masks, next_mask, pack_rows, random_masks, unpacked
 
@@ -106,7 +107,7 @@ def _keep(client_masks: Masks, ids, final_masks) -> Masks:
 def _private(config, server_mask: Masks) -> dict[str, np.ndarray]:
     """Every client's mask, bit-packed rows in host memory (one copy per process however many
     devices: 10,000 MNISTNet masks take 0.33 GB so, 2.6 GB as booleans)."""
-    row = to_host(pack_rows(jax.tree.map(lambda m: m[None], server_mask)))
+    row = to_host(pack_rows(stack_levels(server_mask)))
     return {p: np.tile(r, (config.num_users, 1)) for p, r in row.items()}
 
 
@@ -116,7 +117,6 @@ def _store(client_masks: dict[str, np.ndarray], ids, final_rows) -> dict[str, np
     for p, t in table.items():
         t[ids] = rows[p]
     return table
-
 
 
 FIXED_MASK = ClientRule(init=_shared, local=lambda config, r: LocalMode(), update=_keep)

@@ -105,13 +105,13 @@ def mask_consensus(client_masks: Masks, server_mask: Masks, previous_server_mask
 
     client_masks has a leading axis of distinct masks (boolean, or bit-packed rows); participant-
     weighted by `multiplicity` (how many participants hold each; default one each), so a mask shared
-    by K participants is passed once instead of K times. Mean pairwise Hamming distance uses that a coordinate held by c of K
-    clients differs in c*(K-c) of the K*(K-1)/2 pairs.
+    by K participants is passed once instead of K times. Mean pairwise Hamming distance uses that a
+    coordinate held by c of K clients differs in c*(K-c) of the K*(K-1)/2 pairs.
     """
     rows = next(iter(client_masks.values())).shape[0]
     multiplicity = np.ones(rows, np.int64) if multiplicity is None else np.asarray(multiplicity, np.int64)
-    counts = jax.device_get(_consensus_counts(as_rows(client_masks), jnp.asarray(multiplicity, jnp.int32), server_mask,
-                                              previous_server_mask))
+    counts = jax.device_get(_consensus_counts(as_rows(client_masks), jnp.asarray(multiplicity, jnp.int32),
+                                              server_mask, previous_server_mask))
     k = int(multiplicity.sum())
     n = sum(m.size for m in server_mask.values())
     return {
