@@ -27,7 +27,7 @@ def is_worker() -> bool:
     return os.environ.get(WORKER_ENV) == "1"
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: the child gets SIGKILL when the parent dies, however it dies."""
     try:
         import ctypes
@@ -58,11 +58,11 @@ def _filter(source, sink, report: dict) -> None:
     sink.flush()
 
 
-def supervise(script: str, argv: list[str], process_id: str) -> int:
-    """Run `script argv` as the worker; its exit status, or PEER_LOST_EXIT after one line when
-    JAX's runtime aborted it because another process is gone."""
-    child = subprocess.Popen([sys.executable, script, *argv], env=dict(os.environ, **{WORKER_ENV: "1"}),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_die_with_parent,
+def supervise(argv: list[str], process_id: str) -> int:
+    """Run `python -m flash_jax argv` as the worker; its exit status, or PEER_LOST_EXIT after one
+    line when JAX's runtime aborted it because another process is gone."""
+    child = subprocess.Popen([sys.executable, "-m", "flash_jax", *argv], env=dict(os.environ, **{WORKER_ENV: "1"}),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=die_with_parent,
                              process_group=0)  # a terminal's Ctrl-C reaches it once, through the parent
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: child.send_signal(signum))

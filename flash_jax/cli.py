@@ -1,0 +1,174 @@
+"""Command line of flash_jax with the authors' flag names; `python run.py` alone runs an offline demo.
+
+`python run.py`, `python -m flash_jax` and this module's `main` are the same command.
+
+Example (the authors' README line):
+    python run.py --alpha=1 --init_frac=0.05 --init_epoch=10 --experiment_type=spdst
+A paper setup from a preset, with a flag overriding it:
+    python run.py --config experiments/presets/cifar10_alpha1_d0.05.toml --experiment_type jmwst
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import os
+import sys
+import tomllib
+
+from flash_jax import launch
+from flash_jax.config import GROUPS, Config, ConfigError, choices
+from flash_jax.data.sources import DataError
+from flash_jax.fl.methods import knobs, methods
+from flash_jax.fl.stops import DIVERGED_EXIT, DivergenceError, Interrupted
+
+class OneLineParser(argparse.ArgumentParser):
+    """Errors as one line and exit status 2, without the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One flag per Config field, grouped and described by the field's metadata."""
+    registered = methods()
+    epilog = "methods (--experiment_type):\n" + "\n".join(f"  {name:10s} {m.help}" for name, m in registered.items())
+    parser = OneLineParser(prog="run.py", description=__doc__.splitlines()[0], allow_abbrev=False, epilog=epilog,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    method_groups = [m.group or name for name, m in registered.items() if m.knobs]
+    order = GROUPS[:GROUPS.index("hetero") + 1] + tuple(dict.fromkeys(
+        g for g in method_groups if g not in GROUPS)) + GROUPS[GROUPS.index("hetero") + 1:]
+    groups = {name: parser.add_argument_group(name) for name in order}
+    groups["run and outputs"].add_argument(
+        "--config", metavar="FILE", help="a preset (TOML, e.g. experiments/presets/*.toml); flags given here override it")
+    groups["run and outputs"].add_argument(
+        "--plugin", metavar="FILES", help="Python files (or modules), comma-separated, that register methods or "
+        "models (e.g. examples/custom_method.py); give it again when continuing the run")
+    valid = choices()
+    flags = [(field.name, field.default, field.metadata["group"], field.metadata["help"], valid.get(field.name))
+             for field in dataclasses.fields(Config) if field.metadata]
+    flags += [(knob.name, knob.default, m.group or name, knob.help, knob.choices or None)
+              for name, m in registered.items() for knob in m.knobs]
+    for name, default, group_name, text, names in flags:
+        group = groups[group_name]
+        if names:
+            text += f"; one of {', '.join(map(str, names))}"
+        if isinstance(default, bool):
+            group.add_argument(f"--{name}", action="store_true", help=text)
+            continue
+        kind = type(default) if isinstance(default, (int, float)) else str
+        group.add_argument(f"--{name}", type=kind, default=default, metavar=kind.__name__.upper(),
+                           help=f"{text} (default: {default})")
+    return parser
+
+
+def refuse_repeated_flags(argv: list[str], parser: argparse.ArgumentParser) -> None:
+    """argparse lets the last of a repeated flag win silently; a repeated flag is more likely a mistake."""
+    flags = [arg.split("=", 1)[0] for arg in argv if arg.startswith("--")]
+    repeated = [flag for i, flag in enumerate(flags) if flag in flags[:i]]
+    if repeated:
+        parser.error(f"{repeated[0]} is given more than once; give each flag once")
+
+
+def load_preset(path: str, parser: argparse.ArgumentParser) -> dict:
+    """A preset file (TOML: flag names without dashes as keys) becomes the parser's defaults, so flags
+    on the command line override it."""
+    try:
+        with open(path, "rb") as f:
+            values = tomllib.load(f)
+    except OSError as err:
+        parser.error(f"--config {path}: {err.strerror or err}")
+    except tomllib.TOMLDecodeError as err:
+        parser.error(f"--config {path}: not valid TOML ({err})")
+    fields = {f.name: f.type for f in dataclasses.fields(Config) if f.metadata}
+    fields.update({name: type(knob.default).__name__ for name, knob in knobs().items()})
+    for key, value in values.items():
+        if key not in fields:
+            parser.error(f"--config {path}: unknown setting {key!r}")
+        kind = {"int": int, "float": (int, float), "bool": bool}.get(fields[key], str)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            parser.error(f"--config {path}: {key} = {value!r} has the wrong type")
+    return values
+
+
+def parse_config(argv=None) -> Config:
+    """Flags (over a --config preset, over the defaults) -> validated Config; ConfigError if invalid."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    early = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    early.add_argument("--config")
+    early.add_argument("--plugin")
+    known, _ = early.parse_known_args(argv)
+    if known.plugin:  # before the parser: its methods and models add flags and choices
+        load_plugins(known.plugin)
+    parser = build_parser()
+    refuse_repeated_flags(argv, parser)
+    if known.config:
+        parser.set_defaults(**load_preset(known.config, parser))
+    args = vars(parser.parse_args(argv))
+    args.pop("config")
+    args.pop("plugin")
+    return Config(**args).validate()
+
+
+def load_plugins(spec: str) -> None:
+    """Import each comma-separated Python file (or importable module) once, so the methods and
+    models it registers become flags and choices; a file's `if __name__ == "__main__"` part is not run."""
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        try:
+            if item.endswith(".py"):
+                name = f"flash_jax_plugin_{os.path.splitext(os.path.basename(item))[0]}"
+                if name in sys.modules:
+                    continue
+                module_spec = importlib.util.spec_from_file_location(name, item)
+                if module_spec is None or not os.path.isfile(item):
+                    raise ConfigError(f"--plugin {item}: no such file")
+                module = importlib.util.module_from_spec(module_spec)
+                sys.modules[name] = module
+                module_spec.loader.exec_module(module)
+            else:
+                importlib.import_module(item)
+        except ConfigError:
+            raise
+        except Exception as err:  # the plugin's own failure, in one line
+            raise ConfigError(f"--plugin {item}: importing it failed ({type(err).__name__}: {err})") from None
+
+
+def main(argv=None) -> int:
+    """Exit status: 0 done, 2 refused (settings, data, workdir), 3 diverged, 128 + signal when stopped
+    by SIGINT (130) or SIGTERM (143). Every failure is one line on stderr."""
+    try:
+        config = parse_config(argv)
+        if config.distributed and not launch.is_worker():
+            return launch.supervise(sys.argv[1:] if argv is None else list(argv),
+                                    str(config.process_id) if config.process_id >= 0 else "?")
+        from flash_jax import processes  # devices and processes are set before JAX starts
+        processes.start(config, auto_devices=True)
+        from flash_jax.fl.loop import run
+        history = run(config)
+    except ConfigError as err:
+        print(f"run.py: error: {err}", file=sys.stderr)
+        return 2
+    except DataError as err:
+        print(f"run.py: error: --dataset {config.dataset}: {err}", file=sys.stderr)
+        return 2
+    except DivergenceError as err:
+        print(f"run.py: error: {err}", file=sys.stderr)
+        return DIVERGED_EXIT
+    except Interrupted as err:
+        print(err, file=sys.stderr)
+        return err.exit_status
+    except KeyboardInterrupt:  # before the run installed its handlers (imports, flag parsing)
+        print("interrupted before the first round", file=sys.stderr)
+        return 130
+    if not processes.is_writer():
+        return 0
+    last = history[-1]
+    extra = f", pruned-to-d accuracy {last['accuracy_pruned']:.4f}" if "accuracy_pruned" in last else ""
+    print(f"{config.experiment_type} on {config.dataset}: round {last['round']} accuracy {last['accuracy']:.4f} "
+          f"loss {last['loss']:.4f} density {last['density']:.4f}{extra} "
+          f"({last['round_s']:.3f} s/round of training, {last['wall_s']:.0f} s in all)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
