@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def setting_names() -> set[str]:
+    """Every setting the command line takes (flag names without dashes): Config's fields and the
+    registered methods' knobs."""
+    return {field.name for field in dataclasses.fields(Config) if field.metadata} | set(knobs())
+
+
 def refuse_repeated_flags(argv: list[str], parser: argparse.ArgumentParser) -> None:
     """argparse lets the last of a repeated flag win silently; a repeated flag is more likely a mistake."""
     flags = [arg.split("=", 1)[0] for arg in argv if arg.startswith("--")]

@@ -1,0 +1,181 @@
+"""A sweep file (TOML) and the runs it names: a base setting, axes crossed in order, per-method overrides.
+
+    [base]                      # any run.py setting (flag names without dashes); `preset` names a
+    preset = "presets/x.toml"   # run.py --config file, relative to this file
+    dataset = "fashion_mnist"
+    [axes]                      # crossed in this order; a run's folder is named from its values
+    experiment_type = ["dense", "spdst"]
+    density = [0.01, 0.05]
+    seed = [1, 2, 3]
+    [methods.prunefl]           # settings for the runs of one experiment_type; "{density}" is the
+    prunefl_max_density = "{density}"   # run's own value of that setting
+    [methods.dense]
+    independent_of = ["density"]   # axes the method ignores: one run instead of one per value
+
+A run is a point of the grid: its settings, a folder under the sweep folder named from them, and the
+`python -m flash_jax` command that runs it there. Finished runs are recognised by their files alone
+(config.json and a metrics.jsonl that reaches the last round), so a sweep restarted anywhere, even
+where the checkpoints are gone, skips them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import re
+import shlex
+import sys
+import tomllib
+from typing import Any
+
+METHOD_AXIS = "experiment_type"
+_REFERENCE = re.compile(r"^\{(\w+)\}$")
+
+
+class SweepError(ValueError):
+    """A sweep file that cannot be read or names what does not exist; the message says what to fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One point of the grid: `axes` its values on the sweep's axes (the ones it depends on),
+    `settings` everything passed to the command line, `name` its folder under the sweep folder."""
+
+    name: str
+    axes: tuple[tuple[str, Any], ...]
+    settings: tuple[tuple[str, Any], ...]
+    preset: str | None
+
+    def workdir(self, out: str) -> str:
+        return os.path.join(out, self.name)
+
+    def command(self, out: str) -> list[str]:
+        """The run's command line: `python -m flash_jax` with its flags, quiet, in its workdir."""
+        flags = [] if self.preset is None else ["--config", self.preset]
+        for key, value in self.settings:
+            if value is True:
+                flags.append(f"--{key}")
+            elif value is not False:
+                flags += [f"--{key}", str(value)]
+        return [sys.executable, "-m", "flash_jax", *flags, "--quiet", "--workdir", self.workdir(out)]
+
+    def is_done(self, out: str) -> bool:
+        """config.json is there and metrics.jsonl holds the last round (a line cut short by a kill
+        does not count)."""
+        workdir = self.workdir(out)
+        try:
+            with open(os.path.join(workdir, "config.json")) as f:
+                rounds = dict(self.settings).get("fl_rounds", json.load(f).get("fl_rounds"))
+            return last_round(os.path.join(workdir, "metrics.jsonl")) == rounds
+        except (OSError, ValueError):
+            return False
+
+
+def last_round(metrics_path: str) -> int | None:
+    """The round of the last complete record of a metrics.jsonl (None if there is none)."""
+    last = None
+    with open(metrics_path) as f:
+        for line in f:
+            try:
+                last = json.loads(line)["round"]
+            except (ValueError, KeyError, TypeError):
+                continue
+    return last
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    axes: dict[str, list]
+    runs: list[Run]
+
+
+def load_sweep(path: str) -> Sweep:
+    """Read and expand a sweep file; SweepError names the first problem."""
+    try:
+        with open(path, "rb") as f:
+            spec = tomllib.load(f)
+    except OSError as err:
+        raise SweepError(f"{path}: {err.strerror or err}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise SweepError(f"{path}: not valid TOML ({err})") from None
+    unknown = set(spec) - {"base", "axes", "methods"}
+    if unknown:
+        raise SweepError(f"{path}: unknown table {sorted(unknown)[0]!r}; a sweep file has [base], [axes] and "
+                         "[methods.NAME]")
+    base, axes, methods = dict(spec.get("base", {})), spec.get("axes", {}), spec.get("methods", {})
+    preset = base.pop("preset", None)
+    if preset is not None:
+        preset = os.path.abspath(os.path.join(os.path.dirname(path), preset))
+        if not os.path.isfile(preset):
+            raise SweepError(f"{path}: preset {preset} does not exist")
+    for name, values in axes.items():
+        if not isinstance(values, list) or not values or len(set(map(repr, values))) != len(values):
+            raise SweepError(f"{path}: axis {name} must be a non-empty list of distinct values")
+    _check_names(path, base, axes, methods)
+    return Sweep(axes=axes, runs=expand(base, axes, methods, preset))
+
+
+def _check_names(path: str, base: dict, axes: dict, methods: dict) -> None:
+    """Every setting the file names must be one run.py knows (a typo would otherwise fail every run)."""
+    from flash_jax.cli import setting_names  # the command line's own list of settings
+
+    known = setting_names()
+    named = [*base, *axes] + [key for overrides in methods.values() for key in overrides if key != "independent_of"]
+    for key in named:
+        if key not in known:
+            raise SweepError(f"{path}: {key!r} is not a run.py setting (see python run.py --help)")
+    for method, overrides in methods.items():
+        ignored = overrides.get("independent_of", [])
+        if not isinstance(ignored, list) or any(axis not in axes for axis in ignored):
+            raise SweepError(f"{path}: [methods.{method}] independent_of must list axes of [axes]")
+
+
+def expand(base: dict, axes: dict, methods: dict, preset: str | None) -> list[Run]:
+    """The grid's runs in axis order, each once (a method independent of an axis runs at its first
+    value's place, without that value)."""
+    runs, seen = [], set()
+    for values in itertools.product(*axes.values()):
+        point = dict(zip(axes, values))
+        overrides = dict(methods.get(point.get(METHOD_AXIS, base.get(METHOD_AXIS)), {}))
+        ignored = overrides.pop("independent_of", [])
+        point = {axis: value for axis, value in point.items() if axis not in ignored}
+        settings = {**base, **point}
+        settings.update({key: _resolve(value, settings) for key, value in overrides.items()})
+        name = run_name(point)
+        if name not in seen:
+            seen.add(name)
+            runs.append(Run(name, tuple(point.items()), tuple(settings.items()), preset))
+    return runs
+
+
+def _resolve(value: Any, settings: dict) -> Any:
+    """"{name}" stands for the run's own value of setting `name`."""
+    match = _REFERENCE.match(value) if isinstance(value, str) else None
+    if match and match.group(1) in settings:
+        return settings[match.group(1)]
+    if match:
+        raise SweepError(f"{value!r} refers to a setting that is neither in [base] nor in [axes]")
+    return value
+
+
+def run_name(point: dict) -> str:
+    """METHOD/axis=value_axis=value for the axes a run depends on (the method alone if that is all)."""
+    method = point.get(METHOD_AXIS)
+    rest = "_".join(f"{axis}={value}" for axis, value in point.items() if axis != METHOD_AXIS) or "run"
+    return rest if method is None else f"{method}/{rest}"
+
+
+def shard(runs: list[Run], spec: str) -> list[Run]:
+    """--shard I/N: every N-th run from the I-th (I from 0), so the N slices cover the grid once."""
+    try:
+        index, count = (int(part) for part in spec.split("/"))
+    except ValueError:
+        raise SweepError(f"--shard {spec!r}: expected I/N, e.g. 0/4") from None
+    if count < 1 or not 0 <= index < count:
+        raise SweepError(f"--shard {spec!r}: needs N >= 1 and 0 <= I < N")
+    return runs[index::count]
+
+
+def command_line(run: Run, out: str) -> str:
+    return shlex.join(run.command(out))

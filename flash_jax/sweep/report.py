@@ -1,0 +1,91 @@
+"""python -m flash_jax.sweep.report DIR: a sweep's tables and figures, with 95% intervals over seeds.
+
+One table per setting (the values of the axes other than the method and the seed), one row per
+method: final accuracy, accuracy pruned to d (methods that report it), density, communication against
+dense, mask consensus (Hamming distance among the clients' masks, change of the server mask), each as
+mean ± half-width of the t interval over the seeds that finished. A method whose accuracy is below the
+best method's with a paired difference (by seed) whose interval excludes zero is marked. Written to
+DIR/report/: summary.md, summary.csv, accuracy_vs_communication.png, accuracy_vs_round.png.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import sys
+
+from flash_jax.sweep.figures import accuracy_vs_communication, accuracy_vs_round
+from flash_jax.sweep.results import COLUMNS, load_runs, setting_title, settings_of, summarize_setting
+from flash_jax.sweep.stats import Interval
+
+WORSE_MARK = "▼"
+
+
+def format_interval(interval: Interval | None) -> str:
+    if interval is None:
+        return "-"
+    if not math.isfinite(interval.half_width):
+        return f"{interval.mean:.4f}"
+    return f"{interval.mean:.4f} ± {interval.half_width:.4f}"
+
+
+def markdown(tables: list[tuple[dict, list[dict]]]) -> str:
+    lines = [f"Mean ± half-width of the 95% t interval over seeds (n = seeds that finished). {WORSE_MARK}: "
+             "accuracy below the best method's, the paired difference's interval excluding zero.", ""]
+    for setting, rows in tables:
+        lines += [f"### {setting_title(setting)}", "",
+                  "| method | n | " + " | ".join(title for _, title in COLUMNS) + " |",
+                  "|---|---|" + "---|" * len(COLUMNS)]
+        for row in rows:
+            cells = [format_interval(row["cells"].get(key)) for key, _ in COLUMNS]
+            cells[0] += " (best)" if row["best"] else f" {WORSE_MARK}" if row["worse"] else ""
+            lines.append(f"| {row['method']} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_csv(path: str, tables: list[tuple[dict, list[dict]]]) -> None:
+    """Long format: one line per setting, method and metric."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        names = list(tables[0][0]) if tables else []
+        writer.writerow([*names, "method", "metric", "n", "mean", "ci95_half_width", "below_best"])
+        for setting, rows in tables:
+            for row in rows:
+                for key, interval in row["cells"].items():
+                    below = row["worse"] if key == "accuracy" else ""
+                    writer.writerow([*setting.values(), row["method"], key, interval.n, interval.mean,
+                                     interval.half_width, below])
+
+
+def write_report(out: str) -> str:
+    """Tables (Markdown, CSV) and figures under OUT/report; returns the Markdown."""
+    axes, runs = load_runs(out)
+    tables = [(setting, rows) for setting in settings_of(axes) if (rows := summarize_setting(axes, runs, setting))]
+    folder = os.path.join(out, "report")
+    os.makedirs(folder, exist_ok=True)
+    text = markdown(tables)
+    with open(os.path.join(folder, "summary.md"), "w") as f:
+        f.write(text)
+    write_csv(os.path.join(folder, "summary.csv"), tables)
+    if tables:
+        accuracy_vs_communication(tables, os.path.join(folder, "accuracy_vs_communication.png"))
+        accuracy_vs_round(axes, runs, tables, os.path.join(folder, "accuracy_vs_round.png"))
+    return text
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or argv[0].startswith("-"):
+        print("usage: python -m flash_jax.sweep.report DIR   (DIR: a sweep folder, holding sweep.json)",
+              file=sys.stderr)
+        return 2
+    if not os.path.isfile(os.path.join(argv[0], "sweep.json")):
+        print(f"sweep.report: error: {argv[0]} holds no sweep.json; is it the --out of a sweep?", file=sys.stderr)
+        return 2
+    print(write_report(argv[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""The sweep command: the grid a file names, its slices, its statistics, and sweeps of real runs on
+digits that fail in part or are killed and restarted."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from flash_jax.sweep.grid import SweepError, load_sweep, shard
+from flash_jax.sweep.report import write_report
+from flash_jax.sweep.results import load_runs, settings_of, summarize_setting
+from flash_jax.sweep.stats import mean_interval, paired_difference
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = """
+[base]
+dataset = "digits"
+num_users = 6
+frac = 0.5
+fl_rounds = 4
+eval_every = 1
+checkpoint_every = 1
+host_devices = 1
+[axes]
+experiment_type = ["dense", "pdst"]
+density = [0.05, 0.2]
+seed = [1, 2]
+[methods.dense]
+independent_of = ["density"]
+"""
+TIMINGS = ("round_s", "wall_s")
+
+
+def write(tmp_path, text, name="sweep.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def sweep(*args, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "flash_jax.sweep", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_grid_names_each_point_once_and_resolves_references(tmp_path):
+    text = SMALL + '[methods.pdst]\nlr_start = 0.2\nprunefl_max_density = "{density}"\n'
+    runs = load_sweep(write(tmp_path, text)).runs
+    names = [run.name for run in runs]
+    assert names == ["dense/seed=1", "dense/seed=2", "pdst/density=0.05_seed=1", "pdst/density=0.05_seed=2",
+                     "pdst/density=0.2_seed=1", "pdst/density=0.2_seed=2"]
+    settings = dict(runs[4].settings)
+    assert settings["density"] == 0.2 and settings["prunefl_max_density"] == 0.2 and settings["lr_start"] == 0.2
+    assert "density" not in dict(runs[0].settings)
+    command = runs[4].command("OUT")
+    assert command[1:3] == ["-m", "flash_jax"] and command[-2:] == ["--workdir", os.path.join("OUT", runs[4].name)]
+    assert "--iid" not in command and command[command.index("--density") + 1] == "0.2"
+
+
+@pytest.mark.parametrize("count", [1, 2, 4, 7])
+def test_shards_cover_the_grid_exactly_once(tmp_path, count):
+    runs = load_sweep(write(tmp_path, SMALL)).runs
+    slices = [shard(runs, f"{index}/{count}") for index in range(count)]
+    names = [run.name for part in slices for run in part]
+    assert sorted(names) == sorted(run.name for run in runs) and len(names) == len(set(names))
+    listed = subprocess.run([sys.executable, "-m", "flash_jax.sweep", write(tmp_path, SMALL), "--list", "--shard",
+                             f"0/{count}", "--out", "OUT"], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert listed.stdout.splitlines() == [" ".join(run.command("OUT")) for run in slices[0]]
+
+
+@pytest.mark.parametrize("text, message", [
+    (SMALL + "[methods.pdst]\nno_such_flag = 1\n", "'no_such_flag' is not a run.py setting"),
+    (SMALL.replace("seed = [1, 2]", "seed = []"), "axis seed must be a non-empty list"),
+    (SMALL + '[methods.dense]\n', "not valid TOML"),
+    (SMALL + '[methods.pdst]\nprunefl_max_density = "{nothing}"\n', "refers to a setting"),
+    (SMALL + "[plot]\nx = 1\n", "unknown table 'plot'"),
+])
+def test_bad_sweep_files_are_refused_in_one_line(tmp_path, text, message):
+    result = subprocess.run([sys.executable, "-m", "flash_jax.sweep", write(tmp_path, text), "--list"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_bad_shard_is_refused(tmp_path):
+    with pytest.raises(SweepError, match="0 <= I < N"):
+        shard(load_sweep(write(tmp_path, SMALL)).runs, "3/3")
+
+
+def test_interval_and_paired_difference_match_hand_computed_values():
+    # mean 0.82, s = 0.02, t(0.975, 2) = 4.302653: half-width 4.302653 * 0.02 / sqrt(3) = 0.0496828
+    interval = mean_interval([0.80, 0.82, 0.84])
+    assert interval.mean == pytest.approx(0.82) and interval.half_width == pytest.approx(0.0496828, abs=1e-7)
+    # differences 0.10, 0.07, 0.09: mean 0.0866667, s = 0.0152753, half-width 4.302653 * s / sqrt(3) = 0.0379458
+    gap = paired_difference({1: 0.80, 2: 0.82, 3: 0.85, 4: 0.9}, {1: 0.70, 2: 0.75, 3: 0.76})
+    assert gap.n == 3 and gap.mean == pytest.approx(0.0866667, abs=1e-7)
+    assert gap.half_width == pytest.approx(0.0379458, abs=1e-7) and gap.excludes_zero()
+    assert not paired_difference({1: 0.8, 2: 0.7}, {1: 0.75, 2: 0.72}).excludes_zero()
+    assert mean_interval([0.5]).n == 1 and not mean_interval([0.5]).excludes_zero()
+
+
+def fake_sweep(out, accuracies):
+    """A sweep folder whose runs finished with the given final accuracy per (method, seed)."""
+    runs = []
+    for (method, seed), accuracy in accuracies.items():
+        name = f"{method}/seed={seed}"
+        os.makedirs(out / name)
+        (out / name / "config.json").write_text(json.dumps({"fl_rounds": 2}))
+        records = [{"round": r, "accuracy": accuracy * r / 2, "density": 0.05, "comm_ratio_vs_dense": 0.1}
+                   for r in (1, 2)]
+        (out / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        runs.append({"name": name, "axes": {"experiment_type": method, "seed": seed}, "settings": {}})
+    (out / "sweep.json").write_text(json.dumps({"axes": {"experiment_type": ["a", "b", "c"], "seed": [1, 2, 3]},
+                                                "runs": runs}))
+
+
+def test_report_marks_methods_significantly_below_the_best(tmp_path):
+    fake_sweep(tmp_path, {("a", 1): 0.80, ("a", 2): 0.82, ("a", 3): 0.85, ("b", 1): 0.70, ("b", 2): 0.75,
+                          ("b", 3): 0.76, ("c", 1): 0.81, ("c", 2): 0.78, ("c", 3): 0.86})
+    axes, runs = load_runs(str(tmp_path))
+    rows = {row["method"]: row for row in summarize_setting(axes, runs, settings_of(axes)[0])}
+    assert rows["a"]["best"] and rows["b"]["worse"] and not rows["c"]["worse"]
+    assert rows["b"]["gap"].half_width == pytest.approx(0.0379458, abs=1e-7)
+    text = write_report(str(tmp_path))
+    # a: mean 0.823333, s 0.025166, half-width 0.062517; b: mean 0.736667, s 0.032146, half-width 0.079855
+    assert "| a | 3 | 0.8233 ± 0.0625 (best) |" in text and "| b | 3 | 0.7367 ± 0.0799 ▼ |" in text
+    for name in ("summary.md", "summary.csv", "accuracy_vs_communication.png", "accuracy_vs_round.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 0
+
+
+def final_metrics(out):
+    axes, runs = load_runs(str(out))
+    return {run["name"]: [{k: v for k, v in r.items() if k not in TIMINGS} for r in run["records"]] for run in runs}
+
+
+@pytest.mark.slow
+def test_a_failing_run_is_reported_and_the_rest_finish(tmp_path):
+    text = SMALL.replace("fl_rounds = 4", "fl_rounds = 1").replace("[0.05, 0.2]", "[0.05, 2.0]")
+    process = sweep(write(tmp_path, text), "--out", str(tmp_path / "out"), "--jobs", "2")
+    _, err = process.communicate(timeout=900)
+    assert process.returncode == 1, err
+    failed = sorted(p.name for p in (tmp_path / "out" / "logs").glob("*.failed"))
+    assert failed == ["pdst__density=2.0_seed=1.failed", "pdst__density=2.0_seed=2.failed"]
+    record = json.loads((tmp_path / "out" / "logs" / failed[0]).read_text())
+    assert record["exit_status"] == 2 and "--density=2.0 is invalid" in record["error"]
+    assert "sweep: error: pdst/density=2.0_seed=1 failed (exit 2): run.py: error: --density=2.0" in err
+    assert sorted(final_metrics(tmp_path / "out")) == ["dense/seed=1", "dense/seed=2", "pdst/density=0.05_seed=1",
+                                                       "pdst/density=0.05_seed=2"]
+
+
+@pytest.mark.slow
+def test_killed_sweep_restarts_to_the_results_of_an_uninterrupted_one(tmp_path):
+    path = write(tmp_path, SMALL)
+    whole = sweep(path, "--out", str(tmp_path / "whole"), "--jobs", "2")
+    assert whole.wait(timeout=900) == 0, whole.stderr.read()
+    killed = sweep(path, "--out", str(tmp_path / "killed"), "--jobs", "2")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:  # mid-way: one run done, another part-way through its rounds
+        done = [p for p in (tmp_path / "killed").glob("*/*/metrics.jsonl") if len(p.read_text().splitlines()) == 4]
+        partial = [p for p in (tmp_path / "killed").glob("*/*/metrics.jsonl")
+                   if 1 <= len(p.read_text().splitlines()) < 4]
+        if done and partial:
+            break
+        time.sleep(0.2)
+    assert done and partial, "the sweep never reached the middle"
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    time.sleep(1)  # the runs die with the sweep (PR_SET_PDEATHSIG)
+    survivors = subprocess.run(["pgrep", "-f", str(tmp_path / "killed")], capture_output=True, text=True).stdout
+    assert survivors == "", survivors
+    restarted = sweep(path, "--out", str(tmp_path / "killed"), "--jobs", "2", "--summarize")
+    _, err = restarted.communicate(timeout=900)
+    assert restarted.returncode == 0, err
+    assert "finished before" in err.splitlines()[0]
+    assert final_metrics(tmp_path / "killed") == final_metrics(tmp_path / "whole")
+    assert len(final_metrics(tmp_path / "whole")) == 6
+    assert (tmp_path / "killed" / "report" / "summary.md").exists()
