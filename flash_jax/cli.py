@@ -20,7 +20,7 @@ from flash_jax import launch
 from flash_jax.config import GROUPS, Config, ConfigError, choices
 from flash_jax.data.sources import DataError
 from flash_jax.fl.methods import knobs, methods
-from flash_jax.fl.stops import DIVERGED_EXIT, DivergenceError, Interrupted
+from flash_jax.fl.stops import DISK_FULL_EXIT, DIVERGED_EXIT, DiskFull, DivergenceError, Interrupted
 
 class OneLineParser(argparse.ArgumentParser):
     """Errors as one line and exit status 2, without the usage block."""
@@ -140,8 +140,9 @@ def load_plugins(spec: str) -> None:
 
 
 def main(argv=None) -> int:
-    """Exit status: 0 done, 2 refused (settings, data, workdir), 3 diverged, 128 + signal when stopped
-    by SIGINT (130) or SIGTERM (143). Every failure is one line on stderr."""
+    """Exit status: 0 done, 2 refused (settings, data, workdir), 3 diverged, 4 lost another process of
+    the run, 5 the disk filled up, 128 + signal when stopped by SIGINT (130) or SIGTERM (143). Every
+    failure is one line on stderr."""
     try:
         config = parse_config(argv)
         if config.distributed and not launch.is_worker():
@@ -160,6 +161,9 @@ def main(argv=None) -> int:
     except DivergenceError as err:
         print(f"run.py: error: {err}", file=sys.stderr)
         return DIVERGED_EXIT
+    except DiskFull as err:
+        print(f"run.py: error: {err}", file=sys.stderr)
+        return DISK_FULL_EXIT
     except Interrupted as err:
         print(err, file=sys.stderr)
         return err.exit_status

@@ -105,10 +105,15 @@ def _compare(workdir: str, source: str, saved: dict, config: Config) -> None:
                           "use another workdir or the same settings (only --fl_rounds may change)")
 
 
+def aside_path(path: str, why: str) -> str:
+    """Where a file or folder that cannot be used goes, so that nothing is deleted: PATH.WHY-TIME."""
+    return f"{path}.{why}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 def set_old_metrics_aside(metrics_path: str) -> None:
     """Metrics without a checkpoint to continue from: keep them under another name, say so."""
     if os.path.exists(metrics_path) and os.path.getsize(metrics_path) > 0:
-        aside = f"{metrics_path}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+        aside = aside_path(metrics_path, "old")
         os.replace(metrics_path, aside)
         print(f"{metrics_path} has no checkpoint to continue from: moved it to {aside} and starting over",
               file=sys.stderr)

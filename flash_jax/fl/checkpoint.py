@@ -22,7 +22,8 @@ from flash_jax import processes
 from flash_jax.config import Config, ConfigError
 from flash_jax.fl.cohort import client_mesh
 from flash_jax.fl.state import FORMAT_VERSION, RoundState
-from flash_jax.workdir import strict
+from flash_jax.fl.stops import writing
+from flash_jax.workdir import aside_path, strict
 
 
 class CheckpointFormatError(ConfigError):
@@ -68,18 +69,21 @@ class Checkpoints:
     """The workdir's checkpoints/ folder: save after a round, restore the newest readable one."""
 
     def __init__(self, workdir: str, keep: int = 3):
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False)
-        self._manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
-                                              options=options)
+        self._directory = checkpoints_folder(workdir)
+        self._options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False)
+        self._manager = ocp.CheckpointManager(self._directory, options=self._options)
+        self.last_saved: int | None = None  # the round of the newest checkpoint known to be good
 
     def save(self, state: RoundState, history: list[dict[str, Any]], config: Config) -> None:
         arrays, counters, _ = _parts(state)
         arrays = jax.tree.map(lambda a: np.asarray(a) if _host_local(a) else a, arrays)
         record = strict({"format": FORMAT_VERSION, "counters": counters, "history": history,
                          "config": config.to_dict()})
-        self._manager.save(state.round, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(arrays), record=ocp.args.JsonSave(record)), force=True)
-        self._manager.wait_until_finished()
+        with writing(f"the checkpoint of round {state.round} to {self._directory}", self.last_saved):
+            self._manager.save(state.round, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(arrays), record=ocp.args.JsonSave(record)), force=True)
+            self._manager.wait_until_finished()
+        self.last_saved = state.round
 
     def restore_latest(self, template: RoundState) -> tuple[RoundState, list[dict[str, Any]]] | None:
         """(state, metric history) of the newest checkpoint that restores, the state shaped like
@@ -109,8 +113,22 @@ class Checkpoints:
             flat.update(traverse_util.flatten_dict(restored))
             flat.update({tuple(k.split(".")): v for k, v in record["counters"].items()})
             state = serialization.from_state_dict(template, traverse_util.unflatten_dict(flat))
+            self.last_saved = step
             return state, record["history"]
+        if self._manager.all_steps():
+            self._set_aside_unreadable()
         return None
+
+    def _set_aside_unreadable(self) -> None:
+        """No step restores: keep them under another name and start with an empty folder, so the
+        run can start over (saving its round 0 where an unreadable round 0 is would fail)."""
+        if processes.is_writer():
+            aside = aside_path(self._directory, "unreadable")
+            os.replace(self._directory, aside)
+            print(f"warning: no checkpoint in {self._directory} is readable: moved them to {aside}",
+                  file=sys.stderr)
+        processes.wait_for_writer("checkpoints_set_aside")
+        self._manager = ocp.CheckpointManager(self._directory, options=self._options)
 
     @staticmethod
     def _warn(step: int, err: Exception) -> None:
@@ -127,10 +145,19 @@ def _check_format(directory, step: int, record: dict) -> None:
             f"format {FORMAT_VERSION}; continue it with the flash_jax that wrote it, or use another --workdir")
 
 
+def checkpoints_folder(workdir: str) -> str:
+    """WORKDIR/checkpoints, refused in one line when something else than a folder has that name."""
+    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ConfigError(f"--workdir {workdir}: {directory} is a file, not the checkpoints folder; move it away "
+                          "and run the same command")
+    return directory
+
+
 def saved_settings(workdir: str) -> tuple[int, dict[str, Any]] | None:
     """(round, settings) of the workdir's newest checkpoint whose record reads, without its arrays;
     None if there is none (and then nothing is created)."""
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    if not os.path.isdir(checkpoints_folder(workdir)):
         return None
     manager = Checkpoints(workdir)._manager
     for step in sorted(manager.all_steps(), reverse=True):

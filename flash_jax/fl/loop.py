@@ -23,7 +23,7 @@ from flash_jax.fl.evaluate import evaluate_state
 from flash_jax.fl.round import init_state, run_round
 from flash_jax.fl.setup import Setup, build_setup
 from flash_jax.fl.state import RoundState
-from flash_jax.fl.stops import Interrupted, StopSignals, check_finite
+from flash_jax.fl.stops import Interrupted, StopSignals, check_finite, writing
 from flash_jax.workdir import (WorkdirLock, append_jsonl, check_workdir, rewrite_metrics, set_old_metrics_aside,
                                write_json)
 
@@ -101,7 +101,8 @@ def _train(setup: Setup, state: RoundState, history: list[dict[str, Any]], check
                 state, record = setup.method.stage1(setup, state)
                 stage_bar.update(1)
             if config.workdir and processes.is_writer():
-                write_json(os.path.join(config.workdir, setup.method.stage1_record), record)
+                with writing(setup.method.stage1_record, None):
+                    write_json(os.path.join(config.workdir, setup.method.stage1_record), record)
         if checkpoints:
             checkpoints.save(state, history, config)
             saved_round = state.round
@@ -126,7 +127,8 @@ def _train(setup: Setup, state: RoundState, history: list[dict[str, Any]], check
             train_s, rounds_since_eval = 0.0, 0
             history.append(record)
             if metrics_path:
-                append_jsonl(metrics_path, record)
+                with writing(f"round {r + 1}'s line of {metrics_path}", checkpoints.last_saved):
+                    append_jsonl(metrics_path, record)
             bar.set_postfix(acc=f"{record['accuracy']:.4f}", density=f"{record['density']:.4f}")
         if checkpoints and ((r + 1) % config.checkpoint_every == 0 or r + 1 == config.fl_rounds):
             checkpoints.save(state, history, config)

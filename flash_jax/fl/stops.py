@@ -1,6 +1,9 @@
 """Ways a run stops early on purpose: a diverged model, and SIGINT / SIGTERM at a round boundary."""
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import math
 import os
 import signal
@@ -11,8 +14,42 @@ import jax
 import jax.numpy as jnp
 
 # exit statuses of run.py beyond 0 (done) and 2 (refused): the shell's 128 + signal number for a stop on
-# a signal, and 3 for a diverged run
+# a signal, 3 for a diverged run, 5 for a disk that filled up (4: launch.PEER_LOST_EXIT)
 DIVERGED_EXIT = 3
+DISK_FULL_EXIT = 5
+
+
+class DiskFull(Exception):
+    """Writing to the workdir failed for want of space; the message (one line) says what, and which
+    checkpoint the same command will continue from."""
+
+
+def _is_disk_full(err: BaseException | None) -> bool:
+    """ENOSPC anywhere in the exception's chain (orbax and tensorstore wrap it in their own errors)."""
+    while err is not None:
+        if (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+@contextlib.contextmanager
+def writing(what: str, last_good: int | None):
+    """Turn a full disk while writing `what` into DiskFull; orbax's own log of it is held back."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.CRITICAL)
+    try:
+        yield
+    except Exception as err:
+        if not _is_disk_full(err):
+            raise
+        last = ("no checkpoint was saved yet" if last_good is None
+                else f"the last good checkpoint is of round {last_good}")
+        raise DiskFull(f"the disk is full: writing {what} failed; {last}; free space and run the same command to "
+                       "continue") from None
+    finally:
+        absl.setLevel(level)
 
 
 class DivergenceError(RuntimeError):
