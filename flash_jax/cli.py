@@ -21,6 +21,7 @@ from flash_jax.config import GROUPS, Config, ConfigError, choices
 from flash_jax.data.sources import DataError
 from flash_jax.fl.methods import knobs, methods
 from flash_jax.fl.stops import DISK_FULL_EXIT, DIVERGED_EXIT, DiskFull, DivergenceError, Interrupted
+from flash_jax.output import print_result
 
 class OneLineParser(argparse.ArgumentParser):
     """Errors as one line and exit status 2, without the usage block."""
@@ -174,9 +175,9 @@ def main(argv=None) -> int:
         return 0
     last = history[-1]
     extra = f", pruned-to-d accuracy {last['accuracy_pruned']:.4f}" if "accuracy_pruned" in last else ""
-    print(f"{config.experiment_type} on {config.dataset}: round {last['round']} accuracy {last['accuracy']:.4f} "
-          f"loss {last['loss']:.4f} density {last['density']:.4f}{extra} "
-          f"({last['round_s']:.3f} s/round of training, {last['wall_s']:.0f} s in all)")
+    print_result(f"{config.experiment_type} on {config.dataset}: round {last['round']} accuracy "
+                 f"{last['accuracy']:.4f} loss {last['loss']:.4f} density {last['density']:.4f}{extra} "
+                 f"({last['round_s']:.3f} s/round of training, {last['wall_s']:.0f} s in all)")
     return 0
 
 

@@ -114,6 +114,9 @@ class Config:
     host_devices: int = _flag(0, "scale", "CPU devices per process the client axis is split over (0: one per "
                                           "core from the command line, unless XLA_FLAGS sets a count)")
     quiet: bool = _flag(False, "run and outputs", "no progress bar and no compile log")
+    max_train_loss: float = _flag(1000.0, "run and outputs",
+                        "stop as diverged (exit 3) when a round's mean training loss exceeds this; working runs "
+                        "stay below ~10 (cross-entropy starts at ln(classes))")
     method_knobs: tuple = ()
 
     def __init__(self, **settings):
@@ -174,6 +177,7 @@ class Config:
             (self.lr_end > 0.0, "--lr_end", "> 0"),
             (self.clip_grad_norm >= 0.0, "--clip_grad_norm", ">= 0 (0: no clipping)"),
             (self.fl_rounds >= 1, "--fl_rounds", ">= 1"),
+            (self.max_train_loss > 0.0, "--max_train_loss", "> 0"),
             (0.0 <= self.prune_rate < 1.0, "--prune_rate", "in [0, 1)"),
             (self.eval_every >= 1, "--eval_every", ">= 1"),
             (self.checkpoint_every >= 1, "--checkpoint_every", ">= 1"),

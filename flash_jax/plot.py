@@ -7,7 +7,6 @@ final model's density per maskable tensor.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -15,6 +14,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from flash_jax.output import print_result  # noqa: E402
+from flash_jax.workdir import read_metrics  # noqa: E402
 
 FIGURES = ("accuracy_vs_round.png", "accuracy_vs_communication.png", "mask_consensus.png", "layer_density.png")
 
@@ -24,15 +26,17 @@ class PlotError(ValueError):
 
 
 def load_run(workdir: str) -> tuple[str, list[dict]]:
-    """A run's label (its folder name) and its metric records."""
+    """A run's label (its folder name) and its metric records; lines that are not records (one cut
+    short by a kill) are passed over with a warning."""
     path = os.path.join(workdir, "metrics.jsonl")
     try:
-        with open(path) as f:
-            records = [json.loads(line) for line in f if line.strip()]
-    except (OSError, json.JSONDecodeError) as err:
-        raise PlotError(f"{workdir}: no readable metrics.jsonl ({err})") from err
+        records, skipped = read_metrics(path)
+    except (OSError, UnicodeDecodeError) as err:
+        raise PlotError(f"{workdir}: no readable metrics.jsonl ({getattr(err, 'strerror', None) or err})") from None
+    if skipped:
+        print(f"warning: {path}: passed over {skipped} line(s) that are not metric records", file=sys.stderr)
     if not records:
-        raise PlotError(f"{workdir}: metrics.jsonl is empty")
+        raise PlotError(f"{workdir}: metrics.jsonl holds no metric records")
     return os.path.basename(os.path.normpath(workdir)), records
 
 
@@ -85,7 +89,9 @@ def plot_runs(runs: list[tuple[str, list[dict]]], out: str) -> list[str]:
 
 
 def _finish(fig, ax, path: str, legend_ax=None) -> None:
-    (legend_ax or ax).legend(fontsize=8)
+    legend_ax = legend_ax or ax
+    if legend_ax.get_legend_handles_labels()[0]:  # a figure none of the runs has data for stays empty
+        legend_ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -103,7 +109,7 @@ def main(argv=None) -> int:
     except (PlotError, OSError) as err:
         print(f"python -m flash_jax.plot: error: {err}", file=sys.stderr)
         return 2
-    print("\n".join(paths))
+    print_result("\n".join(paths))
     return 0
 
 

@@ -144,6 +144,23 @@ def append_jsonl(path: str, record: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
+def read_metrics(path: str) -> tuple[list[dict[str, Any]], int]:
+    """A metrics.jsonl's records, and how many lines were passed over: a last line that a killed run
+    cut short, or lines that are not metric records (a round and an accuracy)."""
+    records, skipped = [], 0
+    with open(path) as f:
+        for line in filter(str.strip, f):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if isinstance(record, dict) and isinstance(record.get("round"), int) and "accuracy" in record:
+                records.append(record)
+            else:
+                skipped += 1
+    return records, skipped
+
+
 def rewrite_metrics(metrics_path: str, history: list[dict[str, Any]]) -> None:
     """metrics.jsonl as of a checkpoint: lines written after it (and any cut short by a kill) go, and
     are written again as the rounds are recomputed."""

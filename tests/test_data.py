@@ -289,3 +289,12 @@ def test_tiny_imagenet_folder_loads_with_val_as_test(tmp_path):
     assert data.num_classes == 200 and data.train_x.dtype == np.float32
     with pytest.raises(DataError, match="tiny-imagenet-200"):
         load_dataset("tiny_imagenet", path=str(tmp_path / "nothing"))
+
+
+def test_a_label_outside_the_classes_names_the_file_and_the_label(tmp_path):
+    images = np.zeros((6, 5, 4), np.uint8)
+    for stem, n in zip(sources.IDX_STEMS["fashion_mnist"], (6, 6, 3, 3)):
+        labels = np.array([0, 1, 200, 3, 4, 5][:n], np.uint8)
+        _write_idx(tmp_path / (stem + ".gz"), images[:n] if "images" in stem else labels, True)
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte.gz: label 200 is outside 0..9 \(1 such labels\)"):
+        load_dataset("fashion_mnist", path=str(tmp_path))

@@ -45,6 +45,13 @@ def test_nst_union_is_denser_than_d_and_pruned_model_is_d(digits):
     assert 0.0 <= last["accuracy_pruned"] <= 1.0
 
 
+def test_a_finished_run_into_a_closed_pipe_exits_0_without_a_traceback(tmp_path):
+    command = f"{sys.executable} run.py --experiment_type dense --num_users 4 --frac 0.5 --fl_rounds 1 --quiet | true"
+    result = subprocess.run(["bash", "-c", command + "; exit ${PIPESTATUS[0]}"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
 def cli(*args, cwd=ROOT):
     return subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), *args], capture_output=True, text=True,
                           cwd=cwd, timeout=300)

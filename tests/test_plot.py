@@ -1,4 +1,5 @@
 """`python -m flash_jax.plot` on real short runs."""
+import json
 import subprocess
 import sys
 
@@ -31,3 +32,21 @@ def test_plot_of_a_missing_run_is_one_line_exit_2(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "metrics.jsonl" in result.stderr
+
+
+def test_plot_passes_over_a_line_cut_short_and_records_it_does_not_know(tmp_path):
+    records = [{"round": r, "accuracy": 0.1 * r, "cumulative_bits": 8e9 * r, "layer_density": {"fc/kernel": 0.5}}
+               for r in (1, 2)]
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    lines = [json.dumps(r) for r in records] + ['{"note": "by hand"}', "[1, 2]", '{"round": 3, "accur']
+    (workdir / "metrics.jsonl").write_text("\n".join(lines))  # the last line as a killed run leaves it
+    result = subprocess.run([sys.executable, "-m", "flash_jax.plot", str(workdir), "--out", str(tmp_path / "p")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"warning: {workdir / 'metrics.jsonl'}: passed over 3 line(s) that are not metric records"]
+    assert all((tmp_path / "p" / name).stat().st_size > 0 for name in FIGURES)
+    (workdir / "metrics.jsonl").write_text('{"round": 1, "accur')
+    result = subprocess.run([sys.executable, "-m", "flash_jax.plot", str(workdir)], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip().endswith("metrics.jsonl holds no metric records")

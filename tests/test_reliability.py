@@ -123,6 +123,17 @@ def test_divergence_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_p
                 json.loads(line, parse_constant=lambda c: pytest.fail(f"{name} holds {c}"))
 
 
+def test_a_finite_but_absurd_loss_stops_the_run_as_diverged(tmp_path, capsys):
+    workdir = str(tmp_path / "w")
+    absurd = small("--workdir", workdir, "--lr_start", "1000", "--lr_end", "1000")  # clipped steps: a finite loss
+    status, err = cli(absurd, capsys)
+    assert status == 3 and len(err) == 1, err
+    assert "pdst diverged at round 1: training loss" in err[0] and "above --max_train_loss 1000" in err[0], err
+    assert os.listdir(os.path.join(workdir, "checkpoints")) == ["0"]
+    status, err = cli(small("--lr_start", "1000", "--lr_end", "1000", "--max_train_loss", "1e30"), capsys)
+    assert status == 0, err  # the limit is the user's to move
+
+
 @pytest.mark.parametrize("argv, match", [
     (["--model_type", "vgg16"], "needs images of at least 32x32"),
     (["--mask_pattern", "nomatch"], "matches no tensor"),

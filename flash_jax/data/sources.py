@@ -91,6 +91,8 @@ def load_dataset(name: str, path: str | None = None, data_dir: str | None = None
     train_x, train_y, test_x, test_y = _LOADERS[name](name, path, data_dir)
     if name in _TRANSPOSED:
         train_x, test_x = train_x.transpose(0, 2, 1, 3), test_x.transpose(0, 2, 1, 3)
+    for labels, part in ((train_y, "training"), (test_y, "test")):
+        check_labels(labels, NUM_CLASSES[name], f"{name}'s {part} set")
     train_x, test_x = _standardise(train_x, test_x)
     return Dataset(name, train_x, train_y.astype(np.int32), test_x, test_y.astype(np.int32), NUM_CLASSES[name])
 
@@ -121,6 +123,7 @@ def _load_idx_or_tfds(name: str, path: str | None, data_dir: str | None) -> Arra
                 if len(images) != len(labels):
                     raise DataError(f"{image_file} holds {len(images)} images but {label_file} holds {len(labels)} "
                                     "labels; the files belong to different sets")
+                check_labels(labels, NUM_CLASSES[name], label_file)
             return train_x[..., None], train_y, test_x[..., None], test_y
         absent = [stem + "[.gz]" for stem, file in zip(IDX_STEMS[name], files) if file is None]
         missing = f"no {'IDX files' if len(absent) == len(files) else ', '.join(absent)} in {folder}"
@@ -211,6 +214,14 @@ def read_idx(file: str | os.PathLike) -> np.ndarray:
     if len(raw) - offset != dtype.itemsize * int(np.prod(dims)):
         raise DataError(f"{file}: IDX header says {dims} but the file holds {len(raw) - offset} data bytes")
     return np.frombuffer(raw, dtype, offset=offset).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def check_labels(labels: np.ndarray, num_classes: int, source: str) -> None:
+    """A label outside [0, num_classes) would index past the logits and look like divergence later."""
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if bad.size:
+        raise DataError(f"{source}: label {int(bad[0])} is outside 0..{num_classes - 1} ({bad.size} such labels); "
+                        "the file is damaged or belongs to another dataset")
 
 
 def _find_idx(folder: str, stem: str) -> Path | None:

@@ -116,7 +116,8 @@ def _train(setup: Setup, state: RoundState, history: list[dict[str, Any]], check
             break
         tic = time.perf_counter()
         new_state, info = run_round(setup, state)  # returns after the device work (it reads the losses)
-        check_finite(config.experiment_type, r + 1, info["train_loss"], new_state.model.params)
+        check_finite(config.experiment_type, r + 1, info["train_loss"], new_state.model.params,
+                     config.max_train_loss)
         state = new_state
         train_s += time.perf_counter() - tic
         rounds_since_eval += 1

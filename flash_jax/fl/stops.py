@@ -74,11 +74,13 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def check_finite(method: str, round_index: int, train_loss: float, params) -> None:
-    """Raise DivergenceError when round `round_index` left a non-finite loss or parameter."""
-    if not math.isfinite(train_loss):
-        raise DivergenceError(f"{method} diverged at round {round_index}: training loss {train_loss}; the last "
-                              "good checkpoint is kept (try a lower --lr_start or --clip_grad_norm)")
+def check_finite(method: str, round_index: int, train_loss: float, params, max_loss: float) -> None:
+    """Raise DivergenceError when round `round_index` left a non-finite loss or parameter, or a loss
+    above `max_loss` (finite but far beyond any working run: the model is lost all the same)."""
+    if not math.isfinite(train_loss) or train_loss > max_loss:
+        beyond = "" if not math.isfinite(train_loss) else f", above --max_train_loss {max_loss:g}"
+        raise DivergenceError(f"{method} diverged at round {round_index}: training loss {train_loss:.4g}{beyond}; "
+                              "the last good checkpoint is kept (try a lower --lr_start or --clip_grad_norm)")
     if not bool(_all_finite(params)):
         raise DivergenceError(f"{method} diverged at round {round_index}: non-finite parameters; the last good "
                               "checkpoint is kept (try a lower --lr_start or --clip_grad_norm)")

@@ -8,6 +8,7 @@ import argparse
 import os
 import sys
 
+from flash_jax.output import print_result
 from flash_jax.sweep.grid import SweepError, command_line, load_sweep, shard
 from flash_jax.sweep.runner import Stopped, run_all, write_manifest
 
@@ -40,7 +41,7 @@ def main(argv=None) -> int:
         print(f"sweep: error: {err}", file=sys.stderr)
         return 2
     if args.list:
-        print("\n".join(command_line(run, out) for run in runs))
+        print_result("\n".join(command_line(run, out) for run in runs))
         return 0
     write_manifest(out, args.sweep_file, sweep.axes, sweep.runs)
     try:

@@ -29,6 +29,8 @@ import sys
 import tomllib
 from typing import Any
 
+from flash_jax.workdir import read_metrics
+
 METHOD_AXIS = "experiment_type"
 _REFERENCE = re.compile(r"^\{(\w+)\}$")
 
@@ -74,14 +76,8 @@ class Run:
 
 def last_round(metrics_path: str) -> int | None:
     """The round of the last complete record of a metrics.jsonl (None if there is none)."""
-    last = None
-    with open(metrics_path) as f:
-        for line in f:
-            try:
-                last = json.loads(line)["round"]
-            except (ValueError, KeyError, TypeError):
-                continue
-    return last
+    records, _ = read_metrics(metrics_path)
+    return records[-1]["round"] if records else None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,7 @@ import math
 import os
 import sys
 
+from flash_jax.output import print_result
 from flash_jax.sweep.figures import accuracy_vs_communication, accuracy_vs_round
 from flash_jax.sweep.results import COLUMNS, load_runs, setting_title, settings_of, summarize_setting
 from flash_jax.sweep.stats import Interval
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
     if not os.path.isfile(os.path.join(argv[0], "sweep.json")):
         print(f"sweep.report: error: {argv[0]} holds no sweep.json; is it the --out of a sweep?", file=sys.stderr)
         return 2
-    print(write_report(argv[0]))
+    print_result(write_report(argv[0]))
     return 0
 
 

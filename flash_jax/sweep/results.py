@@ -6,8 +6,9 @@ import itertools
 import json
 import os
 
-from flash_jax.sweep.grid import METHOD_AXIS, last_round
+from flash_jax.sweep.grid import METHOD_AXIS
 from flash_jax.sweep.stats import mean_interval, paired_difference
+from flash_jax.workdir import read_metrics
 
 SEED_AXIS = "seed"
 COLUMNS = (("accuracy", "accuracy"), ("accuracy_pruned", "pruned-to-d accuracy"), ("density", "density"),
@@ -25,11 +26,10 @@ def load_runs(out: str) -> tuple[dict, list[dict]]:
         try:
             with open(os.path.join(workdir, "config.json")) as f:
                 rounds = json.load(f)["fl_rounds"]
-            if last_round(os.path.join(workdir, "metrics.jsonl")) != rounds:
-                continue
-            with open(os.path.join(workdir, "metrics.jsonl")) as f:
-                records = [json.loads(line) for line in f if line.strip().endswith("}")]
+            records, _ = read_metrics(os.path.join(workdir, "metrics.jsonl"))
         except (OSError, ValueError, KeyError):
+            continue
+        if not records or records[-1]["round"] != rounds:
             continue
         runs.append({**run, "records": records})
     return manifest["axes"], runs
