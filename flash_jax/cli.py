@@ -148,7 +148,8 @@ def main(argv=None) -> int:
         config = parse_config(argv)
         if config.distributed and not launch.is_worker():
             return launch.supervise(sys.argv[1:] if argv is None else list(argv),
-                                    str(config.process_id) if config.process_id >= 0 else "?")
+                                    str(config.process_id) if config.process_id >= 0 else "?",
+                                    config.coordinator_address, config.coordinator_timeout)
         from flash_jax import processes  # devices and processes are set before JAX starts
         processes.start(config, auto_devices=True)
         from flash_jax.fl.loop import run

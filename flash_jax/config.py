@@ -111,6 +111,8 @@ class Config:
     num_processes: int = _flag(0, "scale", "with --distributed: how many processes (0: detected)")
     process_id: int = _flag(-1, "scale", "with --distributed: this process's index, 0 to num_processes-1 "
                                          "(-1: detected)")
+    coordinator_timeout: int = _flag(60, "scale", "with --distributed: seconds to wait for every process to join "
+                                                  "the run before giving up with one line")
     host_devices: int = _flag(0, "scale", "CPU devices per process the client axis is split over (0: one per "
                                           "core from the command line, unless XLA_FLAGS sets a count)")
     quiet: bool = _flag(False, "run and outputs", "no progress bar and no compile log")
@@ -184,6 +186,9 @@ class Config:
             (self.clients_per_chunk >= 0, "--clients_per_chunk", ">= 0 (0: the whole cohort in one call)"),
             (self.host_devices >= 0, "--host_devices", ">= 0 (0: one per core)"),
             (self.num_processes >= 0, "--num_processes", ">= 0 (0: detected)"),
+            (self.coordinator_timeout >= 1, "--coordinator_timeout", ">= 1 (seconds)"),
+            (self.coordinator_address == "" or _is_host_port(self.coordinator_address), "--coordinator_address",
+             "HOST:PORT, e.g. 10.0.0.1:1234, with a port from 1 to 65535"),
             (-1 <= self.process_id < (self.num_processes or 2**31), "--process_id",
              f"in [0, {self.num_processes}) (or -1: detected)" if self.num_processes else ">= 0 (or -1: detected)"),
         ]
@@ -268,6 +273,11 @@ class Config:
         """Every setting by flag name, registered knobs included (config.json, checkpoints)."""
         settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "method_knobs"}
         return {**settings, **{name: getattr(self, name) for name in _registered_knobs()}}
+
+
+def _is_host_port(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    return bool(re.fullmatch(r"[\w.-]+|\[[0-9a-fA-F:.]+\]", host)) and port.isdigit() and 1 <= int(port) <= 65535
 
 
 def _float_list(text: str, flag: str) -> tuple[float, ...]:

@@ -9,13 +9,16 @@ into one line for run.py).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+import sys
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from flash_jax import launch
 from flash_jax.config import Config, ConfigError
 
 HEARTBEAT_S = 20  # a process not heard from for this long counts as dead (JAX's default: 100)
@@ -65,9 +68,40 @@ def _start_distributed(config: Config) -> None:
                 "num_processes": config.num_processes or None,
                 "process_id": None if config.process_id < 0 else config.process_id}
     try:
-        jax.distributed.initialize(**settings, heartbeat_timeout_seconds=HEARTBEAT_S)
+        jax.distributed.initialize(**settings, heartbeat_timeout_seconds=HEARTBEAT_S,
+                                   initialization_timeout=config.coordinator_timeout)
     except (ValueError, RuntimeError) as err:
         raise ConfigError(f"--distributed: jax.distributed.initialize failed: {_first_line(err)}") from None
+    if launch.is_worker():
+        print(launch.JOINED, file=sys.stderr, flush=True)
+    _check_same_settings(config)
+
+
+# what may differ between the processes of one run: who they are, how they show progress, their devices
+PER_PROCESS_SETTINGS = ("process_id", "quiet", "host_devices")
+
+
+def _check_same_settings(config: Config) -> None:
+    """Every process compares its settings with process 0's before anything is written; all of them
+    refuse the run, with the same line, when one differs (it would compute neither run, or hang)."""
+    mine = {k: v for k, v in config.to_dict().items() if k not in PER_PROCESS_SETTINGS}
+    everyone = [json.loads(text) for text in _gather_text(json.dumps(mine, sort_keys=True))]
+    for index, theirs in enumerate(everyone[1:], start=1):
+        differing = [k for k in everyone[0] if everyone[0][k] != theirs.get(k)]
+        if differing:
+            key = differing[0]
+            raise ConfigError(f"--{key} differs between the processes of the run: {everyone[0][key]!r} on process "
+                              f"0, {theirs.get(key)!r} on process {index}; start every process with the same settings")
+
+
+def _gather_text(text: str) -> list[str]:
+    """Every process's `text`, in process order."""
+    data = np.frombuffer(text.encode(), np.uint8)
+    lengths = np.asarray(multihost_utils.process_allgather(np.int32(len(data)))).reshape(-1)
+    padded = np.zeros(int(lengths.max()), np.uint8)
+    padded[:len(data)] = data
+    rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(lengths), -1)
+    return [bytes(row[:n]).decode() for row, n in zip(rows, lengths)]
 
 
 def _first_line(error) -> str:

@@ -130,9 +130,45 @@ def test_a_killed_process_ends_the_other_within_a_minute(tmp_path, victim):
     _, err = survivor.communicate(timeout=90)
     assert time.time() - killed < 60
     assert survivor.returncode == 4
-    assert err.strip().splitlines()[-1].startswith(f"run.py: error: process {1 - victim} lost the other processes")
-    assert "Check failure" not in err and "@ 0x" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"run.py: error: process {1 - victim} lost the other processes"), err
     finish(procs)
+
+
+def test_processes_started_with_other_settings_all_refuse_in_one_line_before_writing(tmp_path):
+    port = free_port()
+    procs = [subprocess.Popen(RUN + ["--fl_rounds", "2", "--workdir", str(tmp_path / "w"), "--distributed",
+                                     "--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2",
+                                     "--process_id", str(i), "--host_devices", "1", *extra], env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i, extra in enumerate([[], ["--seed", "2"]])]
+    for status, out, err in finish(procs, timeout=300):
+        assert status == 2 and err.strip().splitlines() == [
+            "run.py: error: --seed differs between the processes of the run: 1 on process 0, 2 on process 1; "
+            "start every process with the same settings"], err
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("process_id", [0, 1])
+def test_a_process_that_cannot_join_gives_up_after_the_timeout_in_one_line(process_id):
+    port = free_port()
+    started = time.time()
+    result = subprocess.run(RUN + ["--fl_rounds", "2", "--distributed", "--coordinator_address", f"127.0.0.1:{port}",
+                                   "--num_processes", "2", "--process_id", str(process_id), "--coordinator_timeout",
+                                   "3"], env=ENV, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"run.py: error: process {process_id} could not join the run at 127.0.0.1:{port} within 3 s (DEADLINE_EXCEEDED:"
+        " Deadline Exceeded); start every process with the same --coordinator_address and --num_processes, or raise "
+        "--coordinator_timeout"], result.stderr
+    assert time.time() - started < 60
+
+
+def test_a_malformed_coordinator_address_is_refused_at_once():
+    result = subprocess.run(RUN + ["--distributed", "--coordinator_address", "not an address", "--num_processes",
+                                   "2", "--process_id", "0"], env=ENV, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "run.py: error: --coordinator_address='not an address' is invalid: must be HOST:PORT, e.g. 10.0.0.1:1234, "
+        "with a port from 1 to 65535"]
 
 
 def test_process_flags_need_distributed_and_are_checked():
