@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import tarfile
 import tempfile
 import zipfile
@@ -96,6 +97,8 @@ def cached_arrays(name: str, data_dir: str | None, download: bool, quiet: bool =
             with locked(folder):
                 if not converted.exists():  # another process may have made it while this one waited
                     files = [fetch(remote, folder, quiet) for remote in SOURCES[name].files]
+                    if not quiet:
+                        print(f"{name}: converting the download into {converted} (once)", file=sys.stderr)
                     _convert(name, files, converted)
         except OSError as err:
             raise DataError(f"{folder}: cannot write there ({err.strerror or err}); pass --data_dir to a "

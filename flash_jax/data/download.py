@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import http.client
 import os
+import ssl
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -87,7 +88,7 @@ def _download(remote: Remote, part: Path, bar: tqdm) -> None:
             continue  # dropped midway: the next pass asks for the bytes after those that arrived
         except urllib.error.HTTPError as err:
             raise DataError(f"{remote.url}: the server answered {err.code} {err.reason}") from None
-        except (urllib.error.URLError, TimeoutError) as err:
+        except (urllib.error.URLError, http.client.HTTPException, ssl.SSLError, TimeoutError) as err:
             raise DataError(_unreachable(remote.url, getattr(err, "reason", err))) from None
 
 
@@ -113,7 +114,7 @@ def _unreachable(url: str, reason) -> str:
     if isinstance(reason, TimeoutError):
         return (f"{url}: the server sent nothing for {TIMEOUT_S:g} s (stalled); try again later, or set "
                 f"{MIRROR_ENV} to a mirror")
-    return f"{url}: cannot connect ({reason}); check the network, or set {MIRROR_ENV} to a mirror"
+    return f"{url}: cannot fetch it ({reason}); check the network, or set {MIRROR_ENV} to a mirror"
 
 
 def _verify(remote: Remote, part: Path) -> None:
