@@ -89,11 +89,10 @@ class Config:
     seed: int = _flag(1, "run and outputs", "seed of partition, init, masks, sampling and shuffling")
     path: str | None = _flag(None, "data",
                         "folder with the dataset's files (IDX for fashion_mnist, CIFAR python pickles)")
-    data_dir: str | None = _flag(None, "data", "folder --download fills (default: $FLASH_JAX_DATA, else "
-                                 "~/.cache/flash_jax) and TFDS data dir holding prepared datasets")
-    download: bool = _flag(False, "data", "fetch the dataset from its publisher into --data_dir once, checked "
-                                          "against pinned checksums (mnist, fashion_mnist, emnist, cifar10, "
-                                          "cifar100, tiny_imagenet)")
+    data_dir: str | None = _flag(None, "data", "folder that --download fills (when not given: $FLASH_JAX_DATA, "
+                                 "else ~/.cache/flash_jax) and TFDS data dir holding prepared datasets")
+    download: bool = _flag(False, "data", "fetch the dataset (any but digits) from its publisher into "
+                                          "--data_dir once, checked against pinned checksums")
     mask_pattern: str | None = _flag(None, "model",
                         "regex over '/'-joined parameter paths selecting the maskable tensors")
     conv_impl: str = _flag("auto", "model", "convolution formulation (auto: slices on CPU, xla elsewhere)")

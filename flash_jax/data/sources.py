@@ -6,6 +6,8 @@ Sources (DESIGN.md, "Data without internet"):
   `dataset-fashion-mnist` package; otherwise TFDS.
 - cifar10 / cifar100: the python-pickle folders from `path`; otherwise TFDS.
 - tiny_imagenet: the tiny-imagenet-200 folder from `path` (JPEGs, 64x64x3, 200 classes; not in TFDS).
+- the cache folder (--data_dir): the .npz that --download made there (data/cache.py), tried first
+  when no `path` is given.
 - TFDS: a copy already prepared in the array_record format, read through its random-access data source
   (no TensorFlow needed to read; preparing image datasets needs TensorFlow once).
 
