@@ -61,14 +61,17 @@ def fetch(remote: Remote, folder: Path, quiet: bool = False) -> Path:
     if mirror:
         remote = dataclasses.replace(remote, url=f"{mirror.rstrip('/')}/{remote.name}")
     part = target.with_name(target.name + ".part")
+    bar = tqdm(total=remote.size, unit="B", unit_scale=True, unit_divisor=1024, desc=remote.name, disable=quiet,
+               dynamic_ncols=True)
     try:
-        with tqdm(total=remote.size, unit="B", unit_scale=True, unit_divisor=1024, desc=remote.name,
-                  disable=quiet, dynamic_ncols=True) as bar:
-            _download(remote, part, bar)
+        _download(remote, part, bar)
         _verify(remote, part)
     except DataError:
+        bar.leave = False  # the error's one line takes the bar's place
         part.unlink(missing_ok=True)
         raise
+    finally:
+        bar.close()
     os.replace(part, target)
     return target
 
