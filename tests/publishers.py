@@ -20,14 +20,14 @@ TRAIN, TEST = 40, 12
 
 # ---------------------------------------------------------------------------------------------- server
 class Server(ThreadingHTTPServer):
-    """In-memory files on 127.0.0.1 with Range support; a file named in `drop_once` loses its first
-    connection halfway, one in `stall` gets no answer until the server closes."""
+    """In-memory files on 127.0.0.1 with Range support; `drops[name]` connections for a file end
+    halfway through, a file in `stall` gets no answer until the server closes."""
 
     daemon_threads = True
 
     def __init__(self):
         super().__init__(("127.0.0.1", 0), Handler)
-        self.files, self.requests, self.drop_once, self.stall = {}, [], set(), set()
+        self.files, self.requests, self.drops, self.stall = {}, [], {}, set()
         self.released = threading.Event()
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
         threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True).start()
@@ -56,8 +56,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data) - start))
         self.end_headers()
         body = data[start:]
-        if name in self.server.drop_once:
-            self.server.drop_once.discard(name)
+        if self.server.drops.get(name):
+            self.server.drops[name] -= 1
             body = body[:len(body) // 2]  # then the connection closes, short of Content-Length
         self.wfile.write(body)
 

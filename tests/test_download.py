@@ -98,9 +98,18 @@ def test_a_dropped_connection_is_continued_where_it_stopped(publish, server):
     publish("cifar10")
     name = "cifar-10-python.tar.gz"
     size = len(server.files[name])
-    server.drop_once.add(name)
+    server.drops[name] = 1
     cache.cached_arrays("cifar10", None, download=True, quiet=True)
     assert [asked for n, asked in server.requests if n == name] == [None, f"bytes={size // 2}-"]
+
+
+def test_a_connection_that_keeps_dropping_is_given_up_in_one_line(publish, server, tmp_path, capsys):
+    publish("mnist")
+    name = "t10k-labels-idx1-ubyte.gz"
+    server.drops[name] = 10**6  # every answer ends halfway: new data until one byte is left, then none
+    status, err = _cli(capsys, "--dataset", "mnist", "--download")
+    assert status == 2 and len(err) == 1 and f"dropped {download.RETRIES + 1} times in a row" in err[0], err
+    assert not list((tmp_path / "cache" / "mnist").glob(f"{name}*"))
 
 
 def test_a_part_left_by_a_stopped_process_is_continued(publish, server, tmp_path):

@@ -20,7 +20,7 @@ from flash_jax.data.sources import DataError
 
 MIRROR_ENV = "FLASH_JAX_DATA_MIRROR"  # a base address that replaces each file's own folder on the web
 TIMEOUT_S = 30.0  # a server silent for this long counts as stalled
-RETRIES = 3  # dropped connections continued per file before giving up
+RETRIES = 3  # dropped connections in a row without new data before giving up
 _CHUNK = 1 << 20
 
 
@@ -77,14 +77,15 @@ def fetch(remote: Remote, folder: Path, quiet: bool = False) -> Path:
 
 
 def _download(remote: Remote, part: Path, bar: tqdm) -> None:
-    """Fill `part` up to the remote's size, asking for the rest again after each dropped connection."""
-    for attempt in range(RETRIES + 2):
-        have = part.stat().st_size if part.exists() else 0
-        if have >= remote.size:
-            return
-        if attempt > RETRIES:
-            raise DataError(f"{remote.url}: the connection dropped {attempt} times, {have} of {remote.size} "
-                            "bytes arrived; try again later")
+    """Fill `part` up to the remote's size, asking for the rest again after each dropped connection,
+    for as long as each try brings new bytes (or at most RETRIES times in a row without)."""
+    most, fruitless = -1, 0
+    while (have := part.stat().st_size if part.exists() else 0) < remote.size:
+        fruitless = 0 if have > most else fruitless + 1
+        most = max(most, have)
+        if fruitless > RETRIES:
+            raise DataError(f"{remote.url}: the connection dropped {fruitless} times in a row without new data, "
+                            f"{have} of {remote.size} bytes arrived; try again later")
         try:
             _transfer(remote.url, part, have, bar)
         except (http.client.IncompleteRead, ConnectionError):
