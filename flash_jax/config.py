@@ -89,7 +89,10 @@ class Config:
     seed: int = _flag(1, "run and outputs", "seed of partition, init, masks, sampling and shuffling")
     path: str | None = _flag(None, "data",
                         "folder with the dataset's files (IDX for fashion_mnist, CIFAR python pickles)")
-    data_dir: str | None = _flag(None, "data", "TFDS data dir holding prepared datasets")
+    data_dir: str | None = _flag(None, "data", "folder that --download fills (when not given: $FLASH_JAX_DATA, "
+                                 "else ~/.cache/flash_jax) and TFDS data dir holding prepared datasets")
+    download: bool = _flag(False, "data", "fetch the dataset (any but digits) from its publisher into "
+                                          "--data_dir once, checked against pinned checksums")
     mask_pattern: str | None = _flag(None, "model",
                         "regex over '/'-joined parameter paths selecting the maskable tensors")
     conv_impl: str = _flag("auto", "model", "convolution formulation (auto: slices on CPU, xla elsewhere)")
@@ -223,6 +226,9 @@ class Config:
                  ("--num_processes", self.num_processes, 0), ("--process_id", self.process_id, -1)) if value != default]
         if given and not self.distributed:
             raise ConfigError(f"{given[0]} needs --distributed (it says how the processes of one run find each other)")
+        if self.download and self.path:
+            raise ConfigError("--download fetches into --data_dir; it does not combine with --path (files "
+                              "prepared by hand)")
         if self.mnistnet_softmax and self.model_type != "mnistnet":
             raise ConfigError(f"--mnistnet_softmax works with --model_type mnistnet, not {self.model_type}")
         return self

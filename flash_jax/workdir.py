@@ -20,7 +20,8 @@ from flash_jax.config import Config, ConfigError
 # settings that may differ when a workdir is reopened: they change neither the state nor the metrics
 # (the chunk size and the devices and processes only to float rounding: how the sums are split)
 RESUMABLE_CHANGES = ("fl_rounds", "quiet", "workdir", "checkpoint_every", "clients_per_chunk", "distributed",
-                     "coordinator_address", "num_processes", "process_id", "host_devices", "coordinator_timeout")
+                     "coordinator_address", "num_processes", "process_id", "host_devices", "coordinator_timeout",
+                     "download")
 LOCK_FILE = ".lock"
 
 

@@ -6,6 +6,8 @@ Sources (DESIGN.md, "Data without internet"):
   `dataset-fashion-mnist` package; otherwise TFDS.
 - cifar10 / cifar100: the python-pickle folders from `path`; otherwise TFDS.
 - tiny_imagenet: the tiny-imagenet-200 folder from `path` (JPEGs, 64x64x3, 200 classes; not in TFDS).
+- the cache folder (--data_dir): the .npz that --download made there (data/cache.py), tried first
+  when no `path` is given.
 - TFDS: a copy already prepared in the array_record format, read through its random-access data source
   (no TensorFlow needed to read; preparing image datasets needs TensorFlow once).
 
@@ -84,17 +86,32 @@ class Dataset:
         return tuple(self.train_x.shape[1:])
 
 
-def load_dataset(name: str, path: str | None = None, data_dir: str | None = None) -> Dataset:
-    """Load `name` into memory. `path`: a folder of IDX files / CIFAR pickles; `data_dir`: TFDS data dir."""
+def load_dataset(name: str, path: str | None = None, data_dir: str | None = None, download: bool = False,
+                 quiet: bool = False) -> Dataset:
+    """Load `name` into memory. `path`: a folder of IDX files / CIFAR pickles; `data_dir`: the cache
+    folder `download` fills (data/cache.py) and TFDS's data dir; `quiet`: no download progress bar."""
+    from flash_jax.data.cache import cached_arrays  # it reads the files with this module's loaders
+
     if name not in _LOADERS:
         raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
-    train_x, train_y, test_x, test_y = _LOADERS[name](name, path, data_dir)
+    cached = None if path else cached_arrays(name, data_dir, download, quiet)
+    train_x, train_y, test_x, test_y = cached or _LOADERS[name](name, path, data_dir)
     if name in _TRANSPOSED:
         train_x, test_x = train_x.transpose(0, 2, 1, 3), test_x.transpose(0, 2, 1, 3)
     for labels, part in ((train_y, "training"), (test_y, "test")):
         check_labels(labels, NUM_CLASSES[name], f"{name}'s {part} set")
     train_x, test_x = _standardise(train_x, test_x)
     return Dataset(name, train_x, train_y.astype(np.int32), test_x, test_y.astype(np.int32), NUM_CLASSES[name])
+
+
+def read_files(name: str, path: str) -> Arrays:
+    """The raw arrays of `name` (images as published) from its publisher's files in `path`."""
+    return _LOADERS[name](name, path, None)
+
+
+def _download_hint(name: str, data_dir: str | None) -> str:
+    from flash_jax.data.cache import download_hint
+    return download_hint(name, data_dir)
 
 
 # ---------------------------------------------------------------------------------------------- loaders
@@ -130,6 +147,8 @@ def _load_idx_or_tfds(name: str, path: str | None, data_dir: str | None) -> Arra
     else:
         missing = "no --path given"
     hints = [f"pass --path DIR holding {', '.join(s + '[.gz]' for s in IDX_STEMS[name])}"]
+    if path is None:
+        hints.insert(0, _download_hint(name, data_dir))
     if name in _DEBIAN_PACKAGES:
         pkg = _DEBIAN_PACKAGES[name]
         hints.insert(0, f"install Debian's package {pkg} (apt-get install -y {pkg})")
@@ -141,7 +160,7 @@ def _load_cifar(name: str, path: str | None, data_dir: str | None) -> Arrays:
     folder_name, train_files, test_files, label_key = CIFAR_FOLDERS[name]
     if path is None:
         hint = f"pass --path DIR holding {folder_name}/ (python version from https://www.cs.toronto.edu/~kriz/cifar.html)"
-        return _load_tfds(name, data_dir, "no --path given", [hint])
+        return _load_tfds(name, data_dir, "no --path given", [_download_hint(name, data_dir), hint])
     folder = Path(path)
     if not (folder / test_files[0]).exists():
         folder = folder / folder_name
@@ -165,8 +184,9 @@ def _load_tiny_imagenet(name: str, path: str | None, data_dir: str | None) -> Ar
     if folder is not None and not (folder / "wnids.txt").exists():
         folder = folder / "tiny-imagenet-200"
     if folder is None or not (folder / "wnids.txt").exists() or not (folder / "val" / "val_annotations.txt").exists():
+        fix = "download and unpack tiny-imagenet-200.zip and pass --path to it"
         raise DataError(f"{name}: no tiny-imagenet-200 folder (wnids.txt, train/, val/) in {path or 'no --path given'}; "
-                        "download and unpack tiny-imagenet-200.zip and pass --path to it")
+                        + (fix if path else f"{_download_hint(name, data_dir)}, or {fix}"))
     wnids = folder.joinpath("wnids.txt").read_text().split()
     label = {w: i for i, w in enumerate(wnids)}
 

@@ -50,8 +50,11 @@ def run(config: Config, dataset: Dataset | None = None) -> list[dict[str, Any]]:
     """
     config.validate()
     processes.start(config, auto_devices=False)
+    # before the signal handlers: Ctrl-C stops a download at once (and leaves it to be continued)
+    dataset = dataset or load_dataset(config.dataset, config.path, config.data_dir, config.download,
+                                      quiet=config.quiet or not processes.is_writer())
     with StopSignals() as stops:
-        setup = build_setup(config, dataset or load_dataset(config.dataset, config.path, config.data_dir))
+        setup = build_setup(config, dataset)
         state = init_state(setup)
         if not config.workdir:
             return _train(setup, state, [], None, None, stops, resumed=False)
