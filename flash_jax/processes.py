@@ -78,7 +78,7 @@ def _start_distributed(config: Config) -> None:
 
 
 # what may differ between the processes of one run: who they are, how they show progress, their devices
-PER_PROCESS_SETTINGS = ("process_id", "quiet", "host_devices")
+PER_PROCESS_SETTINGS = ("process_id", "quiet", "host_devices", "download")
 
 
 def _check_same_settings(config: Config) -> None:
