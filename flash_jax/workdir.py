@@ -36,6 +36,8 @@ class WorkdirLock:
         self.workdir, self.path, self._file = workdir, os.path.join(workdir, LOCK_FILE), None
 
     def __enter__(self) -> "WorkdirLock":
+        if os.path.exists(self.workdir) and not os.path.isdir(self.workdir):
+            raise ConfigError(f"--workdir {self.workdir} is a file, not a folder; name another workdir")
         try:
             os.makedirs(self.workdir, exist_ok=True)
             while self._file is None:

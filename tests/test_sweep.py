@@ -176,3 +176,17 @@ def test_killed_sweep_restarts_to_the_results_of_an_uninterrupted_one(tmp_path):
     assert final_metrics(tmp_path / "killed") == final_metrics(tmp_path / "whole")
     assert len(final_metrics(tmp_path / "whole")) == 6
     assert (tmp_path / "killed" / "report" / "summary.md").exists()
+
+
+def test_an_unusable_sweep_folder_or_manifest_is_one_line(tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    result = subprocess.run([sys.executable, "-m", "flash_jax.sweep", write(tmp_path, SMALL), "--out",
+                             str(tmp_path / "taken")], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"sweep: error: --out {tmp_path / 'taken'}: File exists"]
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "sweep.json").write_text("{")
+    result = subprocess.run([sys.executable, "-m", "flash_jax.sweep.report", str(tmp_path / "broken")], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "its sweep.json or report folder is unusable (JSONDecodeError" in result.stderr

@@ -72,3 +72,10 @@ def test_a_file_where_the_checkpoints_folder_should_be_is_one_line(tmp_path):
     (tmp_path / "w" / "checkpoints").write_text("not a folder")
     status, err = run_cli("--fl_rounds", "2", "--workdir", str(tmp_path / "w"))
     assert status == 2 and len(err) == 1 and "checkpoints is a file, not the checkpoints folder" in err[0], err
+
+
+def test_a_workdir_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "w").write_text("a file")
+    status, err = run_cli("--fl_rounds", "1", "--workdir", str(tmp_path / "w"))
+    assert status == 2 and err == [f"run.py: error: --workdir {tmp_path / 'w'} is a file, not a folder; name another "
+                                   "workdir"], err

@@ -43,7 +43,11 @@ def main(argv=None) -> int:
     if args.list:
         print_result("\n".join(command_line(run, out) for run in runs))
         return 0
-    write_manifest(out, args.sweep_file, sweep.axes, sweep.runs)
+    try:
+        write_manifest(out, args.sweep_file, sweep.axes, sweep.runs)
+    except OSError as err:
+        print(f"sweep: error: --out {out}: {err.strerror or err}", file=sys.stderr)
+        return 2
     try:
         failures = run_all(runs, out, args.jobs, echo=lambda line: print(line, file=sys.stderr, flush=True))
     except Stopped as stop:

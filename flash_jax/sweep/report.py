@@ -84,7 +84,13 @@ def main(argv=None) -> int:
     if not os.path.isfile(os.path.join(argv[0], "sweep.json")):
         print(f"sweep.report: error: {argv[0]} holds no sweep.json; is it the --out of a sweep?", file=sys.stderr)
         return 2
-    print_result(write_report(argv[0]))
+    try:
+        text = write_report(argv[0])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        print(f"sweep.report: error: {argv[0]}: its sweep.json or report folder is unusable "
+              f"({type(err).__name__}: {err})", file=sys.stderr)
+        return 2
+    print_result(text)
     return 0
 
 
