@@ -76,6 +76,8 @@ def test_shards_cover_the_grid_exactly_once(tmp_path, count):
     (SMALL + '[methods.dense]\n', "not valid TOML"),
     (SMALL + '[methods.pdst]\nprunefl_max_density = "{nothing}"\n', "refers to a setting"),
     (SMALL + "[plot]\nx = 1\n", "unknown table 'plot'"),
+    ("axes = 3\n", "axes must be a table ([axes]), not int"),
+    (SMALL + "[methods]\npdst = 3\n", "methods.pdst must be a table"),
 ])
 def test_bad_sweep_files_are_refused_in_one_line(tmp_path, text, message):
     result = subprocess.run([sys.executable, "-m", "flash_jax.sweep", write(tmp_path, text), "--list"], cwd=ROOT,

@@ -99,7 +99,13 @@ def load_sweep(path: str) -> Sweep:
     if unknown:
         raise SweepError(f"{path}: unknown table {sorted(unknown)[0]!r}; a sweep file has [base], [axes] and "
                          "[methods.NAME]")
-    base, axes, methods = dict(spec.get("base", {})), spec.get("axes", {}), spec.get("methods", {})
+    tables = {name: spec.get(name, {}) for name in ("base", "axes", "methods")}
+    tables.update({f"methods.{name}": table for name, table in tables["methods"].items()}
+                  if isinstance(tables["methods"], dict) else {})
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise SweepError(f"{path}: {name} must be a table ([{name}]), not {type(table).__name__}")
+    base, axes, methods = dict(tables["base"]), tables["axes"], tables["methods"]
     preset = base.pop("preset", None)
     if preset is not None:
         preset = os.path.abspath(os.path.join(os.path.dirname(path), preset))
