@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from flash_jax.data import sources
+from flash_jax.data import formats, sources
 from flash_jax.data.augment import random_crop_flip
 from flash_jax.data.partition import iid_partition, lda_partition, partition
 from flash_jax.data.sources import DataError, load_dataset, read_idx
@@ -211,7 +211,7 @@ def test_tfds_array_record_bulk_read(tmp_path, monkeypatch):
 
     FlashJaxProbe(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
     monkeypatch.setitem(sources.TFDS_NAMES, "mnist", "flash_jax_probe")
-    monkeypatch.setattr(sources, "_TFDS_CHUNK", 8)  # several chunks
+    monkeypatch.setattr(formats, "_TFDS_CHUNK", 8)  # several chunks
     ds = load_dataset("mnist", data_dir=str(tmp_path))
     assert ds.train_x.shape == (20, 28, 28, 1) and ds.test_x.shape == (5, 28, 28, 1)
     order = np.argsort(ds.test_y)  # the data source may reorder examples; match them by label
