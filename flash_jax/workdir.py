@@ -100,10 +100,13 @@ def check_workdir(workdir: str, config: Config, saved: tuple[int, dict] | None) 
 
 
 def _compare(workdir: str, source: str, saved: dict, config: Config) -> None:
-    current = config.to_dict()
-    differing = [k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]]
+    """A setting the saved run does not name (one added since, or a knob of a plugin loaded now) counts
+    as its default there: at its default it changes nothing."""
+    current, defaults = config.to_dict(), Config().to_dict()
+    saved = {**defaults, **saved}
+    differing = [k for k in current if k not in RESUMABLE_CHANGES and saved[k] != current[k]]
     if differing:
-        details = ", ".join(f"--{k} {saved.get(k)!r} there, {current[k]!r} now" for k in differing)
+        details = ", ".join(f"--{k} {saved[k]!r} there, {current[k]!r} now" for k in differing)
         raise ConfigError(f"--workdir {workdir} holds a run with other settings ({source}: {details}); "
                           "use another workdir or the same settings (only --fl_rounds may change)")
 

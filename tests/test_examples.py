@@ -39,3 +39,15 @@ def test_a_plugin_method_runs_from_the_command_line():
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2
     assert missing.stderr == "run.py: error: --plugin no_such_plugin.py: no such file\n"
+
+
+def test_an_unrelated_plugin_does_not_stop_a_workdir_from_resuming(tmp_path):
+    """The plugin's knobs, at their defaults, are no difference from a run that never had them."""
+    base = [sys.executable, "run.py", "--experiment_type", "pdst", "--num_users", "6", "--frac", "0.5", "--eval_every",
+            "1", "--quiet", "--host_devices", "1", "--workdir", str(tmp_path / "w")]
+    first = subprocess.run(base + ["--fl_rounds", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    more = subprocess.run(base + ["--fl_rounds", "3", "--plugin", "examples/custom_method.py"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert more.returncode == 0 and "resuming" in more.stderr, more.stderr
+    assert re.search(r"^pdst on digits: round 3 ", more.stdout)
