@@ -2,7 +2,7 @@
 
 Clients train one after another; each gets a fresh copy of the global model and a fresh SGD optimizer,
 iterates a shuffling DataLoader over its own examples, re-applies its mask after every step and (NST)
-runs MASK_UPDATE of ALGORITHMS.md §1 mid-epoch; the server averages the clients' state dicts. Masked
+runs the authors' MASK_UPDATE mid-epoch; the server averages the clients' state dicts. Masked
 tensors and data are the ones flash_jax uses (same partition, same standardised arrays).
 """
 from __future__ import annotations
@@ -94,7 +94,7 @@ def _apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
 
 
 def mask_update(model: nn.Module, masks: dict[str, torch.Tensor], prune_rate: float) -> dict[str, torch.Tensor]:
-    """MASK_UPDATE of ALGORITHMS.md §1 as the authors run it: magnitude prune, redistribute by mean
+    """The authors' MASK_UPDATE (docs/methods.md) as they run it: magnitude prune, redistribute by mean
     magnitude of the active weights, regrow with a Bernoulli draw over the inactive entries."""
     params = dict(model.named_parameters())
     with torch.no_grad():

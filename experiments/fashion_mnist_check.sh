@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The foundation issue's acceptance runs: MNISTNet on Fashion-MNIST (Debian's dataset-fashion-mnist),
-# 100 clients, 10 per round, 30 rounds, alpha 1, seed 1, for dense, PDST and NST at d=0.05.
+# The Fashion-MNIST check (experiments/fashion_mnist_check.md): MNISTNet on Fashion-MNIST (Debian's
+# dataset-fashion-mnist), 100 clients, 10 per round, 30 rounds, alpha 1, seed 1, for dense, PDST and NST
+# at d=0.05.
 # Usage: bash experiments/fashion_mnist_check.sh [OUTDIR]   (about 3-6 minutes per method on 2 CPU cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."

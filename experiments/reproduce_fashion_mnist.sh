@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The FLASH issue's reproduction: MNISTNet on Fashion-MNIST (Debian's dataset-fashion-mnist), N=100, K=10,
-# alpha 1, d=0.05, seed 1, 100 rounds, for every method; then the table (experiments/summarize.py) and
-# the plots (python -m flash_jax.plot). A method whose workdir already holds all 100 rounds is not rerun.
+# The Fashion-MNIST reproduction (experiments/fashion_mnist_reproduction.md): MNISTNet on Fashion-MNIST
+# (Debian's dataset-fashion-mnist), N=100, K=10, alpha 1, d=0.05, seed 1, 100 rounds, for every method;
+# then the table (experiments/summarize.py) and the plots (python -m flash_jax.plot). A method whose
+# workdir already holds all 100 rounds is not rerun.
 # Usage: [DENSITY=d] bash experiments/reproduce_fashion_mnist.sh [OUTDIR [METHOD ...]]   (default d 0.05)
 #   about 10-20 minutes per method on 2 CPU cores (about 3.5 hours for all twelve)
 set -euo pipefail

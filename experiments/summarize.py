@@ -35,8 +35,9 @@ def consensus_row(name: str, records: list[dict]) -> list[str] | None:
 
 
 def regrowth_row(name: str, records: list[dict]) -> list[str] | None:
-    """BASELINES.md B1.5's regrowth: entries the participants' masks gained against the model they
-    received, entries the server re-activated, the union's excess over d (first and last evaluation)."""
+    """Regrowth as SparsyFed's paper measures it (docs/methods.md): entries the participants' masks
+    gained against the model they received, entries the server re-activated, the union's excess over d
+    (first and last evaluation)."""
     tracked = [r for r in records if "mask_activated" in r]
     if not tracked:
         return None

@@ -1,4 +1,4 @@
-"""CPU probe behind a row of benchmarks/RESULTS.md ("What was tried"); run from the repo root as
+"""CPU probe behind a row of benchmarks/cpu_profile.md (formulations tried); run from the repo root as
 `python -m benchmarks.probes.NAME [args]`. Prints medians; a measurement script, not library code."""
 import time, torch, torch.nn.functional as F
 from benchmarks.torch_reference import MNISTNet
