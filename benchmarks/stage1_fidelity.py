@@ -37,7 +37,8 @@ def stage1(args, clients, seed: int):
     the stage-2 densities)."""
     model = MNISTNet(softmax=True)
     masks = bernoulli_masks(model, PATTERN, args.density)
-    ids = sample_clients(seed, SENSITIVITY_STREAM, 0, args.num_users, max(math.floor(args.init_frac * args.num_users), 1))
+    stage1_clients = max(math.floor(args.init_frac * args.num_users), 1)
+    ids = sample_clients(seed, SENSITIVITY_STREAM, 0, args.num_users, stage1_clients)
     client_masks = [train_sparse_client(model, *clients[k], masks, lr=args.lr_start, batch_size=args.local_bs,
                                         epochs=args.init_epoch, prune_rate=args.prune_rate, density=args.density)
                     for k in ids]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 
 import numpy as np
 import torch
@@ -99,7 +100,6 @@ def authors_regrowth(rho: dict[str, float], caps: dict[str, float], total: float
 
 def bernoulli_masks(model: nn.Module, pattern: str, densities: dict[str, float] | float) -> dict[str, torch.Tensor]:
     """Each maskable entry kept with its layer's probability (the authors' random masks)."""
-    import re
     masks = {}
     for name, w in model.named_parameters():
         if re.search(pattern, name):
