@@ -18,10 +18,12 @@ from torch import nn
 
 
 class MNISTNet(nn.Module):
-    """The authors' MNIST net (returning logits, like flash_jax's)."""
+    """The authors' MNIST net, returning logits like flash_jax's unless `softmax` (theirs ends in a
+    softmax that the cross-entropy is applied to: flash_jax's --mnistnet_softmax)."""
 
-    def __init__(self, num_classes: int = 10):
+    def __init__(self, num_classes: int = 10, softmax: bool = False):
         super().__init__()
+        self.softmax = softmax
         self.conv1 = nn.Conv2d(1, 10, kernel_size=5)
         self.conv2 = nn.Conv2d(10, 20, kernel_size=5)
         self.fc1 = nn.Linear(5120, 50)
@@ -30,8 +32,8 @@ class MNISTNet(nn.Module):
     def forward(self, x):
         x = F.relu(F.max_pool2d(self.conv1(x), 3, 1))
         x = F.relu(F.max_pool2d(self.conv2(x), 3, 1))
-        x = F.relu(self.fc1(x.flatten(1)))
-        return self.fc2(x)
+        x = self.fc2(F.relu(self.fc1(x.flatten(1))))
+        return F.softmax(x, dim=1) if self.softmax else x
 
 
 class BasicBlock(nn.Module):

@@ -59,3 +59,33 @@ def test_cross_device_setup_defaults_and_overrides():
     assert (whole.clients_per_round, whole.clients_per_chunk) == (500, 0)
     small = round_time.make_config(round_time.make_parser().parse_args([]), round_time.SETUPS["mnistnet_fmnist"])
     assert (small.num_users, small.clients_per_round, small.clients_per_chunk) == (100, 10, 0)
+
+
+def test_authors_regrowth_hands_a_capped_layers_excess_to_the_others():
+    pytest.importorskip("torch")
+    from benchmarks.torch_flash import authors_regrowth
+
+    grown = authors_regrowth({"a": 0.9, "b": 0.1}, {"a": 50.0, "b": 1000.0}, 200.0)
+    assert grown["a"] == 50.0 and grown["b"] == pytest.approx(150.0, abs=1e-6)
+
+
+def test_authors_sparse_learning_keeps_density_and_masked_weights_zero():
+    torch = pytest.importorskip("torch")
+    from benchmarks.torch_flash import AuthorsSparseLearning, bernoulli_masks
+    from benchmarks.torch_reference import MODELS, MNISTNet
+
+    torch.manual_seed(0)
+    model = MNISTNet(softmax=True)
+    masks = bernoulli_masks(model, MODELS["mnistnet"][1], 0.05)
+    learner = AuthorsSparseLearning(model, masks, prune_rate=0.25, total_steps=10, density=0.05)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # stands in for a training step
+    learner.after_step()
+    learner.update()
+    params = dict(model.named_parameters())
+    total = sum(m.sum().item() for m in learner.masks.values())
+    assert abs(total - learner.target) < 0.05 * learner.target
+    assert learner.masks["conv2.weight"].mean() > 0.05  # conv2's larger weights draw growth
+    for name, mask in learner.masks.items():
+        assert torch.all(params[name][mask == 0] == 0)

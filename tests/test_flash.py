@@ -39,6 +39,8 @@ def test_spdst_end_to_end_on_digits(tmp_path):
     import json
     sensitivity = json.load(open(tmp_path / "w" / "sensitivity.json"))
     assert len(sensitivity["clients"]) == 2
+    for p, uploads in sensitivity["client_layer_density"].items():  # what each client sent; the server averaged it
+        assert len(uploads) == 2 and np.mean(uploads) == pytest.approx(sensitivity["reported_layer_density"][p])
     for p, n in sizes.items():
         assert last["layer_density"][p] == pytest.approx(round(sensitivity["layer_density"][p] * n) / n)
     assert np.isfinite(last["loss"])

@@ -14,7 +14,8 @@ from flash_jax.fl.round import levels_of, train_clients
 from flash_jax.fl.setup import REINIT_STREAM, SENSITIVITY_STREAM, STAGE2_MASK_STREAM, Setup, sample_clients
 from flash_jax.fl.state import Model, RoundState
 from flash_jax.models import init_variables
-from flash_jax.sparse import apply_masks, client_layer_densities, random_masks, sensitivity_densities
+from flash_jax.sparse import (apply_masks, client_layer_densities, client_mask_counts, random_masks,
+                              sensitivity_densities)
 
 
 def sensitivity_stage(setup: Setup, state: RoundState) -> tuple[RoundState, dict[str, Any]]:
@@ -29,6 +30,8 @@ def sensitivity_stage(setup: Setup, state: RoundState) -> tuple[RoundState, dict
         ServerModel(state.model.params, state.model.batch_stats, state.server.top),
         epochs=config.init_epoch, lr=config.lr_start)
     reported = client_layer_densities(result.client_masks)
+    counts = jax.device_get(client_mask_counts(result.client_masks))
+    uploads = {p: [int(c) / tensors.sizes[p] for c in counts[p]] for p in tensors.paths}
     densities = sensitivity_densities(reported, tensors.sizes, config.density)
     masks = random_masks(jax.random.fold_in(base, STAGE2_MASK_STREAM), tensors.shapes, densities)
     variables = init_variables(setup.model, jax.random.fold_in(base, REINIT_STREAM), setup.data.input_shape)
@@ -41,4 +44,5 @@ def sensitivity_stage(setup: Setup, state: RoundState) -> tuple[RoundState, dict
     new_state = state.replace(model=Model(params, variables.get("batch_stats", {})),
                               server=state.server.replace(levels=levels_of(setup, params, masks)),
                               comm=state.comm.replace(cumulative_bits=state.comm.cumulative_bits + stage_bits))
-    return new_state, {"clients": ids.tolist(), "reported_layer_density": reported, "layer_density": densities}
+    return new_state, {"clients": ids.tolist(), "client_layer_density": uploads, "reported_layer_density": reported,
+                       "layer_density": densities}
