@@ -10,7 +10,8 @@ from flash_jax.data.sources import load_dataset
 from flash_jax.fl.hetero import client_budget_levels, slot_budget_levels
 from flash_jax.fl.loop import run
 from flash_jax.fl.round import init_state, run_round
-from flash_jax.fl.setup import ROUND_STREAM, build_setup, sample_clients
+from flash_jax.fl.setup import build_setup
+from flash_jax.streams import ROUND, sample_clients
 from flash_jax.methods.feddst import readjust_ratio as feddst_readjust_ratio
 from flash_jax.sparse import level_masks, mask_update, next_mask, prune_union, readjust_masks, sl_init, topk_mask
 
@@ -105,7 +106,7 @@ def test_hetero_spdst_budgets_stay_fixed_and_levels_nest(digits):
     state = init_state(setup)
     budgets = state.clients.level.copy()
     for _ in range(3):
-        ids = sample_clients(config.seed, ROUND_STREAM, state.round, config.num_users, config.clients_per_round)
+        ids = sample_clients(config.seed, ROUND, state.round, config.num_users, config.clients_per_round)
         previous = state
         state, info = run_round(setup, state)
         np.testing.assert_array_equal(state.clients.level, budgets)

@@ -19,8 +19,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from flash_jax.data.store import ClientStore, CohortLayout, cohort_plan
 from flash_jax.fl.aggregate import Aggregation
-from flash_jax.fl.client import SHUFFLE_STREAM, ClientSpec, client_key, local_train
+from flash_jax.fl.client import ClientSpec, local_train
 from flash_jax.sparse import pack_rows, unpack_rows, unpacked
+from flash_jax.streams import SHUFFLE, derive
 
 CLIENTS = "clients"  # the mesh axis of the client dimension
 
@@ -106,8 +107,8 @@ def train_chunk(plan: ChunkPlan, store_x, store_y, model: ServerModel, shared: R
     final masks (when they can change, else None) and their mean training losses.
     """
     spec, layout = plan.spec, plan.layout
-    keys = jax.vmap(client_key, in_axes=(None, 0))(shared.round_key, clients["ids"])
-    shuffle_keys = jax.vmap(lambda k: jax.random.fold_in(k, SHUFFLE_STREAM))(keys)
+    keys = jax.vmap(derive, in_axes=(None, 0))(shared.round_key, clients["ids"])
+    shuffle_keys = jax.vmap(lambda k: derive(k, SHUFFLE))(keys)
     cohort = cohort_plan(layout, shuffle_keys, clients["offsets"], clients["counts"])
     per_client_masks = "mask_index" in clients or "masks" in clients
     masks = model.masks

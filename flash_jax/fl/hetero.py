@@ -7,9 +7,9 @@ import numpy as np
 from flax import traverse_util
 
 from flash_jax.config import Config
-from flash_jax.fl.setup import HETERO_STREAM
 from flash_jax.fl.state import RoundState
 from flash_jax.sparse import Masks, level_masks
+from flash_jax.streams import HETERO, generator
 
 
 def _largest_remainder(shares: tuple[float, ...], total: int) -> np.ndarray:
@@ -29,7 +29,7 @@ def client_budget_levels(config: Config) -> np.ndarray:
         return np.zeros(config.num_users, np.int64)
     levels, shares = config.density_levels
     assigned = np.repeat(np.arange(len(levels)), _largest_remainder(shares, config.num_users))
-    return np.random.default_rng([config.seed, HETERO_STREAM]).permutation(assigned)
+    return generator(config.seed, HETERO).permutation(assigned)
 
 
 def slot_budget_levels(config: Config) -> np.ndarray:

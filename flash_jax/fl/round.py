@@ -18,10 +18,11 @@ from flash_jax.fl.hetero import client_budget_levels, participant_levels, server
 from flash_jax.fl.phases import MASK_UPDATE_PHASES
 from flash_jax.comm import VALUE_BITS
 from flash_jax.fl.rules import RoundOutcome, ServerUpdate
-from flash_jax.fl.setup import INIT_STREAM, MASK_STREAM, ROUND_STREAM, Setup, sample_clients
+from flash_jax.fl.setup import Setup
 from flash_jax.fl.state import ClientTable, CommCounters, Model, RoundState, ServerMasks, stack_levels
 from flash_jax.models import init_variables
 from flash_jax.sparse import apply_masks, mask_consensus, pack_rows
+from flash_jax.streams import INIT, MASK, ROUND, key, sample_clients
 
 
 def levels_of(setup: Setup, params, top_mask) -> dict:
@@ -34,9 +35,8 @@ def levels_of(setup: Setup, params, top_mask) -> dict:
 def init_state(setup: Setup) -> RoundState:
     """The seeded initial model, the method's initial masks, nothing communicated yet."""
     config, method = setup.config, setup.method
-    base = jax.random.PRNGKey(config.seed)
-    variables = init_variables(setup.model, jax.random.fold_in(base, INIT_STREAM), setup.data.input_shape)
-    masks = method.server_mask.init(setup, jax.random.fold_in(base, MASK_STREAM), variables["params"])
+    variables = init_variables(setup.model, key(config.seed, INIT), setup.data.input_shape)
+    masks = method.server_mask.init(setup, key(config.seed, MASK), variables["params"])
     params = apply_masks(variables["params"], masks)
     if setup.reparameterization:
         params = setup.reparameterization.stored(params)
@@ -94,8 +94,8 @@ def _describe(plan: ChunkPlan, chunk: int, per_client_masks: bool) -> str:
 def run_round(setup: Setup, state: RoundState) -> tuple[RoundState, dict[str, Any]]:
     config, method = setup.config, setup.method
     r = state.round
-    ids = sample_clients(config.seed, ROUND_STREAM, r, config.num_users, config.clients_per_round)
-    round_key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), ROUND_STREAM), r)
+    ids = sample_clients(config.seed, ROUND, r, config.num_users, config.clients_per_round)
+    round_key = key(config.seed, ROUND, r)
     levels = participant_levels(config, state, ids)
     budgets = np.asarray(setup.levels)[levels]
     # what each participant trains in: its own mask, its budget level's, or the one shared mask

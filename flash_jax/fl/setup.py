@@ -9,7 +9,6 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import traverse_util
 from jax.sharding import Mesh
@@ -27,8 +26,6 @@ from flash_jax.fl.rules import Reparameterization
 from flash_jax.models import ModelDef, get_model, init_variables
 from flash_jax.sparse import maskable_paths
 
-# Streams folded into the seed's key (and into client sampling), one per use.
-INIT_STREAM, MASK_STREAM, ROUND_STREAM, SENSITIVITY_STREAM, REINIT_STREAM, STAGE2_MASK_STREAM, HETERO_STREAM = range(7)
 AUGMENTED_DATASETS = ("cifar10", "cifar100", "tiny_imagenet")
 
 
@@ -41,11 +38,6 @@ def learning_rate_schedule(config: Config) -> Callable[[int], float]:
         return lambda r: float(schedule(r))
     schedule = optax.exponential_decay(config.lr_start, 1000, rate)
     return lambda r: float(schedule(max(r - 1, 0)))
-
-
-def sample_clients(seed: int, stream: int, round_index: int, num_clients: int, per_round: int) -> np.ndarray:
-    """Cohort of a round: a pure function of (seed, stage stream, round), sampled without replacement."""
-    return np.random.default_rng([seed, stream, round_index]).choice(num_clients, per_round, replace=False)
 
 
 @dataclasses.dataclass(frozen=True)

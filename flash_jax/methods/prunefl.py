@@ -23,8 +23,7 @@ from flash_jax.fl.rules import FEDAVG, FIXED_MASK, LocalMode, ServerMaskRule, Se
 from flash_jax.fl.state import stack_levels
 from flash_jax.sparse import apply_masks
 from flash_jax.sparse.prunefl_search import adjust
-
-IP_STREAM = 100  # the seed stream of the initial-pruning client and its batches
+from flash_jax.streams import PRUNEFL_INITIAL_PRUNING, generator
 
 
 def is_adjust_round(config, t: int) -> bool:
@@ -114,7 +113,7 @@ def initial_pruning(setup, state):
     --prunefl_ip_patience times in a row, or --prunefl_ip_max_rounds. The client uploads the pruned
     model once; every client's first download then carries the new mask."""
     config, store = setup.config, setup.data.store
-    rng = np.random.default_rng([config.seed, IP_STREAM])
+    rng = generator(config.seed, PRUNEFL_INITIAL_PRUNING)
     client = int(rng.permutation(config.num_users)[0])
     batch = min(config.local_bs, int(store.counts[client]))
     rows = np.stack([rng.choice(store.counts[client], batch, replace=False)

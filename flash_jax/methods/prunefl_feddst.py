@@ -22,9 +22,9 @@ from flash_jax.fl.rules import ServerUpdate
 from flash_jax.fl.state import stack_levels
 from flash_jax.sparse import apply_masks
 from flash_jax.sparse.prunefl_search import readjust
+from flash_jax.streams import PRUNEFL_FEDDST_INITIAL, generator, key
 
 PRUNE_BASE = 0.3  # p = 0.3 in the initial stage, 0.3 * 0.5^t in round t
-INITIAL_STREAM = 101  # the seed stream of the initial stage's clients and keys
 
 
 def is_readjust_round(config, t: int) -> bool:
@@ -59,11 +59,11 @@ def initial_stage(setup, state):
     params, batch_stats, mask, bits, changes = state.model.params, state.model.batch_stats, state.server.top, 0, []
     known = True  # the first mask (all weights) follows from the seed
     for r in range(config.prunefl_initial_rounds):
-        client = np.array([np.random.default_rng([config.seed, INITIAL_STREAM, r]).integers(config.num_users)])
+        client = np.array([generator(config.seed, PRUNEFL_FEDDST_INITIAL, r).integers(config.num_users)])
         rebuild = is_readjust_round(config, r)
         spec = dataclasses.replace(setup.spec, gradient_report="last" if rebuild else "")
-        key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), INITIAL_STREAM), r)
-        result, _ = train_clients(setup, spec, client, key, ServerModel(params, batch_stats, mask),
+        round_key = key(config.seed, PRUNEFL_FEDDST_INITIAL, r)
+        result, _ = train_clients(setup, spec, client, round_key, ServerModel(params, batch_stats, mask),
                                   epochs=config.local_epoch, lr=setup.lr(0))
         bits += model_bits(server_nnz(params, tensors.paths), tensors.sizes, tensors.dense_size, mask_known=known)
         bits += model_bits({p: int(mask[p].sum()) for p in mask}, tensors.sizes, tensors.dense_size, mask_known=True)
