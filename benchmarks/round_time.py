@@ -26,7 +26,8 @@ import optax
 
 from flash_jax.config import Config, ConfigError
 from flash_jax.data.sources import DataError, Dataset, load_dataset
-from flash_jax.fl.round import init_state, run_round
+from flash_jax.fl.round import run_round
+from flash_jax.fl.state import init_state
 from flash_jax.fl.setup import build_setup
 from flash_jax.models import get_model, init_variables
 

@@ -16,7 +16,7 @@ import os
 import sys
 import tomllib
 
-from flash_jax import launch
+from flash_jax import hosts, launch
 from flash_jax.config import GROUPS, Config, ConfigError, choices
 from flash_jax.data.sources import DataError
 from flash_jax.fl.methods import knobs, methods
@@ -160,7 +160,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:  # before the run installed its handlers (imports, flag parsing)
         print("interrupted before the first round", file=sys.stderr)
         return 130
-    if not processes.is_writer():
+    if not hosts.is_writer():
         return 0
     last = history[-1]
     extra = f", pruned-to-d accuracy {last['accuracy_pruned']:.4f}" if "accuracy_pruned" in last else ""

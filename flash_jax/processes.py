@@ -1,5 +1,5 @@
-"""The processes and devices a run computes on: host devices per CPU core, JAX's multi-process
-runtime, and the few things processes must agree on (who writes, whether to stop).
+"""The processes and devices a run computes on: host devices per CPU core and JAX's multi-process
+runtime (what the processes share once started is flash_jax/hosts.py).
 
 Both must be set before JAX starts its backends, so `start` runs before the first computation.
 Every process computes the same rounds; process 0 alone writes the workdir's files and shows
@@ -13,8 +13,6 @@ import os
 import re
 
 import jax
-import numpy as np
-from jax.experimental import multihost_utils
 
 from flash_jax.config import Config, ConfigError
 
@@ -73,32 +71,3 @@ def _start_distributed(config: Config) -> None:
 def _first_line(error) -> str:
     text = str(error).strip().splitlines()
     return re.sub(r"\s+", " ", text[0]) if text else type(error).__name__
-
-
-def is_writer() -> bool:
-    """Process 0 writes the workdir's files and shows progress; the others compute alongside."""
-    return jax.process_index() == 0
-
-
-def agree(value: int) -> int:
-    """The largest of the processes' values (a stop signal, a failure code); the value itself with
-    one process. Every process must call it at the same point."""
-    if jax.process_count() == 1:
-        return value
-    return int(np.max(multihost_utils.process_allgather(np.int32(value))))
-
-
-def wait_for_writer(name: str) -> None:
-    """Every process waits here until process 0 has reached the same point."""
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(name)
-
-
-def to_host(tree):
-    """Numpy copies of a tree's arrays, whole on every process even where the arrays are split
-    across processes (a cohort's per-client outputs)."""
-    def get(x):
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
-            x = multihost_utils.process_allgather(x, tiled=True)
-        return np.asarray(x)
-    return jax.tree.map(get, tree)

@@ -9,7 +9,8 @@ from flash_jax.config import Config
 from flash_jax.data.sources import load_dataset
 from flash_jax.fl.hetero import client_budget_levels, slot_budget_levels
 from flash_jax.fl.loop import run
-from flash_jax.fl.round import init_state, run_round
+from flash_jax.fl.round import run_round
+from flash_jax.fl.state import init_state
 from flash_jax.fl.setup import build_setup
 from flash_jax.streams import ROUND, sample_clients
 from flash_jax.methods.feddst import readjust_ratio as feddst_readjust_ratio

@@ -14,6 +14,7 @@ import numpy as np
 from flax import traverse_util
 
 from flash_jax.comm import dense_model_bits, model_bits
+from flash_jax.fl.evaluate import server_nnz
 from flash_jax.fl.state import ClientTable, CommCounters, RoundState, ServerMasks
 from flash_jax.sparse import client_mask_counts
 
@@ -75,3 +76,15 @@ def account(tensors, sparse: bool, old: RoundState, new_server_levels: dict, ids
     metrics = {"upload_bits": up, "download_bits": down, "cumulative_bits": comm.cumulative_bits,
                "comm_ratio_vs_dense": comm.cumulative_bits / comm.dense_cumulative_bits}
     return new_server, clients, comm, metrics
+
+
+def model_transfer_bits(tensors, params, mask_known: bool) -> int:
+    """One transfer of `params`: the non-zero entries of its maskable tensors (`tensors`: the setup's
+    MaskableTensors) sparse, with their mask unless the receiver knows it, the rest dense."""
+    return model_bits(server_nnz(params, tensors.paths), tensors.sizes, tensors.dense_size, mask_known=mask_known)
+
+
+def with_stage_bits(state: RoundState, bits: int) -> RoundState:
+    """`state` with `bits` sent by a method's stage before the rounds counted; dense FedAvg has no
+    such stage, so what it would have sent stays."""
+    return state.replace(comm=state.comm.replace(cumulative_bits=state.comm.cumulative_bits + bits))

@@ -18,9 +18,9 @@ import orbax.checkpoint as ocp
 from flax import serialization, traverse_util
 from jax.sharding import NamedSharding, PartitionSpec
 
-from flash_jax import processes
+from flash_jax import hosts
 from flash_jax.config import Config, ConfigError
-from flash_jax.fl.cohort import client_mesh
+from flash_jax.fl.mesh import client_mesh
 from flash_jax.fl.state import FORMAT_VERSION, RoundState
 from flash_jax.workdir import strict
 
@@ -100,11 +100,11 @@ class Checkpoints:
             except Exception as err:
                 self._warn(step, err)
                 continue
-            if processes.is_writer():
+            if hosts.is_writer():
                 for newer in self._manager.all_steps():
                     if newer > step:  # unreadable ones: the rounds are recomputed and saved again
                         shutil.rmtree(os.path.join(self._manager.directory, str(newer)))
-            processes.wait_for_writer("checkpoint_cleanup")
+            hosts.wait_for_writer("checkpoint_cleanup")
             self._manager.reload()
             flat.update(traverse_util.flatten_dict(restored))
             flat.update({tuple(k.split(".")): v for k, v in record["counters"].items()})
@@ -114,7 +114,7 @@ class Checkpoints:
 
     @staticmethod
     def _warn(step: int, err: Exception) -> None:
-        if processes.is_writer():
+        if hosts.is_writer():
             print(f"warning: checkpoint of round {step} is unreadable ({type(err).__name__}); "
               "trying the previous one", file=sys.stderr)
 

@@ -7,8 +7,8 @@ import numpy as np
 from flax import traverse_util
 
 from flash_jax.config import Config
-from flash_jax.fl.state import RoundState
-from flash_jax.sparse import Masks, level_masks
+from flash_jax.fl.setup import Setup
+from flash_jax.sparse import Masks, level_masks, stack_levels
 from flash_jax.streams import HETERO, generator
 
 
@@ -40,22 +40,23 @@ def slot_budget_levels(config: Config) -> np.ndarray:
     return per_slot[::-1].copy()
 
 
-def participant_levels(config: Config, state: RoundState, ids: np.ndarray) -> np.ndarray:
+def participant_levels(config: Config, client_levels: np.ndarray, round_index: int, ids: np.ndarray) -> np.ndarray:
     """Budget level of each participant: its own (hetero 'client'), its slot's (hetero 'slot'; round 0
     all at d, as in the authors' code), or the only level."""
     if config.hetero_client and config.hetero_assign == "client":
-        return state.clients.level[ids]
-    if config.hetero_client and state.round > 0:
+        return client_levels[ids]
+    if config.hetero_client and round_index > 0:
         return slot_budget_levels(config)
     return np.zeros(len(ids), np.int64)
 
 
-def server_levels(params, paths: tuple[str, ...], top_mask: Masks, density: float,
-                  levels: tuple[float, ...]) -> Masks:
+def levels_of(setup: Setup, params, top_mask: Masks) -> Masks:
     """Every level's server mask, stacked, the mask at d first; the lower levels are the top-k of
     |theta| inside the mask at d, so they nest."""
+    if len(setup.levels) == 1:
+        return stack_levels(top_mask)
     flat = traverse_util.flatten_dict(params, sep="/")
-    return _level_masks({p: flat[p] for p in paths}, top_mask, density, levels)
+    return _level_masks({p: flat[p] for p in setup.tensors.paths}, top_mask, setup.config.density, setup.levels)
 
 
 _level_masks = jax.jit(level_masks, static_argnums=3)

@@ -15,14 +15,14 @@ from typing import Any
 import jax
 from tqdm.auto import tqdm
 
-from flash_jax import processes
+from flash_jax import hosts, processes
 from flash_jax.config import Config, ConfigError
 from flash_jax.data.sources import Dataset, load_dataset
 from flash_jax.fl.checkpoint import Checkpoints, saved_settings
 from flash_jax.fl.evaluate import evaluate_state
-from flash_jax.fl.round import init_state, run_round
+from flash_jax.fl.round import run_round
 from flash_jax.fl.setup import Setup, build_setup
-from flash_jax.fl.state import RoundState
+from flash_jax.fl.state import RoundState, init_state
 from flash_jax.fl.stops import Interrupted, StopSignals, check_finite
 from flash_jax.workdir import (WorkdirLock, append_jsonl, check_workdir, rewrite_metrics, set_old_metrics_aside,
                                write_json)
@@ -62,7 +62,7 @@ def run(config: Config, dataset: Dataset | None = None) -> list[dict[str, Any]]:
             history = []
             if restored:
                 state, history = restored
-                if processes.is_writer():
+                if hosts.is_writer():
                     print(f"resuming {config.workdir} from its checkpoint of round {state.round}", file=sys.stderr)
             elif metrics_path:
                 set_old_metrics_aside(metrics_path)
@@ -76,7 +76,7 @@ def _open_workdir(config: Config, setup: Setup, writer: contextlib.ExitStack) ->
     continue it and writes config.json; returns the metrics path there (None elsewhere). The other
     processes learn whether that worked, so a refusal stops all of them."""
     failure, saved = None, saved_settings(config.workdir)  # every process: orbax opens it collectively
-    if processes.is_writer():
+    if hosts.is_writer():
         try:
             writer.enter_context(WorkdirLock(config.workdir))
             check_workdir(config.workdir, config, saved)
@@ -85,9 +85,9 @@ def _open_workdir(config: Config, setup: Setup, writer: contextlib.ExitStack) ->
             failure = err
         except OSError as err:
             failure = ConfigError(f"--workdir {config.workdir} is not writable: {err.strerror or err}")
-    if processes.agree(failure is not None):
+    if hosts.agree(failure is not None):
         raise failure or ConfigError(f"--workdir {config.workdir}: process 0 refused it (its message says why)")
-    return metrics_path if processes.is_writer() else None
+    return metrics_path if hosts.is_writer() else None
 
 
 def _train(setup: Setup, state: RoundState, history: list[dict[str, Any]], checkpoints: Checkpoints | None,
@@ -100,7 +100,7 @@ def _train(setup: Setup, state: RoundState, history: list[dict[str, Any]], check
                       dynamic_ncols=True) as stage_bar:
                 state, record = setup.method.stage1(setup, state)
                 stage_bar.update(1)
-            if config.workdir and processes.is_writer():
+            if config.workdir and hosts.is_writer():
                 write_json(os.path.join(config.workdir, setup.method.stage1_record), record)
         if checkpoints:
             checkpoints.save(state, history, config)
@@ -109,7 +109,7 @@ def _train(setup: Setup, state: RoundState, history: list[dict[str, Any]], check
                initial=state.round, total=config.fl_rounds, disable=setup.compiled.quiet, dynamic_ncols=True)
     train_s, rounds_since_eval = 0.0, 0
     for r in bar:
-        signum = processes.agree(stops.signum or 0)  # every process stops at the same round
+        signum = hosts.agree(stops.signum or 0)  # every process stops at the same round
         if signum:
             stops.signum = stops.signum or signum
             break

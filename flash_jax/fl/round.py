@@ -10,93 +10,22 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from flash_jax.data.store import cohort_layout, steps_per_epoch
-from flash_jax.fl.accounting import Uploads, account
-from flash_jax.fl.client import ClientSpec
-from flash_jax.fl.cohort import ChunkPlan, RoundInputs, ServerModel, chunk_size, train_cohort
-from flash_jax.fl.hetero import client_budget_levels, participant_levels, server_levels
-from flash_jax.fl.phases import MASK_UPDATE_PHASES
 from flash_jax.comm import VALUE_BITS
+from flash_jax.fl.accounting import Uploads, account
+from flash_jax.fl.cohort import ServerModel, train_clients
+from flash_jax.fl.hetero import levels_of, participant_levels
 from flash_jax.fl.rules import RoundOutcome, ServerUpdate
 from flash_jax.fl.setup import Setup
-from flash_jax.fl.state import ClientTable, CommCounters, Model, RoundState, ServerMasks, stack_levels
-from flash_jax.models import init_variables
-from flash_jax.sparse import apply_masks, mask_consensus, pack_rows
-from flash_jax.streams import INIT, MASK, ROUND, key, sample_clients
-
-
-def levels_of(setup: Setup, params, top_mask) -> dict:
-    """The server's mask of every budget level, from the mask at d."""
-    if len(setup.levels) == 1:
-        return stack_levels(top_mask)
-    return server_levels(params, setup.tensors.paths, top_mask, setup.config.density, setup.levels)
-
-
-def init_state(setup: Setup) -> RoundState:
-    """The seeded initial model, the method's initial masks, nothing communicated yet."""
-    config, method = setup.config, setup.method
-    variables = init_variables(setup.model, key(config.seed, INIT), setup.data.input_shape)
-    masks = method.server_mask.init(setup, key(config.seed, MASK), variables["params"])
-    params = apply_masks(variables["params"], masks)
-    if setup.reparameterization:
-        params = setup.reparameterization.stored(params)
-    return RoundState(
-        round=0, model=Model(params, variables.get("batch_stats", {})),
-        server=ServerMasks(levels=levels_of(setup, params, masks), ids=np.arange(len(setup.levels))),
-        clients=ClientTable(masks=method.client.init(config, masks),
-                            level=client_budget_levels(config),
-                            mask_id=np.zeros(config.num_users, np.int64)),
-        comm=CommCounters(cumulative_bits=0, dense_cumulative_bits=0),
-        server_state=method.server_mask.init_state(setup, params))
-
-
-def train_clients(setup: Setup, spec: ClientSpec, ids: np.ndarray, round_key, model: ServerModel, *,
-                  epochs: int, lr: float, mask_index: np.ndarray | None = None, own_masks: dict | None = None,
-                  readjust_ratio: float = 0.0, budgets: np.ndarray | None = None, unpack_masks: bool = True):
-    """One cohort's local training and aggregation, --clients_per_chunk clients per jitted call;
-    client keys are fold_in(round_key, client id). With `mask_index`, participant k takes the masks
-    model.masks[mask_index[k]]; with `own_masks` (bit-packed rows, one per participant) its own.
-    `budgets` are the participants' density targets as fractions of d (default: all at d). Without `unpack_masks` the final masks come only bit-packed (client_rows).
-
-    Returns the cohort's CohortResult, and the round's padding_efficiency (real client-steps over
-    padded ones) and compiled_cohort_shapes (distinct cohort shapes this run has needed).
-    """
-    config, store, mesh = setup.config, setup.data.store, setup.data.mesh
-    layout = cohort_layout(store, ids, batch_size=config.local_bs, epochs=epochs, phases=MASK_UPDATE_PHASES)
-    chunk = chunk_size(config.clients_per_chunk, len(ids), 1 if mesh is None else mesh.size)
-    plan = ChunkPlan(spec, layout, setup.method.aggregation(config), mesh)
-    per_client = mask_index is not None or own_masks is not None
-    setup.compiled.note((plan, chunk, per_client), lambda: _describe(plan, chunk, per_client))
-    budgets = np.ones(len(ids)) if budgets is None else budgets
-    clients = {"ids": ids, "offsets": store.offsets[ids], "counts": store.counts[ids],
-               "targets": (budgets * config.density * setup.tensors.num_maskable).astype(np.float32)}
-    if mask_index is not None:
-        clients["mask_index"] = mask_index
-    if own_masks is not None:
-        clients["masks"] = own_masks
-    result = train_cohort(plan, chunk, store, model, RoundInputs(lr, readjust_ratio, round_key), clients,
-                          unpack_masks)
-    real_steps = epochs * int(steps_per_epoch(store.counts[ids], layout.batch_size).sum())
-    padded_steps = -(-len(ids) // chunk) * chunk * sum(layout.phase_lengths)
-    shapes = {"padding_efficiency": real_steps / padded_steps, "compiled_cohort_shapes": len(setup.compiled.seen)}
-    return result, shapes
-
-
-def _describe(plan: ChunkPlan, chunk: int, per_client_masks: bool) -> str:
-    spec, layout = plan.spec, plan.layout
-    masks = "sparse learning" if spec.sparse_learning else "readjusting masks" if spec.readjust else "fixed masks"
-    return (f"{chunk} clients per call x {layout.epochs} epoch(s) x {layout.steps} steps x batch "
-            f"{layout.batch_size}, phases {layout.phase_lengths}, {masks}"
-            f"{', per-client masks' if per_client_masks else ''}"
-            f"{', FMA' if plan.aggregation.per_entry else ''}")
-
+from flash_jax.fl.state import Model, RoundState
+from flash_jax.sparse import apply_masks, mask_consensus, pack_rows, stack_levels
+from flash_jax.streams import ROUND, key, sample_clients
 
 def run_round(setup: Setup, state: RoundState) -> tuple[RoundState, dict[str, Any]]:
     config, method = setup.config, setup.method
     r = state.round
     ids = sample_clients(config.seed, ROUND, r, config.num_users, config.clients_per_round)
     round_key = key(config.seed, ROUND, r)
-    levels = participant_levels(config, state, ids)
+    levels = participant_levels(config, state.clients.level, state.round, ids)
     budgets = np.asarray(setup.levels)[levels]
     # what each participant trains in: its own mask, its budget level's, or the one shared mask
     mode = method.client.local(config, r)

@@ -21,9 +21,8 @@ import optax
 
 from flash_jax.fl.aggregate import FEDAVG, FMA, Aggregation
 from flash_jax.fl.client import momentum_sgd
-from flash_jax.fl.state import stack_levels
-from flash_jax.processes import to_host
-from flash_jax.sparse import Masks, magnitude_masks, next_mask, pack_rows, random_masks, unpacked
+from flash_jax.hosts import to_host
+from flash_jax.sparse import Masks, magnitude_masks, next_mask, pack_rows, random_masks, stack_levels, unpacked
 
 __all__ = ["Aggregation", "ClientRule", "LocalMode", "Reparameterization", "RoundOutcome", "ServerMaskRule",
            "ServerUpdate", "FEDAVG", "FMA"]

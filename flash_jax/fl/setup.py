@@ -14,13 +14,13 @@ from flax import traverse_util
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from flash_jax import processes
+from flash_jax import hosts
 from flash_jax.config import Config, ConfigError
 from flash_jax.data.partition import partition
 from flash_jax.data.sources import Dataset
 from flash_jax.data.store import ClientStore, build_store
 from flash_jax.fl.client import ClientSpec
-from flash_jax.fl.cohort import client_mesh, place
+from flash_jax.fl.mesh import client_mesh, place
 from flash_jax.fl.methods import Method, get_method
 from flash_jax.fl.rules import Reparameterization
 from flash_jax.models import ModelDef, get_model, init_variables
@@ -133,4 +133,4 @@ def build_setup(config: Config, dataset: Dataset) -> Setup:
     return Setup(config=config, method=method, data=data, model=model, eval_apply=eval_model.module.apply,
                  tensors=tensors, spec=spec, lr=learning_rate_schedule(config), reparameterization=reparameterization,
                  levels=config.density_levels[0],
-                 compiled=CompileLog(config.quiet or not processes.is_writer()))
+                 compiled=CompileLog(config.quiet or not hosts.is_writer()))

@@ -6,10 +6,10 @@ import dataclasses
 from typing import Any
 
 
-from flash_jax.comm import VALUE_BITS, model_bits
-from flash_jax.fl.cohort import ServerModel
-from flash_jax.fl.evaluate import server_nnz
-from flash_jax.fl.round import levels_of, train_clients
+from flash_jax.comm import VALUE_BITS
+from flash_jax.fl.accounting import model_transfer_bits, with_stage_bits
+from flash_jax.fl.cohort import ServerModel, train_clients
+from flash_jax.fl.hetero import levels_of
 from flash_jax.fl.setup import Setup
 from flash_jax.fl.state import Model, RoundState
 from flash_jax.models import init_variables
@@ -33,11 +33,10 @@ def sensitivity_stage(setup: Setup, state: RoundState) -> tuple[RoundState, dict
     variables = init_variables(setup.model, key(config.seed, REINIT), setup.data.input_shape)
     # K_d downloads of the seeded initial model, one scalar per layer per client up; the stage-2
     # mask is again drawn from the shared seed (plus the broadcast layer densities)
-    download = model_bits(server_nnz(state.model.params, tensors.paths), tensors.sizes, tensors.dense_size,
-                          mask_known=True)
+    download = model_transfer_bits(tensors, state.model.params, mask_known=True)
     stage_bits = len(ids) * (download + VALUE_BITS * len(tensors.sizes))
     params = apply_masks(variables["params"], masks)
-    new_state = state.replace(model=Model(params, variables.get("batch_stats", {})),
-                              server=state.server.replace(levels=levels_of(setup, params, masks)),
-                              comm=state.comm.replace(cumulative_bits=state.comm.cumulative_bits + stage_bits))
+    new_state = with_stage_bits(state.replace(model=Model(params, variables.get("batch_stats", {})),
+                                              server=state.server.replace(levels=levels_of(setup, params, masks))),
+                                stage_bits)
     return new_state, {"clients": ids.tolist(), "reported_layer_density": reported, "layer_density": densities}

@@ -14,14 +14,12 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from flash_jax.comm import model_bits
 from flash_jax.fl.client import clip_trained_gradient, client_loss
-from flash_jax.fl.evaluate import server_nnz
+from flash_jax.fl.accounting import model_transfer_bits, with_stage_bits
 from flash_jax.fl.methods import Knob, Method, register_method
 from flash_jax.methods import prunefl_feddst
 from flash_jax.fl.rules import FEDAVG, FIXED_MASK, LocalMode, ServerMaskRule, ServerUpdate, all_weights
-from flash_jax.fl.state import stack_levels
-from flash_jax.sparse import apply_masks
+from flash_jax.sparse import apply_masks, stack_levels
 from flash_jax.sparse.prunefl_search import adjust
 from flash_jax.streams import PRUNEFL_INITIAL_PRUNING, generator
 
@@ -142,13 +140,12 @@ def initial_pruning(setup, state):
                 break
     flat = traverse_util.flatten_dict(params, sep="/")
     masked = apply_masks(params, mask)
-    upload = model_bits(server_nnz(masked, setup.tensors.paths), setup.tensors.sizes, setup.tensors.dense_size,
-                        mask_known=False)
+    upload = model_transfer_bits(setup.tensors, masked, mask_known=False)
     server = state.server.replace(levels=stack_levels(mask), ids=state.server.ids + 1)
     new_state = state.replace(model=state.model.replace(params=masked, batch_stats=batch_stats), server=server,
-                              comm=state.comm.replace(cumulative_bits=state.comm.cumulative_bits + upload),
                               server_state={"dense": {p: flat[p] for p in setup.tensors.paths}})
-    return new_state, {"client": client, "rounds": r, "gate_round": start, "densities": densities}
+    return with_stage_bits(new_state, upload), {"client": client, "rounds": r, "gate_round": start,
+                                                "densities": densities}
 
 
 def _stage1(setup, state):

@@ -15,12 +15,10 @@ from flax import traverse_util
 
 from flash_jax.comm import VALUE_BITS, model_bits
 from flash_jax.fl.client import momentum_sgd
-from flash_jax.fl.cohort import ServerModel
-from flash_jax.fl.evaluate import server_nnz
-from flash_jax.fl.round import train_clients
+from flash_jax.fl.cohort import ServerModel, train_clients
+from flash_jax.fl.accounting import model_transfer_bits, with_stage_bits
 from flash_jax.fl.rules import ServerUpdate
-from flash_jax.fl.state import stack_levels
-from flash_jax.sparse import apply_masks
+from flash_jax.sparse import apply_masks, stack_levels
 from flash_jax.sparse.prunefl_search import readjust
 from flash_jax.streams import PRUNEFL_FEDDST_INITIAL, generator, key
 
@@ -65,7 +63,7 @@ def initial_stage(setup, state):
         round_key = key(config.seed, PRUNEFL_FEDDST_INITIAL, r)
         result, _ = train_clients(setup, spec, client, round_key, ServerModel(params, batch_stats, mask),
                                   epochs=config.local_epoch, lr=setup.lr(0))
-        bits += model_bits(server_nnz(params, tensors.paths), tensors.sizes, tensors.dense_size, mask_known=known)
+        bits += model_transfer_bits(tensors, params, mask_known=known)
         bits += model_bits({p: int(mask[p].sum()) for p in mask}, tensors.sizes, tensors.dense_size, mask_known=True)
         params, batch_stats, known = result.params, result.batch_stats, True
         if rebuild:
@@ -77,7 +75,7 @@ def initial_stage(setup, state):
             if len(changes) >= 5 and all(c < 0.1 for c in changes[-5:]):
                 break
     server = state.server.replace(levels=stack_levels(mask), ids=state.server.ids + (not known))
-    new_state = state.replace(model=state.model.replace(params=params, batch_stats=batch_stats), server=server,
-                              comm=state.comm.replace(cumulative_bits=state.comm.cumulative_bits + bits))
+    new_state = with_stage_bits(state.replace(model=state.model.replace(params=params, batch_stats=batch_stats),
+                                              server=server), bits)
     density = sum(int(m.sum()) for m in mask.values()) / tensors.num_maskable
     return new_state, {"rounds": r + 1, "mask_changes": changes, "density": density}
