@@ -10,6 +10,7 @@ from flash_jax.fl import checkpoint
 from flash_jax.fl.loop import run
 from flash_jax.fl.methods import Knob, Method, get_method, methods, register_method
 from flash_jax.fl.rules import FEDAVG, FIXED_MASK, KEEP_MASK, MODEL_SUPPORT, NO_MASK
+from flash_jax.settings import validate
 from run import build_parser, parse_config
 
 BUILT_IN = ("dense", "pdst", "spdst", "jmwst", "nst", "feddst")
@@ -43,7 +44,7 @@ def test_a_registered_method_gets_flags_help_validation_and_config_keys(capsys):
     assert Config(test_lucky_number=7) == Config()  # a knob at its default is not stored
     assert dataclasses.replace(config, seed=2).test_lucky_number == 3
     with pytest.raises(ConfigError, match=r"--test_lucky_number=0 is invalid: must be > 0"):
-        Config(test_lucky_number=0).validate()
+        validate(Config(test_lucky_number=0))
     with pytest.raises(TypeError, match="unknown setting 'test_unlucky'"):
         Config(test_unlucky=1)
     with pytest.raises(SystemExit):

@@ -24,6 +24,7 @@ from flash_jax.fl.mesh import client_mesh, place
 from flash_jax.fl.methods import Method, get_method
 from flash_jax.fl.rules import Reparameterization
 from flash_jax.models import ModelDef, get_model, init_variables
+from flash_jax.settings import validate_against_data, validate_against_model, validate_against_tensors
 from flash_jax.sparse import maskable_paths
 
 AUGMENTED_DATASETS = ("cifar10", "cifar100", "tiny_imagenet")
@@ -99,7 +100,7 @@ def _maskable_tensors(config: Config, model: ModelDef, input_shape, sparse: bool
         raise ConfigError(f"--mask_pattern={config.mask_pattern!r} is invalid: it matches no tensor of "
                           f"{config.model_type} ({', '.join(sorted(flat))})") from None
     sizes = {p: math.prod(flat[p].shape) for p in paths}
-    config.validate_against_tensors(sizes, sparse)
+    validate_against_tensors(config, sizes, sparse)
     num_maskable = sum(sizes.values())
     return MaskableTensors(paths=paths, shapes={p: flat[p].shape for p in paths}, sizes=sizes,
                            num_maskable=num_maskable,
@@ -107,14 +108,14 @@ def _maskable_tensors(config: Config, model: ModelDef, input_shape, sparse: bool
 
 
 def build_setup(config: Config, dataset: Dataset) -> Setup:
-    config.validate_against_data(len(dataset.train_y))
+    validate_against_data(config, len(dataset.train_y))
     method = get_method(config.experiment_type)
     alpha = None if config.iid else config.alpha
     train_parts = partition(dataset.train_y, config.num_users, alpha, config.seed)
     test_parts = partition(dataset.test_y, config.num_users, alpha, config.seed + 1) \
         if config.num_users <= len(dataset.test_y) else []
     model = get_model(config.model_type, dataset.num_classes, config.conv_impl, config.mnistnet_softmax)
-    config.validate_against_model(dataset.input_shape, model.min_input_size)
+    validate_against_model(config, dataset.input_shape, model.min_input_size)
     tensors = _maskable_tensors(config, model, dataset.input_shape, method.sparse)
     reparameterization = method.reparameterization(config, tensors.paths)
     spec = ClientSpec(apply_fn=model.module.apply, has_batch_stats=model.has_batch_stats,

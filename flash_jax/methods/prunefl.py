@@ -18,6 +18,7 @@ from flash_jax.fl.client import clip_trained_gradient, client_loss
 from flash_jax.fl.accounting import model_transfer_bits, with_stage_bits
 from flash_jax.fl.methods import Knob, Method, register_method
 from flash_jax.methods import prunefl_feddst
+from flash_jax.methods.prunefl_feddst import cost_model_of
 from flash_jax.fl.rules import FEDAVG, FIXED_MASK, LocalMode, ServerMaskRule, ServerUpdate, all_weights
 from flash_jax.sparse import apply_masks, stack_levels
 from flash_jax.sparse.prunefl_search import adjust
@@ -41,18 +42,11 @@ def density_cap(config, t: int, num_maskable: int) -> float | None:
     return top * num_maskable if top < 1.0 else None
 
 
-def layer_costs(setup) -> dict[str, float]:
-    paths = setup.tensors.paths
-    given = [float(c) for c in setup.config.prunefl_layer_costs.split(",")] if setup.config.prunefl_layer_costs else []
-    return dict(zip(paths, given)) if given else {p: 1.0 for p in paths}
-
-
 def _search(setup, dense: dict, mask: dict, squared_tree: dict, dtp: float, cap: float | None) -> dict:
     """ADJUST on the host from the (averaged) squared gradients of every parameter."""
     flat = jax.device_get(traverse_util.flatten_dict(squared_tree, sep="/"))
-    paths, costs = setup.tensors.paths, layer_costs(setup)
+    paths, (costs, t0) = setup.tensors.paths, cost_model_of(setup)
     other = float(sum(np.sum(v, dtype=np.float64) for p, v in flat.items() if p not in paths))
-    t0 = setup.config.prunefl_time_const * sum(costs[p] * setup.tensors.sizes[p] for p in paths)
     new = adjust(jax.device_get(dense), jax.device_get(mask), {p: flat[p] for p in paths}, other, dtp, costs, t0, cap)
     return {p: jnp.asarray(m) for p, m in new.items()}
 

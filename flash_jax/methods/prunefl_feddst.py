@@ -19,7 +19,7 @@ from flash_jax.fl.cohort import ServerModel, train_clients
 from flash_jax.fl.accounting import model_transfer_bits, with_stage_bits
 from flash_jax.fl.rules import ServerUpdate
 from flash_jax.sparse import apply_masks, stack_levels
-from flash_jax.sparse.prunefl_search import readjust
+from flash_jax.sparse.prunefl_search import cost_model, readjust
 from flash_jax.streams import PRUNEFL_FEDDST_INITIAL, generator, key
 
 PRUNE_BASE = 0.3  # p = 0.3 in the initial stage, 0.3 * 0.5^t in round t
@@ -33,10 +33,14 @@ def optimizer(config):
     return functools.partial(momentum_sgd, momentum=config.feddst_momentum, weight_decay=config.feddst_weight_decay)
 
 
+def cost_model_of(setup) -> tuple[dict[str, float], float]:
+    """PruneFL's cost model (c_l, T0) from --prunefl_layer_costs and --prunefl_time_const."""
+    return cost_model(setup.tensors.paths, setup.tensors.sizes, setup.config.prunefl_layer_costs,
+                      setup.config.prunefl_time_const)
+
+
 def _rebuild(setup, mean_gradient: dict, prune: float) -> dict:
-    from flash_jax.methods.prunefl import layer_costs  # the cost model is the method's
-    costs = layer_costs(setup)
-    t0 = setup.config.prunefl_time_const * sum(costs[p] * setup.tensors.sizes[p] for p in setup.tensors.paths)
+    costs, t0 = cost_model_of(setup)
     flat = jax.device_get(traverse_util.flatten_dict(mean_gradient, sep="/"))  # the average comes back nested
     squared = {p: np.square(np.asarray(flat[p], np.float64)) for p in setup.tensors.paths}
     return {p: jnp.asarray(m) for p, m in readjust(squared, costs, t0, 1.0 - prune).items()}
