@@ -13,14 +13,14 @@ import jax
 import jax.numpy as jnp
 
 import flash_jax
-from flash_jax.fl.rules import FEDAVG, FIXED_MASK, ServerMaskRule
+from flash_jax.fl.rules import FEDAVG, FIXED_MASK, ServerMaskRule, ServerUpdate
 from flash_jax.sparse import magnitude_masks
 
 
-def gmp_density(config, round_index: int) -> float:
-    """Cubic decay from 1 to d, reached after gmp_prune_fraction * fl_rounds rounds."""
+def gmp_density(config, t: int) -> float:
+    """Cubic decay from 1 to d, reached after round gmp_prune_fraction * fl_rounds (rounds count from 1)."""
     end = max(1, round(config.gmp_prune_fraction * config.fl_rounds))
-    left = max(0.0, 1.0 - (round_index + 1) / end)
+    left = max(0.0, 1.0 - t / end)
     return config.density + (1.0 - config.density) * left**3
 
 
@@ -29,7 +29,7 @@ def start_dense(setup, key, params):
 
 
 def prune_aggregate(setup, outcome):
-    return _global_magnitude(outcome.maskable, gmp_density(setup.config, outcome.round))
+    return ServerUpdate(mask=_global_magnitude(outcome.maskable, gmp_density(setup.config, outcome.round)))
 
 
 @jax.jit

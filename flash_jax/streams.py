@@ -11,7 +11,7 @@ import jax
 import numpy as np
 
 # streams of the run's seed
-INIT, MASK, ROUND, SENSITIVITY, REINIT, STAGE2_MASK, HETERO = range(7)
+INIT, MASK, ROUND, SENSITIVITY, REINIT, STAGE2_MASK, HETERO, SERVER_UPDATE = range(8)
 PRUNEFL_INITIAL_PRUNING = 100  # PruneFL's initial-pruning client and its batches
 PRUNEFL_FEDDST_INITIAL = 101   # the FedDST authors' PruneFL: its initial stage's clients and keys
 # streams of a client's key

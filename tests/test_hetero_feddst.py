@@ -94,10 +94,10 @@ def test_budget_levels_fixed_per_client_and_authors_slots():
 
 def test_feddst_readjust_schedule_is_cosine_and_stops_at_half():
     config = Config(fl_rounds=100, feddst_readjust_ratio=0.05, feddst_readjust_every=10)
-    ratios = {r: feddst_readjust_ratio(config, r) for r in range(100)}
-    assert [r for r, v in ratios.items() if v > 0] == [1, 11, 21, 31, 41]
-    assert ratios[1] == pytest.approx(0.05 * (1 + np.cos(np.pi / 50)) / 2)
-    assert ratios[41] < ratios[31] < ratios[1]
+    ratios = {t: feddst_readjust_ratio(config, t) for t in range(1, 101)}  # rounds count from 1
+    assert [t for t, v in ratios.items() if v > 0] == [2, 12, 22, 32, 42]
+    assert ratios[2] == pytest.approx(0.05 * (1 + np.cos(np.pi / 50)) / 2)
+    assert ratios[42] < ratios[32] < ratios[2]
 
 
 def test_hetero_spdst_budgets_stay_fixed_and_levels_nest(digits):

@@ -14,21 +14,22 @@ from flash_jax.comm import VALUE_BITS
 from flash_jax.fl.accounting import Uploads, account
 from flash_jax.fl.cohort import ServerModel, train_clients
 from flash_jax.fl.hetero import levels_of, participant_levels
-from flash_jax.fl.rules import RoundOutcome, ServerUpdate
+from flash_jax.fl.rules import RoundOutcome
 from flash_jax.fl.setup import Setup
 from flash_jax.fl.state import Model, RoundState
 from flash_jax.sparse import apply_masks, mask_consensus, pack_rows, stack_levels
-from flash_jax.streams import ROUND, key, sample_clients
+from flash_jax.streams import ROUND, SERVER_UPDATE, key, sample_clients
+
 
 def run_round(setup: Setup, state: RoundState) -> tuple[RoundState, dict[str, Any]]:
     config, method = setup.config, setup.method
-    r = state.round
+    r, t = state.round, state.round + 1  # rounds done so far; this round's number (1-based, as in the metrics)
     ids = sample_clients(config.seed, ROUND, r, config.num_users, config.clients_per_round)
     round_key = key(config.seed, ROUND, r)
     levels = participant_levels(config, state.clients.level, state.round, ids)
     budgets = np.asarray(setup.levels)[levels]
     # what each participant trains in: its own mask, its budget level's, or the one shared mask
-    mode = method.client.local(config, r)
+    mode = method.client.local(config, t)
     masks, mask_index, own_masks = state.server.top, None, None
     if mode.dense:
         masks = _all_true(state.server.top)
@@ -45,11 +46,10 @@ def run_round(setup: Setup, state: RoundState) -> tuple[RoundState, dict[str, An
     params, batch_stats, client_rows, losses = result.params, result.batch_stats, result.client_rows, result.losses
     flat = traverse_util.flatten_dict(params, sep="/")
     server_mask = state.server.top
-    outcome = RoundOutcome(round=r, ids=ids, budgets=budgets, mode=mode,
+    outcome = RoundOutcome(round=t, key=key(config.seed, SERVER_UPDATE, t), ids=ids, budgets=budgets, mode=mode,
                            maskable={p: flat[p] for p in setup.tensors.paths}, client_rows=client_rows,
                            server_mask=server_mask, reports=result.reports, server_state=state.server_state)
     update = method.server_mask.update(setup, outcome)
-    update = update if isinstance(update, ServerUpdate) else ServerUpdate(mask=update)
     if update.maskable is not None:
         flat.update(update.maskable)
         params = traverse_util.unflatten_dict(flat, sep="/")

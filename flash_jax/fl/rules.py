@@ -6,7 +6,9 @@ part of the round state, `update` moves it on by one round (ALGORITHMS.md §2, �
   the mask this round (nothing, sparse learning toward the client's budget, FedDST's
   readjustment), `update` folds the participants' final masks back into the per-client masks.
 - ServerMaskRule: how the server mask evolves. `init` draws the first mask at d from the seed,
-  `update` returns the next one from the round's outcome (None: unchanged).
+  `update` returns a ServerUpdate from the round's outcome (its None parts: unchanged).
+
+A rule sees rounds numbered from 1, as the metrics do: round t is the t-th round of training.
 - Aggregation (fl/aggregate.py): FedAvg or FMA, chosen per Config.
 """
 from __future__ import annotations
@@ -41,7 +43,8 @@ class LocalMode(NamedTuple):
 class RoundOutcome(NamedTuple):
     """What a server-mask rule may look at after the cohort's aggregation."""
 
-    round: int
+    round: int                  # this round's number, from 1 (as in the metrics)
+    key: jax.Array              # the server's own randomness this round: streams.key(seed, SERVER_UPDATE, round)
     ids: np.ndarray             # the participants
     budgets: np.ndarray         # their density targets as fractions of d
     mode: LocalMode
@@ -61,7 +64,7 @@ class RoundOutcome(NamedTuple):
 
 
 class ServerUpdate(NamedTuple):
-    """What a server-mask rule returns when it changes more than the mask: None keeps a part."""
+    """What a server-mask rule returns after a round: each part None is kept as it was."""
 
     mask: Masks | None = None
     maskable: dict | None = None  # new values of maskable tensors by path (before the mask applies)
@@ -70,7 +73,7 @@ class ServerUpdate(NamedTuple):
 
 class ClientRule(NamedTuple):
     init: Callable[[Any, Masks], Masks]  # (config, initial server mask) -> per-client masks
-    local: Callable[[Any, int], LocalMode]  # (config, round)
+    local: Callable[[Any, int], LocalMode]  # (config, round from 1)
     # (per-client masks, ids, the participants' final masks as bit-packed rows or None) -> per-client masks
     update: Callable[[Masks, np.ndarray, dict | None], Masks]
     optimizer: Callable[[Any], Callable[[Any], optax.GradientTransformation]] = lambda config: optax.sgd
@@ -90,7 +93,7 @@ class Reparameterization(NamedTuple):
 
 class ServerMaskRule(NamedTuple):
     init: Callable[[Any, jax.Array, dict], Masks]  # (setup, key, initial params) -> the mask at d
-    update: Callable[[Any, RoundOutcome], Masks | ServerUpdate | None]  # (setup, outcome)
+    update: Callable[[Any, RoundOutcome], ServerUpdate]  # (setup, outcome)
     masks_model: bool = True  # the new mask multiplies the model (False: it is the model's support)
     init_state: Callable[[Any, dict], dict] = lambda setup, params: {}  # (setup, initial params) -> own state
 
@@ -127,9 +130,9 @@ PRIVATE_SPARSE_LEARNING = ClientRule(init=_private, local=lambda config, r: Loca
 
 
 def sparse_learning_every(interval: Callable[[Any], int]) -> ClientRule:
-    """Sparse learning on the rounds where the server renews its mask (r % interval(config) == 0),
-    a fixed mask in between (JMWST with r_int)."""
-    return FIXED_MASK._replace(local=lambda config, r: LocalMode(sparse_learning=r % interval(config) == 0))
+    """Sparse learning on the rounds where the server renews its mask (rounds 1, 1 + interval(config),
+    ...), a fixed mask in between (JMWST with r_int)."""
+    return FIXED_MASK._replace(local=lambda config, t: LocalMode(sparse_learning=(t - 1) % interval(config) == 0))
 
 
 def _random_at_d(setup, key, params) -> Masks:
@@ -140,14 +143,18 @@ def _dense_init(setup, key, params) -> Masks:
     return {}
 
 
-NO_MASK = ServerMaskRule(init=_dense_init, update=lambda setup, outcome: None)
+def _unchanged(setup, outcome) -> ServerUpdate:
+    return ServerUpdate()
+
+
+NO_MASK = ServerMaskRule(init=_dense_init, update=_unchanged)
 """A dense method: no mask at all."""
 
-KEEP_MASK = ServerMaskRule(init=_random_at_d, update=lambda setup, outcome: None)
+KEEP_MASK = ServerMaskRule(init=_random_at_d, update=_unchanged)
 """A random mask at d from the shared seed, kept for the run (PDST; SPDST after stage 1)."""
 
-MODEL_SUPPORT = ServerMaskRule(init=_random_at_d, update=lambda setup, outcome: _support(outcome.maskable),
-                               masks_model=False)
+MODEL_SUPPORT = ServerMaskRule(init=_random_at_d, update=lambda setup, outcome: ServerUpdate(
+    mask=_support(outcome.maskable)), masks_model=False)
 """Without a shared mask, the server's is the support of the averaged model: the union of the
 participants' masks (NST)."""
 
@@ -183,14 +190,15 @@ def _support(maskable: dict[str, jax.Array]) -> Masks:
 
 
 def next_mask_every(interval: Callable[[Any], int], subsample: Callable[[Any], str]) -> ServerMaskRule:
-    """NEXT_MASK (§3) every interval(config) rounds from the participants' sparse-learned masks
-    (JMWST); hetero participants below d do not set the budgets (see sparse.next_mask)."""
-    def update(setup, outcome: RoundOutcome) -> Masks | None:
+    """NEXT_MASK (§3) on rounds 1, 1 + interval(config), ... from the participants' sparse-learned
+    masks (JMWST); hetero participants below d do not set the budgets (see sparse.next_mask)."""
+    def update(setup, outcome: RoundOutcome) -> ServerUpdate:
         config = setup.config
-        if outcome.round % interval(config) != 0:
-            return None
-        return _next_mask(outcome.client_masks, outcome.maskable, config.density, subsample(config),
-                          jnp.asarray(outcome.budgets, jnp.float32), outcome.server_mask)
+        if (outcome.round - 1) % interval(config) != 0:
+            return ServerUpdate()
+        return ServerUpdate(mask=_next_mask(outcome.client_masks, outcome.maskable, config.density,
+                                            subsample(config), jnp.asarray(outcome.budgets, jnp.float32),
+                                            outcome.server_mask))
     return ServerMaskRule(init=_random_at_d, update=update)
 
 

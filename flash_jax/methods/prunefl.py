@@ -54,7 +54,7 @@ def _search(setup, dense: dict, mask: dict, squared_tree: dict, dtp: float, cap:
 def _server_update(setup, outcome):
     """Aggregated values where the mask holds, the server's last values elsewhere; ADJUST on
     adjustment rounds."""
-    config = setup.config
+    config, r = setup.config, outcome.round - 1  # r: the round as the original counts it, from 0
     if config.prunefl_variant == "feddst":
         return prunefl_feddst.server_update(setup, outcome)
     fill = (lambda m, new, old: jnp.where(m, new, old)) if config.prunefl_regrow_init == "stale" \
@@ -64,8 +64,8 @@ def _server_update(setup, outcome):
     state = {"dense": dense}
     if not outcome.mode.gradient_report:
         return ServerUpdate(state=state)
-    mask = _search(setup, dense, outcome.server_mask, outcome.reports, prune_fraction(config, outcome.round),
-                   density_cap(config, outcome.round, setup.tensors.num_maskable))
+    mask = _search(setup, dense, outcome.server_mask, outcome.reports, prune_fraction(config, r),
+                   density_cap(config, r, setup.tensors.num_maskable))
     return ServerUpdate(mask=mask, maskable=dense, state=state)
 
 
@@ -148,7 +148,8 @@ def _stage1(setup, state):
     return initial_pruning(setup, state)
 
 
-def _local(config, r: int) -> LocalMode:
+def _local(config, t: int) -> LocalMode:
+    r = t - 1  # the round as the original counts it, from 0
     if config.prunefl_variant == "feddst":
         return LocalMode(gradient_report="last" if prunefl_feddst.is_readjust_round(config, r) else "")
     return LocalMode(gradient_report="sum_squared" if is_adjust_round(config, r) else "")

@@ -48,8 +48,8 @@ def _rebuild(setup, mean_gradient: dict, prune: float) -> dict:
 
 def server_update(setup, outcome):
     if not outcome.mode.gradient_report:
-        return None
-    return ServerUpdate(mask=_rebuild(setup, outcome.reports, PRUNE_BASE * 0.5 ** outcome.round))
+        return ServerUpdate()
+    return ServerUpdate(mask=_rebuild(setup, outcome.reports, PRUNE_BASE * 0.5 ** (outcome.round - 1)))
 
 
 def initial_stage(setup, state):
