@@ -52,7 +52,7 @@ class RoundOutcome(NamedTuple):
     client_rows: dict | None    # the participants' final masks, bit-packed (None: nobody's could change)
     server_mask: Masks          # the mask at d of the round's start
     reports: dict               # the participants' gradient reports, averaged ({} without)
-    server_state: dict          # the rule's own state (ServerMaskRule.init_state)
+    server_state: Any           # the rule's own pytree (ServerMaskRule.init_state)
 
     @property
     def client_masks(self) -> Masks | None:
@@ -68,7 +68,7 @@ class ServerUpdate(NamedTuple):
 
     mask: Masks | None = None
     maskable: dict | None = None  # new values of maskable tensors by path (before the mask applies)
-    state: dict | None = None     # the rule's new own state
+    state: Any = None             # the rule's new own pytree
 
 
 class ClientRule(NamedTuple):
@@ -95,7 +95,8 @@ class ServerMaskRule(NamedTuple):
     init: Callable[[Any, jax.Array, dict], Masks]  # (setup, key, initial params) -> the mask at d
     update: Callable[[Any, RoundOutcome], ServerUpdate]  # (setup, outcome)
     masks_model: bool = True  # the new mask multiplies the model (False: it is the model's support)
-    init_state: Callable[[Any, dict], dict] = lambda setup, params: {}  # (setup, initial params) -> own state
+    # (setup, initial params) -> the rule's own state: a pytree of a type it declares ({}: none)
+    init_state: Callable[[Any, dict], Any] = lambda setup, params: {}
 
 
 def _shared(config, server_mask: Masks) -> Masks:

@@ -66,7 +66,7 @@ class RoundState:
     server: ServerMasks
     clients: ClientTable
     comm: CommCounters
-    server_state: dict  # what the method's server-mask rule keeps of its own (PruneFL's dense weights); {}
+    server_state: Any  # the server-mask rule's own pytree, of the type its init_state declares; {} for none
 
 
 def init_state(setup: Setup) -> RoundState:

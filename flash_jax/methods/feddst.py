@@ -37,13 +37,14 @@ def _prune_union(setup, outcome) -> ServerUpdate:
 _jitted_prune_union = jax.jit(prune_union)
 
 
-def _optimizer(config):
+def feddst_optimizer(config):
+    """FedDST's client optimizer: SGD with --feddst_momentum and --feddst_weight_decay."""
     return functools.partial(momentum_sgd, momentum=config.feddst_momentum, weight_decay=config.feddst_weight_decay)
 
 
 FEDDST = register_method(Method(
     name="feddst", help="FedDST: readjusted client masks, union pruned back to d",
-    client=FIXED_MASK._replace(local=_local, optimizer=_optimizer),
+    client=FIXED_MASK._replace(local=_local, optimizer=feddst_optimizer),
     server_mask=ServerMaskRule(init=magnitude_at_d, update=_prune_union),
     aggregation=lambda config: FMA, group="FedDST",
     knobs=(
