@@ -30,13 +30,13 @@ def test_built_in_methods_are_registered_records():
 def test_a_registered_method_gets_flags_help_validation_and_config_keys(capsys):
     knob = Knob("test_lucky_number", 7, "a knob of a test method", lambda v: v > 0, "> 0")
     register_method(Method(name="test_keep", help="a test method: PDST under another name", client=FIXED_MASK,
-                           server_mask=KEEP_MASK, aggregation=lambda config: FEDAVG, knobs=(knob,)))
+                           server_mask=KEEP_MASK, aggregation=lambda setup: FEDAVG, knobs=(knob,)))
     with pytest.raises(ValueError, match="already registered"):
         register_method(Method(name="test_keep", help="", client=FIXED_MASK, server_mask=NO_MASK,
-                               aggregation=lambda config: FEDAVG))
+                               aggregation=lambda setup: FEDAVG))
     with pytest.raises(ValueError, match="knob --test_lucky_number is already defined"):
         register_method(Method(name="test_other", help="", client=FIXED_MASK, server_mask=NO_MASK,
-                               aggregation=lambda config: FEDAVG, knobs=(knob,)))
+                               aggregation=lambda setup: FEDAVG, knobs=(knob,)))
     assert "test_other" not in methods()
 
     config = parse_config(["--experiment_type", "test_keep", "--test_lucky_number", "3"])

@@ -164,7 +164,7 @@ def train_clients(setup: Setup, spec: ClientSpec, ids: np.ndarray, round_key, mo
     config, store, mesh = setup.config, setup.data.store, setup.data.mesh
     layout = cohort_layout(store, ids, batch_size=config.local_bs, epochs=epochs, phases=MASK_UPDATE_PHASES)
     chunk = chunk_size(config.clients_per_chunk, len(ids), 1 if mesh is None else mesh.size)
-    plan = ChunkPlan(spec, layout, setup.method.aggregation(config), mesh)
+    plan = ChunkPlan(spec, layout, setup.method.aggregation(setup), mesh)
     per_client = mask_index is not None or own_masks is not None
     setup.compiled.note((plan, chunk, per_client), lambda: _describe(plan, chunk, per_client))
     budgets = np.ones(len(ids)) if budgets is None else budgets

@@ -26,13 +26,13 @@ class Method:
     help: str
     client: ClientRule
     server_mask: ServerMaskRule
-    aggregation: Callable[[Any], Aggregation]  # of the Config
+    aggregation: Callable[[Any], Aggregation]  # (setup) -> the aggregation
     stage1: Callable | None = None
     stage1_record: str = "sensitivity.json"  # the workdir file stage 1's record goes to
     knobs: tuple[Knob, ...] = ()
     hetero: bool = False
-    # (config, maskable paths) -> None, or how the maskable weights are stored vs computed with
-    reparameterization: Callable[[Any, tuple[str, ...]], Reparameterization | None] = lambda config, paths: None
+    # (setup) -> None, or how the maskable weights are stored vs computed with
+    reparameterization: Callable[[Any], Reparameterization | None] = lambda setup: None
     group: str = ""  # --help group of its knobs (default: the name)
 
     @property

@@ -29,7 +29,7 @@ def run_round(setup: Setup, state: RoundState) -> tuple[RoundState, dict[str, An
     levels = participant_levels(config, state.clients.level, state.round, ids)
     budgets = np.asarray(setup.levels)[levels]
     # what each participant trains in: its own mask, its budget level's, or the one shared mask
-    mode = method.client.local(config, t)
+    mode = method.client.local(setup, t)
     masks, mask_index, own_masks = state.server.top, None, None
     if mode.dense:
         masks = _all_true(state.server.top)
@@ -76,7 +76,7 @@ def run_round(setup: Setup, state: RoundState) -> tuple[RoundState, dict[str, An
     gradient_bits = len(ids) * VALUE_BITS * reported
     server, clients, comm, comm_metrics = account(setup.tensors, method.sparse, state, new_levels, ids, levels,
                                                   uploads, gradient_bits)
-    clients = clients.replace(masks=method.client.update(clients.masks, ids, client_rows))
+    clients = clients.replace(masks=method.client.update(setup, clients.masks, ids, client_rows))
     info.update(comm_metrics)
     server_state = state.server_state if update.state is None else update.state
     return RoundState(round=r + 1, model=Model(params, batch_stats), server=server, clients=clients, comm=comm,

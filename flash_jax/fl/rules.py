@@ -8,8 +8,12 @@ part of the round state, `update` moves it on by one round (ALGORITHMS.md §2, �
 - ServerMaskRule: how the server mask evolves. `init` draws the first mask at d from the seed,
   `update` returns a ServerUpdate from the round's outcome (its None parts: unchanged).
 
-A rule sees rounds numbered from 1, as the metrics do: round t is the t-th round of training.
 - Aggregation (fl/aggregate.py): FedAvg or FMA, chosen per Config.
+
+Every callable of a rule (and of a Method, fl/methods.py) takes the run's Setup first (fl/setup.py:
+the config with every knob, the data, the model and its maskable tensors, the budget levels);
+so do the callables the rule builders below take. A rule sees rounds numbered from 1, as the
+metrics do: round t is the t-th round of training.
 """
 from __future__ import annotations
 
@@ -72,14 +76,14 @@ class ServerUpdate(NamedTuple):
 
 
 class ClientRule(NamedTuple):
-    init: Callable[[Any, Masks], Masks]  # (config, initial server mask) -> per-client masks
-    local: Callable[[Any, int], LocalMode]  # (config, round from 1)
-    # (per-client masks, ids, the participants' final masks as bit-packed rows or None) -> per-client masks
-    update: Callable[[Masks, np.ndarray, dict | None], Masks]
-    optimizer: Callable[[Any], Callable[[Any], optax.GradientTransformation]] = lambda config: optax.sgd
-    # (config) -> None, or a function from the trained maskable tensors to the client's final masks
-    finish: Callable[[Any], Callable | None] = lambda config: None
-    act_pruning: Callable[[Any], str] = lambda config: "off"  # SparsyFed's: off, first_step, every_step
+    init: Callable[[Any, Masks], Masks]  # (setup, initial server mask) -> per-client masks
+    local: Callable[[Any, int], LocalMode]  # (setup, round from 1)
+    # (setup, per-client masks, ids, the participants' final masks as bit-packed rows or None) -> per-client masks
+    update: Callable[[Any, Masks, np.ndarray, dict | None], Masks]
+    optimizer: Callable[[Any], Callable[[Any], optax.GradientTransformation]] = lambda setup: optax.sgd
+    # (setup) -> None, or a function from the trained maskable tensors to the client's final masks
+    finish: Callable[[Any], Callable | None] = lambda setup: None
+    act_pruning: Callable[[Any], str] = lambda setup: "off"  # SparsyFed's: off, first_step, every_step
 
 
 class Reparameterization(NamedTuple):
@@ -99,22 +103,22 @@ class ServerMaskRule(NamedTuple):
     init_state: Callable[[Any, dict], Any] = lambda setup, params: {}
 
 
-def _shared(config, server_mask: Masks) -> Masks:
+def _no_own_masks(setup, server_mask: Masks) -> Masks:
     return {}
 
 
-def _keep(client_masks: Masks, ids, final_masks) -> Masks:
+def _own_masks_unchanged(setup, client_masks: Masks, ids, final_masks) -> Masks:
     return client_masks
 
 
-def _private(config, server_mask: Masks) -> dict[str, np.ndarray]:
+def _private(setup, server_mask: Masks) -> dict[str, np.ndarray]:
     """Every client's mask, bit-packed rows in host memory (one copy per process however many
     devices: 10,000 MNISTNet masks take 0.33 GB so, 2.6 GB as booleans)."""
     row = to_host(pack_rows(stack_levels(server_mask)))
-    return {p: np.tile(r, (config.num_users, 1)) for p, r in row.items()}
+    return {p: np.tile(r, (setup.config.num_users, 1)) for p, r in row.items()}
 
 
-def _store(client_masks: dict[str, np.ndarray], ids, final_rows) -> dict[str, np.ndarray]:
+def _store(setup, client_masks: dict[str, np.ndarray], ids, final_rows) -> dict[str, np.ndarray]:
     rows = to_host(final_rows)
     table = {p: t.copy() for p, t in client_masks.items()}
     for p, t in table.items():
@@ -122,18 +126,18 @@ def _store(client_masks: dict[str, np.ndarray], ids, final_rows) -> dict[str, np
     return table
 
 
-FIXED_MASK = ClientRule(init=_shared, local=lambda config, r: LocalMode(), update=_keep)
+FIXED_MASK = ClientRule(init=_no_own_masks, local=lambda setup, t: LocalMode(), update=_own_masks_unchanged)
 """Participants train inside the server mask they receive and send it back unchanged."""
 
-PRIVATE_SPARSE_LEARNING = ClientRule(init=_private, local=lambda config, r: LocalMode(sparse_learning=True),
+PRIVATE_SPARSE_LEARNING = ClientRule(init=_private, local=lambda setup, t: LocalMode(sparse_learning=True),
                                      update=_store)
 """Each client keeps a mask of its own across rounds and moves it by sparse learning (NST)."""
 
 
 def sparse_learning_every(interval: Callable[[Any], int]) -> ClientRule:
-    """Sparse learning on the rounds where the server renews its mask (rounds 1, 1 + interval(config),
+    """Sparse learning on the rounds where the server renews its mask (rounds 1, 1 + interval(setup),
     ...), a fixed mask in between (JMWST with r_int)."""
-    return FIXED_MASK._replace(local=lambda config, t: LocalMode(sparse_learning=(t - 1) % interval(config) == 0))
+    return FIXED_MASK._replace(local=lambda setup, t: LocalMode(sparse_learning=(t - 1) % interval(setup) == 0))
 
 
 def _random_at_d(setup, key, params) -> Masks:
@@ -176,13 +180,13 @@ def global_cut(density: float) -> Callable[[dict], Masks]:
 
 
 def train_dense_then_cut(weight_decay: Callable[[Any], float],
-                         act_pruning: Callable[[Any], str] = lambda config: "off") -> ClientRule:
+                         act_pruning: Callable[[Any], str] = lambda setup: "off") -> ClientRule:
     """Participants train every weight (SGD, weight decay on all parameters) from the model they
     receive, then cut it to d with `global_cut` (Top-k, SparsyFed: BASELINES.md B1.3, B2.1)."""
     return FIXED_MASK._replace(
-        local=lambda config, r: LocalMode(dense=True),
-        optimizer=lambda config: functools.partial(momentum_sgd, momentum=None, weight_decay=weight_decay(config)),
-        finish=lambda config: global_cut(config.density), act_pruning=act_pruning)
+        local=lambda setup, t: LocalMode(dense=True),
+        optimizer=lambda setup: functools.partial(momentum_sgd, momentum=None, weight_decay=weight_decay(setup)),
+        finish=lambda setup: global_cut(setup.config.density), act_pruning=act_pruning)
 
 
 @jax.jit
@@ -191,14 +195,13 @@ def _support(maskable: dict[str, jax.Array]) -> Masks:
 
 
 def next_mask_every(interval: Callable[[Any], int], subsample: Callable[[Any], str]) -> ServerMaskRule:
-    """NEXT_MASK (§3) on rounds 1, 1 + interval(config), ... from the participants' sparse-learned
+    """NEXT_MASK (§3) on rounds 1, 1 + interval(setup), ... from the participants' sparse-learned
     masks (JMWST); hetero participants below d do not set the budgets (see sparse.next_mask)."""
     def update(setup, outcome: RoundOutcome) -> ServerUpdate:
-        config = setup.config
-        if (outcome.round - 1) % interval(config) != 0:
+        if (outcome.round - 1) % interval(setup) != 0:
             return ServerUpdate()
-        return ServerUpdate(mask=_next_mask(outcome.client_masks, outcome.maskable, config.density,
-                                            subsample(config), jnp.asarray(outcome.budgets, jnp.float32),
+        return ServerUpdate(mask=_next_mask(outcome.client_masks, outcome.maskable, setup.config.density,
+                                            subsample(setup), jnp.asarray(outcome.budgets, jnp.float32),
                                             outcome.server_mask))
     return ServerMaskRule(init=_random_at_d, update=update)
 
@@ -211,6 +214,6 @@ def magnitude_at_d(setup, key, params) -> Masks:
     return magnitude_masks(params, setup.tensors.paths, setup.config.density, scope="layer")
 
 
-def by_update_mode(config) -> Aggregation:
+def by_update_mode(setup) -> Aggregation:
     """--update_mode 0: FedAvg; 1: FMA, each coordinate averaged over the clients holding it."""
-    return FMA if config.update_mode == 1 else FEDAVG
+    return FMA if setup.config.update_mode == 1 else FEDAVG

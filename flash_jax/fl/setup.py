@@ -1,8 +1,11 @@
 """Everything fixed for a run, built once from the Config and the data: the federation's data on the
-device, the model, its maskable tensors, the method and local training's static description."""
+device, the model, its maskable tensors, the method and local training's static description.
+
+The Setup is the first argument of every rule of a method (fl/rules.py, fl/methods.py)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import sys
 from typing import Callable
@@ -78,17 +81,36 @@ class CompileLog:
 
 @dataclasses.dataclass(frozen=True)
 class Setup:
+    """What every rule of a method gets first: the run's settings (`config`: every field and knob),
+    the `method`, the federation's `data` (client store, test set, mesh), the `model` and its
+    `tensors` (maskable paths, shapes, sizes), the learning-rate schedule `lr` (of the 0-based count
+    of rounds done), the hetero budget `levels`, and, derived from the method's rules, local
+    training's `spec` and the `reparameterization`."""
+
     config: Config
     method: Method
     data: Federation
     model: ModelDef
     eval_apply: Callable  # same parameters; XLA's native conv is fastest for one un-vmapped model
     tensors: MaskableTensors
-    spec: ClientSpec
     lr: Callable[[int], float]
-    reparameterization: Reparameterization | None
     levels: tuple[float, ...]  # budget levels as fractions of d, highest (the server mask) first
     compiled: CompileLog
+
+    @functools.cached_property
+    def reparameterization(self) -> Reparameterization | None:
+        return self.method.reparameterization(self)
+
+    @functools.cached_property
+    def spec(self) -> ClientSpec:
+        """Local training's static description, from the settings and the method's client rule."""
+        config, client, model = self.config, self.method.client, self.model
+        return ClientSpec(apply_fn=model.module.apply, has_batch_stats=model.has_batch_stats,
+                          sparse_learning=False, prune_rate=config.prune_rate,
+                          augment=config.dataset in AUGMENTED_DATASETS, make_optimizer=client.optimizer(self),
+                          growth=config.growth, clip_grad_norm=config.clip_grad_norm,
+                          finish=client.finish(self), act_pruning=client.act_pruning(self),
+                          effective=self.reparameterization.effective if self.reparameterization else None)
 
 
 def _maskable_tensors(config: Config, model: ModelDef, input_shape, sparse: bool) -> MaskableTensors:
@@ -117,13 +139,6 @@ def build_setup(config: Config, dataset: Dataset) -> Setup:
     model = get_model(config.model_type, dataset.num_classes, config.conv_impl, config.mnistnet_softmax)
     validate_against_model(config, dataset.input_shape, model.min_input_size)
     tensors = _maskable_tensors(config, model, dataset.input_shape, method.sparse)
-    reparameterization = method.reparameterization(config, tensors.paths)
-    spec = ClientSpec(apply_fn=model.module.apply, has_batch_stats=model.has_batch_stats,
-                      sparse_learning=False, prune_rate=config.prune_rate,
-                      augment=config.dataset in AUGMENTED_DATASETS, make_optimizer=method.client.optimizer(config),
-                      growth=config.growth, clip_grad_norm=config.clip_grad_norm,
-                      finish=method.client.finish(config), act_pruning=method.client.act_pruning(config),
-                      effective=reparameterization.effective if reparameterization else None)
     mesh = client_mesh()
     store = build_store(dataset.train_x, dataset.train_y, train_parts)
     store = store._replace(x=place(mesh, store.x, split=False), y=place(mesh, store.y, split=False))
@@ -132,6 +147,5 @@ def build_setup(config: Config, dataset: Dataset) -> Setup:
                       input_shape=dataset.input_shape, mesh=mesh)
     eval_model = get_model(config.model_type, dataset.num_classes, "xla", config.mnistnet_softmax)
     return Setup(config=config, method=method, data=data, model=model, eval_apply=eval_model.module.apply,
-                 tensors=tensors, spec=spec, lr=learning_rate_schedule(config), reparameterization=reparameterization,
-                 levels=config.density_levels[0],
+                 tensors=tensors, lr=learning_rate_schedule(config), levels=config.density_levels[0],
                  compiled=CompileLog(config.quiet or not hosts.is_writer()))

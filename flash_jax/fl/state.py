@@ -80,7 +80,7 @@ def init_state(setup: Setup) -> RoundState:
     return RoundState(
         round=0, model=Model(params, variables.get("batch_stats", {})),
         server=ServerMasks(levels=levels_of(setup, params, masks), ids=np.arange(len(setup.levels))),
-        clients=ClientTable(masks=method.client.init(config, masks),
+        clients=ClientTable(masks=method.client.init(setup, masks),
                             level=client_budget_levels(config),
                             mask_id=np.zeros(config.num_users, np.int64)),
         comm=CommCounters(cumulative_bits=0, dense_cumulative_bits=0),

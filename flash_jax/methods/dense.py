@@ -4,4 +4,4 @@ from flash_jax.fl.rules import FEDAVG, FIXED_MASK, NO_MASK
 
 DENSE = register_method(Method(
     name="dense", help="FedAvg of the dense model", client=FIXED_MASK, server_mask=NO_MASK,
-    aggregation=lambda config: FEDAVG))
+    aggregation=lambda setup: FEDAVG))

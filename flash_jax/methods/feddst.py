@@ -22,8 +22,8 @@ def readjust_ratio(config, t: int) -> float:
     return config.feddst_readjust_ratio * (1.0 + math.cos(math.pi * r / end)) / 2.0
 
 
-def _local(config, t: int) -> LocalMode:
-    ratio = readjust_ratio(config, t)
+def _local(setup, t: int) -> LocalMode:
+    ratio = readjust_ratio(setup.config, t)
     return LocalMode(readjust_ratio=ratio, metrics=(("readjust_ratio", ratio),))
 
 
@@ -37,8 +37,9 @@ def _prune_union(setup, outcome) -> ServerUpdate:
 _jitted_prune_union = jax.jit(prune_union)
 
 
-def feddst_optimizer(config):
+def feddst_optimizer(setup):
     """FedDST's client optimizer: SGD with --feddst_momentum and --feddst_weight_decay."""
+    config = setup.config
     return functools.partial(momentum_sgd, momentum=config.feddst_momentum, weight_decay=config.feddst_weight_decay)
 
 
@@ -46,7 +47,7 @@ FEDDST = register_method(Method(
     name="feddst", help="FedDST: readjusted client masks, union pruned back to d",
     client=FIXED_MASK._replace(local=_local, optimizer=feddst_optimizer),
     server_mask=ServerMaskRule(init=magnitude_at_d, update=_prune_union),
-    aggregation=lambda config: FMA, group="FedDST",
+    aggregation=lambda setup: FMA, group="FedDST",
     knobs=(
         Knob("feddst_readjust_ratio", 0.05,
              "FedDST: fraction of active weights readjusted (cosine-decayed to 0 at half the rounds)",

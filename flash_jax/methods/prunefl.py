@@ -57,8 +57,8 @@ def _server_update(setup, outcome) -> ServerUpdate:
     return ServerUpdate(mask=mask, maskable=dense, state=state)
 
 
-def _local(config, t: int) -> LocalMode:
-    return LocalMode(gradient_report="sum_squared" if is_adjust_round(config, t - 1) else "")
+def _local(setup, t: int) -> LocalMode:
+    return LocalMode(gradient_report="sum_squared" if is_adjust_round(setup.config, t - 1) else "")
 
 
 def _dense_state(setup, params) -> DenseWeights:
@@ -74,15 +74,15 @@ def _feddst_server_update(setup, outcome) -> ServerUpdate:
     return ServerUpdate(mask=readjusted_mask(setup, outcome.reports, PRUNE_BASE * 0.5 ** (outcome.round - 1)))
 
 
-def _feddst_local(config, t: int) -> LocalMode:
-    return LocalMode(gradient_report="last" if is_readjust_round(config, t - 1) else "")
+def _feddst_local(setup, t: int) -> LocalMode:
+    return LocalMode(gradient_report="last" if is_readjust_round(setup.config, t - 1) else "")
 
 
 PRUNEFL = register_method(Method(
     name="prunefl", help="PruneFL: initial pruning at one client, then ADJUST of one global mask every R rounds",
     client=FIXED_MASK._replace(local=_local),
     server_mask=ServerMaskRule(init=all_weights, update=_server_update, init_state=_dense_state),
-    aggregation=lambda config: FEDAVG, stage1=initial_pruning, stage1_record="initial_pruning.json", group="PruneFL",
+    aggregation=lambda setup: FEDAVG, stage1=initial_pruning, stage1_record="initial_pruning.json", group="PruneFL",
     knobs=(
         Knob("prunefl_adjust_every", 50, "PruneFL: FL rounds between adjustments R", lambda v: v >= 1, ">= 1"),
         Knob("prunefl_max_density", 1.0, "PruneFL: cap on the active maskable share (set --density's value for "
@@ -115,7 +115,7 @@ PRUNEFL_FEDDST = register_method(Method(
     "at least 70% dense",
     client=FIXED_MASK._replace(local=_feddst_local, optimizer=feddst_optimizer),
     server_mask=ServerMaskRule(init=all_weights, update=_feddst_server_update),
-    aggregation=lambda config: FEDAVG, stage1=feddst_initial_stage, stage1_record="initial_pruning.json",
+    aggregation=lambda setup: FEDAVG, stage1=feddst_initial_stage, stage1_record="initial_pruning.json",
     group="PruneFL",
     knobs=(Knob("prunefl_initial_rounds", 5, "PruneFL (prunefl_feddst): rounds of the one-client initial stage",
                 lambda v: v >= 1, ">= 1"),)))
