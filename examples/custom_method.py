@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 import flash_jax
-from flash_jax.fl.rules import FEDAVG, FIXED_MASK, ServerMaskRule, ServerUpdate
+from flash_jax.fl.rules import CLIENT_FIXED_MASK, FEDAVG, ServerMaskRule, ServerUpdate
 from flash_jax.sparse import magnitude_masks
 
 
@@ -39,7 +39,7 @@ def _global_magnitude(maskable, density):
 
 flash_jax.register_method(flash_jax.Method(
     name="fedavg_gmp", help="FedAvg, the aggregate magnitude-pruned along a cubic schedule from 1 to d",
-    client=FIXED_MASK, server_mask=ServerMaskRule(init=start_dense, update=prune_aggregate),
+    client=CLIENT_FIXED_MASK, server_mask=ServerMaskRule(init=start_dense, update=prune_aggregate),
     aggregation=lambda setup: FEDAVG,
     knobs=(flash_jax.Knob("gmp_prune_fraction", 0.5, "share of the rounds over which the density falls to d",
                           lambda v: 0.0 < v <= 1.0, "in (0, 1]"),)))

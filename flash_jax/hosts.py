@@ -13,7 +13,7 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
-def agree(value: int) -> int:
+def max_over_processes(value: int) -> int:
     """The largest of the processes' values (a stop signal, a failure code); the value itself with
     one process. Every process must call it at the same point."""
     if jax.process_count() == 1:

@@ -42,33 +42,33 @@ def _level_nnz(maskable, stacked_masks) -> dict[str, jax.Array]:
             for p, m in stacked_masks.items()}
 
 
-def account(tensors, sparse: bool, old: RoundState, new_server_levels: dict, ids: np.ndarray, levels: np.ndarray,
+def account(tensors, sparse: bool, old: RoundState, new_level_masks: dict, ids: np.ndarray, level_index: np.ndarray,
             uploads: Uploads, extra_upload_bits: int = 0) -> tuple[ServerMasks, ClientTable, CommCounters,
                                                                      dict[str, float]]:
     """The round's bits: the server's new mask ids, the clients' held ids, the new counters and the
     round's metrics. `tensors` is the setup's MaskableTensors; participant k trains at level
-    levels[k]; `extra_upload_bits` is what the participants upload besides their models."""
+    level_index[k]; `extra_upload_bits` is what the participants upload besides their models."""
     sizes, k = tensors.sizes, len(ids)
     dense = dense_model_bits(tensors.dense_size + tensors.num_maskable)
     server, clients = old.server, old.clients
     if not sparse:
         down = up = dense * k
-        new_server = server.replace(levels=new_server_levels)
+        new_server = server.replace(levels=new_level_masks)
     else:
         flat = traverse_util.flatten_dict(old.model.params, sep="/")
         level_nnz = jax.device_get(_level_nnz({p: flat[p] for p in tensors.paths}, server.levels))
-        held = clients.mask_id[ids] == server.ids[levels]
+        held = clients.mask_id[ids] == server.ids[level_index]
         down = sum(model_bits({p: level_nnz[p][lv] for p in sizes}, sizes, tensors.dense_size, mask_known=bool(h))
-                   for lv, h in zip(levels, held))
+                   for lv, h in zip(level_index, held))
         up_nnz = jax.device_get(client_mask_counts(uploads.masks))
         up = sum(model_bits({p: up_nnz[p][row] for p in sizes}, sizes, tensors.dense_size,
                             mask_known=not uploads.changed) for row in uploads.row)
         holders = clients.mask_id.copy()
-        holders[ids] = server.ids[levels]
-        changed = np.asarray(jax.device_get(_level_changes(server.levels, new_server_levels)))
+        holders[ids] = server.ids[level_index]
+        changed = np.asarray(jax.device_get(_level_changes(server.levels, new_level_masks)))
         mask_ids = server.ids.copy()
         mask_ids[changed] = mask_ids.max() + 1 + np.arange(changed.sum())
-        new_server = ServerMasks(levels=new_server_levels, ids=mask_ids)
+        new_server = ServerMasks(levels=new_level_masks, ids=mask_ids)
         clients = clients.replace(mask_id=holders)
     up += extra_upload_bits
     comm = CommCounters(cumulative_bits=old.comm.cumulative_bits + up + down,

@@ -22,7 +22,7 @@ from flash_jax import hosts
 from flash_jax.config import Config, ConfigError
 from flash_jax.fl.mesh import client_mesh
 from flash_jax.fl.state import FORMAT_VERSION, RoundState
-from flash_jax.workdir import strict
+from flash_jax.workdir import non_finite_as_null
 
 
 class CheckpointFormatError(ConfigError):
@@ -75,8 +75,8 @@ class Checkpoints:
     def save(self, state: RoundState, history: list[dict[str, Any]], config: Config) -> None:
         arrays, counters, _ = _parts(state)
         arrays = jax.tree.map(lambda a: np.asarray(a) if _host_local(a) else a, arrays)
-        record = strict({"format": FORMAT_VERSION, "counters": counters, "history": history,
-                         "config": config.to_dict()})
+        record = non_finite_as_null({"format": FORMAT_VERSION, "counters": counters, "history": history,
+                                     "config": config.to_dict()})
         self._manager.save(state.round, args=ocp.args.Composite(
             state=ocp.args.StandardSave(arrays), record=ocp.args.JsonSave(record)), force=True)
         self._manager.wait_until_finished()

@@ -166,7 +166,7 @@ def train_clients(setup: Setup, spec: ClientSpec, ids: np.ndarray, round_key, mo
     chunk = chunk_size(config.clients_per_chunk, len(ids), 1 if mesh is None else mesh.size)
     plan = ChunkPlan(spec, layout, setup.method.aggregation(setup), mesh)
     per_client = mask_index is not None or own_masks is not None
-    setup.compiled.note((plan, chunk, per_client), lambda: _describe(plan, chunk, per_client))
+    setup.compiled.log_if_new((plan, chunk, per_client), lambda: _describe(plan, chunk, per_client))
     budgets = np.ones(len(ids)) if budgets is None else budgets
     clients = {"ids": ids, "offsets": store.offsets[ids], "counts": store.counts[ids],
                "targets": (budgets * config.density * setup.tensors.num_maskable).astype(np.float32)}

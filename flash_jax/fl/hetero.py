@@ -40,7 +40,8 @@ def slot_budget_levels(config: Config) -> np.ndarray:
     return per_slot[::-1].copy()
 
 
-def participant_levels(config: Config, client_levels: np.ndarray, round_index: int, ids: np.ndarray) -> np.ndarray:
+def participant_level_index(config: Config, client_levels: np.ndarray, round_index: int,
+                            ids: np.ndarray) -> np.ndarray:
     """Budget level of each participant: its own (hetero 'client'), its slot's (hetero 'slot'; round 0
     all at d, as in the authors' code), or the only level."""
     if config.hetero_client and config.hetero_assign == "client":
@@ -50,13 +51,13 @@ def participant_levels(config: Config, client_levels: np.ndarray, round_index: i
     return np.zeros(len(ids), np.int64)
 
 
-def levels_of(setup: Setup, params, top_mask: Masks) -> Masks:
+def level_masks_of(setup: Setup, params, top_mask: Masks) -> Masks:
     """Every level's server mask, stacked, the mask at d first; the lower levels are the top-k of
     |theta| inside the mask at d, so they nest."""
-    if len(setup.levels) == 1:
+    if len(setup.level_budgets) == 1:
         return stack_levels(top_mask)
     flat = traverse_util.flatten_dict(params, sep="/")
-    return _level_masks({p: flat[p] for p in setup.tensors.paths}, top_mask, setup.config.density, setup.levels)
+    return _level_masks({p: flat[p] for p in setup.tensors.paths}, top_mask, setup.config.density, setup.level_budgets)
 
 
 _level_masks = jax.jit(level_masks, static_argnums=3)

@@ -90,7 +90,7 @@ def _open_workdir(config: Config, setup: Setup, writer: contextlib.ExitStack) ->
             failure = err
         except OSError as err:
             failure = ConfigError(f"--workdir {config.workdir} is not writable: {err.strerror or err}")
-    if hosts.agree(failure is not None):
+    if hosts.max_over_processes(failure is not None):
         raise failure or ConfigError(f"--workdir {config.workdir}: process 0 refused it (its message says why)")
     return metrics_path if hosts.is_writer() else None
 
@@ -114,7 +114,7 @@ def _train(setup: Setup, state: RoundState, history: list[dict[str, Any]], check
                initial=state.round, total=config.fl_rounds, disable=setup.compiled.quiet, dynamic_ncols=True)
     train_s, rounds_since_eval = 0.0, 0
     for r in bar:
-        signum = hosts.agree(stops.signum or 0)  # every process stops at the same round
+        signum = hosts.max_over_processes(stops.signum or 0)  # every process stops at the same round
         if signum:
             stops.signum = stops.signum or signum
             break

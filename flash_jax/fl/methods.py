@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from flash_jax.fl.rules import NO_MASK, Aggregation, ClientRule, Reparameterization, ServerMaskRule
+from flash_jax.fl.rules import SERVER_NO_MASK, Aggregation, ClientRule, Reparameterization, ServerMaskRule
 from flash_jax.knobs import Knob, declare, declared
 
 
@@ -37,7 +37,7 @@ class Method:
 
     @property
     def sparse(self) -> bool:
-        return self.server_mask is not NO_MASK
+        return self.server_mask is not SERVER_NO_MASK
 
     @property
     def report_pruned(self) -> bool:

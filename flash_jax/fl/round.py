@@ -13,7 +13,7 @@ from flax import traverse_util
 from flash_jax.comm import VALUE_BITS
 from flash_jax.fl.accounting import Uploads, account
 from flash_jax.fl.cohort import ServerModel, train_clients
-from flash_jax.fl.hetero import levels_of, participant_levels
+from flash_jax.fl.hetero import level_masks_of, participant_level_index
 from flash_jax.fl.rules import RoundOutcome
 from flash_jax.fl.setup import Setup
 from flash_jax.fl.state import Model, RoundState
@@ -26,8 +26,8 @@ def run_round(setup: Setup, state: RoundState) -> tuple[RoundState, dict[str, An
     r, t = state.round, state.round + 1  # rounds done so far; this round's number (1-based, as in the metrics)
     ids = sample_clients(config.seed, ROUND, r, config.num_users, config.clients_per_round)
     round_key = key(config.seed, ROUND, r)
-    levels = participant_levels(config, state.clients.level, state.round, ids)
-    budgets = np.asarray(setup.levels)[levels]
+    level_index = participant_level_index(config, state.clients.level, state.round, ids)
+    budgets = np.asarray(setup.level_budgets)[level_index]
     # what each participant trains in: its own mask, its budget level's, or the one shared mask
     mode = method.client.local(setup, t)
     masks, mask_index, own_masks = state.server.top, None, None
@@ -35,8 +35,8 @@ def run_round(setup: Setup, state: RoundState) -> tuple[RoundState, dict[str, An
         masks = _all_true(state.server.top)
     elif state.clients.masks:
         own_masks = {p: rows[ids] for p, rows in state.clients.masks.items()}
-    elif len(setup.levels) > 1:
-        masks, mask_index = state.server.levels, levels
+    elif len(setup.level_budgets) > 1:
+        masks, mask_index = state.server.levels, level_index
     spec = dataclasses.replace(setup.spec, sparse_learning=mode.sparse_learning, readjust=mode.readjust_ratio > 0,
                                gradient_report=mode.gradient_report)
     result, shapes = train_clients(
@@ -58,9 +58,9 @@ def run_round(setup: Setup, state: RoundState) -> tuple[RoundState, dict[str, An
         if method.server_mask.masks_model:
             params = apply_masks(params, update.mask)
     info = {"train_loss": float(jnp.mean(losses)), "lr": setup.lr(r), **shapes, **dict(mode.metrics)}
-    new_levels = levels_of(setup, params, server_mask)
-    if len(setup.levels) > 1:
-        level_counts = jax.device_get(_level_counts(new_levels))
+    new_level_masks = level_masks_of(setup, params, server_mask)
+    if len(setup.level_budgets) > 1:
+        level_counts = jax.device_get(_level_counts(new_level_masks))
         info["hetero_level_density"] = [float(c) / setup.tensors.num_maskable for c in level_counts]
     if client_rows is not None:  # the participants' masks after training, as distinct masks and rows
         uploads = Uploads(client_rows, np.arange(len(ids)), changed=True)
@@ -74,8 +74,8 @@ def run_round(setup: Setup, state: RoundState) -> tuple[RoundState, dict[str, An
     reported = {"sum_squared": setup.tensors.num_maskable + setup.tensors.dense_size,  # every parameter, dense
                 "last": setup.tensors.num_maskable, "": 0}[mode.gradient_report]
     gradient_bits = len(ids) * VALUE_BITS * reported
-    server, clients, comm, comm_metrics = account(setup.tensors, method.sparse, state, new_levels, ids, levels,
-                                                  uploads, gradient_bits)
+    server, clients, comm, comm_metrics = account(setup.tensors, method.sparse, state, new_level_masks, ids,
+                                                  level_index, uploads, gradient_bits)
     clients = clients.replace(masks=method.client.update(setup, clients.masks, ids, client_rows))
     info.update(comm_metrics)
     server_state = state.server_state if update.state is None else update.state

@@ -11,7 +11,7 @@ part of the round state, `update` moves it on by one round (ALGORITHMS.md ยง2, ย
 - Aggregation (fl/aggregate.py): FedAvg or FMA, chosen per Config.
 
 Every callable of a rule (and of a Method, fl/methods.py) takes the run's Setup first (fl/setup.py:
-the config with every knob, the data, the model and its maskable tensors, the budget levels);
+the config with every knob, the data, the model and its maskable tensors, the level budgets);
 so do the callables the rule builders below take. A rule sees rounds numbered from 1, as the
 metrics do: round t is the t-th round of training.
 """
@@ -126,18 +126,19 @@ def _store(setup, client_masks: dict[str, np.ndarray], ids, final_rows) -> dict[
     return table
 
 
-FIXED_MASK = ClientRule(init=_no_own_masks, local=lambda setup, t: LocalMode(), update=_own_masks_unchanged)
+CLIENT_FIXED_MASK = ClientRule(init=_no_own_masks, local=lambda setup, t: LocalMode(), update=_own_masks_unchanged)
 """Participants train inside the server mask they receive and send it back unchanged."""
 
-PRIVATE_SPARSE_LEARNING = ClientRule(init=_private, local=lambda setup, t: LocalMode(sparse_learning=True),
-                                     update=_store)
+CLIENT_PRIVATE_SPARSE_LEARNING = ClientRule(init=_private, local=lambda setup, t: LocalMode(sparse_learning=True),
+                                            update=_store)
 """Each client keeps a mask of its own across rounds and moves it by sparse learning (NST)."""
 
 
 def sparse_learning_every(interval: Callable[[Any], int]) -> ClientRule:
     """Sparse learning on the rounds where the server renews its mask (rounds 1, 1 + interval(setup),
     ...), a fixed mask in between (JMWST with r_int)."""
-    return FIXED_MASK._replace(local=lambda setup, t: LocalMode(sparse_learning=(t - 1) % interval(setup) == 0))
+    return CLIENT_FIXED_MASK._replace(
+        local=lambda setup, t: LocalMode(sparse_learning=(t - 1) % interval(setup) == 0))
 
 
 def _random_at_d(setup, key, params) -> Masks:
@@ -152,13 +153,13 @@ def _unchanged(setup, outcome) -> ServerUpdate:
     return ServerUpdate()
 
 
-NO_MASK = ServerMaskRule(init=_dense_init, update=_unchanged)
-"""A dense method: no mask at all."""
+SERVER_NO_MASK = ServerMaskRule(init=_dense_init, update=_unchanged)
+"""A dense method: no mask at all (server-mask rules are SERVER_*, client rules CLIENT_*)."""
 
-KEEP_MASK = ServerMaskRule(init=_random_at_d, update=_unchanged)
+SERVER_FIXED_MASK = ServerMaskRule(init=_random_at_d, update=_unchanged)
 """A random mask at d from the shared seed, kept for the run (PDST; SPDST after stage 1)."""
 
-MODEL_SUPPORT = ServerMaskRule(init=_random_at_d, update=lambda setup, outcome: ServerUpdate(
+SERVER_MODEL_SUPPORT = ServerMaskRule(init=_random_at_d, update=lambda setup, outcome: ServerUpdate(
     mask=_support(outcome.maskable)), masks_model=False)
 """Without a shared mask, the server's is the support of the averaged model: the union of the
 participants' masks (NST)."""
@@ -169,7 +170,7 @@ def all_weights(setup, key, params) -> Masks:
     return {p: jnp.ones(s, bool) for p, s in setup.tensors.shapes.items()}
 
 
-DENSE_START_SUPPORT = MODEL_SUPPORT._replace(init=all_weights)
+SERVER_DENSE_START_SUPPORT = SERVER_MODEL_SUPPORT._replace(init=all_weights)
 """The support of the averaged model, from a dense start (Top-k, SparsyFed)."""
 
 
@@ -183,7 +184,7 @@ def train_dense_then_cut(weight_decay: Callable[[Any], float],
                          act_pruning: Callable[[Any], str] = lambda setup: "off") -> ClientRule:
     """Participants train every weight (SGD, weight decay on all parameters) from the model they
     receive, then cut it to d with `global_cut` (Top-k, SparsyFed: BASELINES.md B1.3, B2.1)."""
-    return FIXED_MASK._replace(
+    return CLIENT_FIXED_MASK._replace(
         local=lambda setup, t: LocalMode(dense=True),
         optimizer=lambda setup: functools.partial(momentum_sgd, momentum=None, weight_decay=weight_decay(setup)),
         finish=lambda setup: global_cut(setup.config.density), act_pruning=act_pruning)

@@ -72,7 +72,7 @@ class CompileLog:
     def __init__(self, quiet: bool):
         self.seen, self.quiet = set(), quiet
 
-    def note(self, signature, describe: Callable[[], str]) -> None:
+    def log_if_new(self, signature, describe: Callable[[], str]) -> None:
         if signature not in self.seen:
             self.seen.add(signature)
             if not self.quiet:
@@ -84,7 +84,7 @@ class Setup:
     """What every rule of a method gets first: the run's settings (`config`: every field and knob),
     the `method`, the federation's `data` (client store, test set, mesh), the `model` and its
     `tensors` (maskable paths, shapes, sizes), the learning-rate schedule `lr` (of the 0-based count
-    of rounds done), the hetero budget `levels`, and, derived from the method's rules, local
+    of rounds done), the hetero `level_budgets`, and, derived from the method's rules, local
     training's `spec` and the `reparameterization`."""
 
     config: Config
@@ -94,7 +94,7 @@ class Setup:
     eval_apply: Callable  # same parameters; XLA's native conv is fastest for one un-vmapped model
     tensors: MaskableTensors
     lr: Callable[[int], float]
-    levels: tuple[float, ...]  # budget levels as fractions of d, highest (the server mask) first
+    level_budgets: tuple[float, ...]  # each budget level's density as a fraction of d, highest (the server mask) first
     compiled: CompileLog
 
     @functools.cached_property
@@ -147,5 +147,5 @@ def build_setup(config: Config, dataset: Dataset) -> Setup:
                       input_shape=dataset.input_shape, mesh=mesh)
     eval_model = get_model(config.model_type, dataset.num_classes, "xla", config.mnistnet_softmax)
     return Setup(config=config, method=method, data=data, model=model, eval_apply=eval_model.module.apply,
-                 tensors=tensors, lr=learning_rate_schedule(config), levels=config.density_levels[0],
+                 tensors=tensors, lr=learning_rate_schedule(config), level_budgets=config.density_levels[0],
                  compiled=CompileLog(config.quiet or not hosts.is_writer()))

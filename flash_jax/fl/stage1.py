@@ -9,7 +9,7 @@ from typing import Any
 from flash_jax.comm import VALUE_BITS
 from flash_jax.fl.accounting import model_transfer_bits, with_stage_bits
 from flash_jax.fl.cohort import ServerModel, train_clients
-from flash_jax.fl.hetero import levels_of
+from flash_jax.fl.hetero import level_masks_of
 from flash_jax.fl.setup import Setup
 from flash_jax.fl.state import Model, RoundState
 from flash_jax.models import init_variables
@@ -37,6 +37,6 @@ def sensitivity_stage(setup: Setup, state: RoundState) -> tuple[RoundState, dict
     stage_bits = len(ids) * (download + VALUE_BITS * len(tensors.sizes))
     params = apply_masks(variables["params"], masks)
     new_state = with_stage_bits(state.replace(model=Model(params, variables.get("batch_stats", {})),
-                                              server=state.server.replace(levels=levels_of(setup, params, masks))),
+                                              server=state.server.replace(levels=level_masks_of(setup, params, masks))),
                                 stage_bits)
     return new_state, {"clients": ids.tolist(), "reported_layer_density": reported, "layer_density": densities}

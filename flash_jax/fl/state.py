@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from flax import struct
 
-from flash_jax.fl.hetero import client_budget_levels, levels_of
+from flash_jax.fl.hetero import client_budget_levels, level_masks_of
 from flash_jax.fl.setup import Setup
 from flash_jax.models import init_variables
 from flash_jax.sparse import Masks, apply_masks
@@ -79,7 +79,7 @@ def init_state(setup: Setup) -> RoundState:
         params = setup.reparameterization.stored(params)
     return RoundState(
         round=0, model=Model(params, variables.get("batch_stats", {})),
-        server=ServerMasks(levels=levels_of(setup, params, masks), ids=np.arange(len(setup.levels))),
+        server=ServerMasks(levels=level_masks_of(setup, params, masks), ids=np.arange(len(setup.level_budgets))),
         clients=ClientTable(masks=method.client.init(setup, masks),
                             level=client_budget_levels(config),
                             mask_id=np.zeros(config.num_users, np.int64)),

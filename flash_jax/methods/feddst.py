@@ -8,7 +8,7 @@ import jax
 
 from flash_jax.fl.client import momentum_sgd
 from flash_jax.fl.methods import Knob, Method, register_method
-from flash_jax.fl.rules import FIXED_MASK, FMA, LocalMode, ServerMaskRule, ServerUpdate, magnitude_at_d
+from flash_jax.fl.rules import CLIENT_FIXED_MASK, FMA, LocalMode, ServerMaskRule, ServerUpdate, magnitude_at_d
 from flash_jax.sparse import layer_counts, prune_union
 
 
@@ -45,7 +45,7 @@ def feddst_optimizer(setup):
 
 FEDDST = register_method(Method(
     name="feddst", help="FedDST: readjusted client masks, union pruned back to d",
-    client=FIXED_MASK._replace(local=_local, optimizer=feddst_optimizer),
+    client=CLIENT_FIXED_MASK._replace(local=_local, optimizer=feddst_optimizer),
     server_mask=ServerMaskRule(init=magnitude_at_d, update=_prune_union),
     aggregation=lambda setup: FMA, group="FedDST",
     knobs=(

@@ -1,4 +1,4 @@
-"""PruneFL (Jiang et al., TNNLS 2022; BASELINES.md B3) as two methods sharing this module.
+"""PruneFL (Jiang et al., TNNLS 2022) as two methods sharing this module.
 
 prunefl, the original: initial pruning at one client, then every R rounds the server re-decides one
 global mask with ADJUST from the participants' squared dense gradients, under a uniform cost model
@@ -6,7 +6,7 @@ global mask with ADJUST from the participants' squared dense gradients, under a 
 emergent; --prunefl_max_density caps it for comparisons at FLASH's d. Pruned weights keep their last
 value at the server, and come back with it when ADJUST re-adds them.
 
-prunefl_feddst, as the FedDST authors re-implemented it (B3.6): an initial stage of one client per
+prunefl_feddst, as the FedDST authors re-implemented it (bibikar/feddst): an initial stage of one client per
 round, then every R rounds a mask rebuilt by READJUST from the participants' mean last-step
 gradient, keeping at least 1 - 0.3 * 0.5^t of the maskable weights, so the model is at least 70%
 dense and becomes fully dense by round 52. Clients use FedDST's optimizer (--feddst_momentum,
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from flash_jax.fl.methods import Knob, Method, register_method
-from flash_jax.fl.rules import FEDAVG, FIXED_MASK, LocalMode, ServerMaskRule, ServerUpdate, all_weights
+from flash_jax.fl.rules import CLIENT_FIXED_MASK, FEDAVG, LocalMode, ServerMaskRule, ServerUpdate, all_weights
 from flash_jax.methods.feddst import feddst_optimizer
 from flash_jax.methods.prunefl_stages import (PRUNE_BASE, DenseWeights, adjusted_mask, feddst_initial_stage,
                                               initial_pruning, is_readjust_round, readjusted_mask)
@@ -80,7 +80,7 @@ def _feddst_local(setup, t: int) -> LocalMode:
 
 PRUNEFL = register_method(Method(
     name="prunefl", help="PruneFL: initial pruning at one client, then ADJUST of one global mask every R rounds",
-    client=FIXED_MASK._replace(local=_local),
+    client=CLIENT_FIXED_MASK._replace(local=_local),
     server_mask=ServerMaskRule(init=all_weights, update=_server_update, init_state=_dense_state),
     aggregation=lambda setup: FEDAVG, stage1=initial_pruning, stage1_record="initial_pruning.json", group="PruneFL",
     knobs=(
@@ -113,7 +113,7 @@ PRUNEFL = register_method(Method(
 PRUNEFL_FEDDST = register_method(Method(
     name="prunefl_feddst", help="PruneFL as the FedDST authors re-implemented it: READJUST every R rounds, "
     "at least 70% dense",
-    client=FIXED_MASK._replace(local=_feddst_local, optimizer=feddst_optimizer),
+    client=CLIENT_FIXED_MASK._replace(local=_feddst_local, optimizer=feddst_optimizer),
     server_mask=ServerMaskRule(init=all_weights, update=_feddst_server_update),
     aggregation=lambda setup: FEDAVG, stage1=feddst_initial_stage, stage1_record="initial_pruning.json",
     group="PruneFL",
