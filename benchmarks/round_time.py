@@ -26,9 +26,11 @@ import optax
 
 from flash_jax.config import Config, ConfigError
 from flash_jax.data.sources import DataError, Dataset, load_dataset
-from flash_jax.fl.round import init_state, run_round
+from flash_jax.fl.round import run_round
+from flash_jax.fl.state import init_state
 from flash_jax.fl.setup import build_setup
 from flash_jax.models import get_model, init_variables
+from flash_jax.settings import validate
 
 METHODS = ("dense", "pdst", "nst")
 
@@ -69,10 +71,10 @@ def make_config(args, bench: BenchSetup) -> Config:
     extra = {"clients_per_chunk": chunk} if chunk else {}
     num_users = args.num_users or bench.num_users
     per_round = args.clients_per_round or bench.clients_per_round
-    return Config(experiment_type=args.experiment_type, dataset=bench.dataset, model_type=bench.model_type,
-                  num_users=num_users, frac=per_round / num_users, local_epoch=1,
-                  local_bs=32, density=args.density, conv_impl=args.conv_impl, fl_rounds=1000, quiet=True,
-                  seed=args.seed, **extra).validate()
+    return validate(Config(experiment_type=args.experiment_type, dataset=bench.dataset, model_type=bench.model_type,
+                           num_users=num_users, frac=per_round / num_users, local_epoch=1,
+                           local_bs=32, density=args.density, conv_impl=args.conv_impl, fl_rounds=1000, quiet=True,
+                           seed=args.seed, **extra))
 
 
 def train_flops_per_example(setup, batch_size: int) -> float:

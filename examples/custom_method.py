@@ -13,14 +13,14 @@ import jax
 import jax.numpy as jnp
 
 import flash_jax
-from flash_jax.fl.rules import FEDAVG, FIXED_MASK, ServerMaskRule
+from flash_jax.fl.rules import CLIENT_FIXED_MASK, FEDAVG, ServerMaskRule, ServerUpdate
 from flash_jax.sparse import magnitude_masks
 
 
-def gmp_density(config, round_index: int) -> float:
-    """Cubic decay from 1 to d, reached after gmp_prune_fraction * fl_rounds rounds."""
+def gmp_density(config, t: int) -> float:
+    """Cubic decay from 1 to d, reached after round gmp_prune_fraction * fl_rounds (rounds count from 1)."""
     end = max(1, round(config.gmp_prune_fraction * config.fl_rounds))
-    left = max(0.0, 1.0 - (round_index + 1) / end)
+    left = max(0.0, 1.0 - t / end)
     return config.density + (1.0 - config.density) * left**3
 
 
@@ -29,7 +29,7 @@ def start_dense(setup, key, params):
 
 
 def prune_aggregate(setup, outcome):
-    return _global_magnitude(outcome.maskable, gmp_density(setup.config, outcome.round))
+    return ServerUpdate(mask=_global_magnitude(outcome.maskable, gmp_density(setup.config, outcome.round)))
 
 
 @jax.jit
@@ -39,8 +39,8 @@ def _global_magnitude(maskable, density):
 
 flash_jax.register_method(flash_jax.Method(
     name="fedavg_gmp", help="FedAvg, the aggregate magnitude-pruned along a cubic schedule from 1 to d",
-    client=FIXED_MASK, server_mask=ServerMaskRule(init=start_dense, update=prune_aggregate),
-    aggregation=lambda config: FEDAVG,
+    client=CLIENT_FIXED_MASK, server_mask=ServerMaskRule(init=start_dense, update=prune_aggregate),
+    aggregation=lambda setup: FEDAVG,
     knobs=(flash_jax.Knob("gmp_prune_fraction", 0.5, "share of the rounds over which the density falls to d",
                           lambda v: 0.0 < v <= 1.0, "in (0, 1]"),)))
 

@@ -36,7 +36,8 @@ def run_cell(base: Config, dataset, cell: dict) -> dict:
     """Every round's mean training loss; the test loss and accuracy after the last round (NaN or inf
     parameters never become finite again, so a finite last evaluation means finite evaluations before)."""
     from flash_jax.fl.evaluate import evaluate_state
-    from flash_jax.fl.round import init_state, run_round
+    from flash_jax.fl.round import run_round
+    from flash_jax.fl.state import init_state
     from flash_jax.fl.setup import build_setup
     setup = build_setup(dataclasses.replace(base, **cell), dataset)
     state = init_state(setup)

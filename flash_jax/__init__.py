@@ -15,5 +15,6 @@ from flash_jax.config import Config, ConfigError  # noqa: E402  (after the XLA f
 from flash_jax.fl.loop import run  # noqa: E402
 from flash_jax.fl.methods import Knob, Method, register_method  # noqa: E402
 from flash_jax.models import register_model  # noqa: E402
+from flash_jax import methods  # noqa: E402,F401  (registers the built-in methods, before any of the user's)
 
 __all__ = ["Config", "ConfigError", "Knob", "Method", "register_method", "register_model", "run"]

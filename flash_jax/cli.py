@@ -16,12 +16,14 @@ import os
 import sys
 import tomllib
 
-from flash_jax import launch
-from flash_jax.config import GROUPS, Config, ConfigError, choices
+from flash_jax import hosts, launch, processes
+from flash_jax.config import GROUPS, Config, ConfigError
 from flash_jax.data.sources import DataError
+from flash_jax.fl.loop import train
 from flash_jax.fl.methods import knobs, methods
 from flash_jax.fl.stops import DISK_FULL_EXIT, DIVERGED_EXIT, DiskFull, DivergenceError, Interrupted
 from flash_jax.output import print_result
+from flash_jax.settings import choices, validate
 
 class OneLineParser(argparse.ArgumentParser):
     """Errors as one line and exit status 2, without the usage block."""
@@ -114,7 +116,7 @@ def parse_config(argv=None) -> Config:
     args = vars(parser.parse_args(argv))
     args.pop("config")
     args.pop("plugin")
-    return Config(**args).validate()
+    return validate(Config(**args))
 
 
 def load_plugins(spec: str) -> None:
@@ -150,10 +152,8 @@ def main(argv=None) -> int:
             return launch.supervise(sys.argv[1:] if argv is None else list(argv),
                                     str(config.process_id) if config.process_id >= 0 else "?",
                                     config.coordinator_address, config.coordinator_timeout)
-        from flash_jax import processes  # devices and processes are set before JAX starts
-        processes.start(config, auto_devices=True)
-        from flash_jax.fl.loop import run
-        history = run(config)
+        processes.start(config, auto_devices=True)  # before the first computation
+        history = train(config)
     except ConfigError as err:
         print(f"run.py: error: {err}", file=sys.stderr)
         return 2
@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:  # before the run installed its handlers (imports, flag parsing)
         print("interrupted before the first round", file=sys.stderr)
         return 130
-    if not processes.is_writer():
+    if not hosts.is_writer():
         return 0
     last = history[-1]
     extra = f", pruned-to-d accuracy {last['accuracy_pruned']:.4f}" if "accuracy_pruned" in last else ""

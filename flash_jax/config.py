@@ -1,9 +1,11 @@
-"""One frozen record of an experiment, with validation that names the offending flag."""
+"""One frozen record of an experiment: its settings by flag name, a registered method's knobs among
+them. What values are valid is flash_jax/settings.py's business, which checks a Config once per run."""
 from __future__ import annotations
 
 import dataclasses
 import math
-import re
+
+from flash_jax.knobs import declared
 
 LR_SCHEDULES = ("run", "authors")
 GROWTH_METHODS = ("random", "gradient")
@@ -23,23 +25,6 @@ def _flag(default, group: str, help: str):
     return dataclasses.field(default=default, metadata={"group": group, "help": help})
 
 
-def choices() -> dict[str, tuple]:
-    """The valid values of the settings that name something, from the code and registries that
-    define them (the validation and --help both read this)."""
-    from flash_jax.data.sources import DATASETS
-    from flash_jax.fl.methods import methods
-    from flash_jax.models import CONV_IMPLS, model_names
-
-    return {"experiment_type": tuple(methods()), "dataset": DATASETS, "model_type": model_names(),
-            "lr_schedule": LR_SCHEDULES, "update_mode": (0, 1), "growth": GROWTH_METHODS,
-            "hetero_assign": HETERO_ASSIGNMENTS, "conv_impl": ("auto",) + CONV_IMPLS}
-
-
-def _registered_knobs() -> dict:
-    from flash_jax.fl.methods import knobs
-    return knobs()
-
-
 @dataclasses.dataclass(frozen=True, init=False)
 class Config:
     """Flag names and meanings follow the authors' command line (ALGORITHMS.md §0).
@@ -50,7 +35,7 @@ class Config:
 
     Besides its fields, a Config takes the knobs of every registered method by name
     (`Config(experiment_type="feddst", feddst_momentum=0.5)`) and reads them as attributes;
-    `method_knobs` holds those that differ from their defaults.
+    `method_knobs` maps those that differ from their defaults to their values.
     """
 
     experiment_type: str = _flag("spdst", "method", "method (the list below)")
@@ -122,27 +107,28 @@ class Config:
     max_train_loss: float = _flag(1000.0, "run and outputs",
                         "stop as diverged (exit 3) when a round's mean training loss exceeds this; working runs "
                         "stay below ~10 (cross-entropy starts at ln(classes))")
-    method_knobs: tuple = ()
+    method_knobs: dict = dataclasses.field(default_factory=dict)
 
     def __init__(self, **settings):
-        known = _registered_knobs()
-        given = dict(settings.pop("method_knobs", ()))
+        known = declared()
+        given = dict(settings.pop("method_knobs", {}))
         for field in dataclasses.fields(self):
-            object.__setattr__(self, field.name, settings.pop(field.name, field.default))
+            if field.metadata:  # a flag
+                object.__setattr__(self, field.name, settings.pop(field.name, field.default))
         for name, value in settings.items():
             if name not in known:
                 raise TypeError(f"Config got an unknown setting {name!r} (not a field, nor a registered "
                                 "method's knob)")
             given[name] = value
-        object.__setattr__(self, "method_knobs", tuple(sorted(
+        object.__setattr__(self, "method_knobs", dict(sorted(
             (name, value) for name, value in given.items() if name not in known or value != known[name].default)))
 
     def __getattr__(self, name: str):
         """A registered method's knob: its value here, else its default."""
-        knob = _registered_knobs().get(name) if not name.startswith("_") else None
+        knob = declared().get(name) if not name.startswith("_") else None
         if knob is None:
             raise AttributeError(f"'Config' has no setting {name!r}")
-        return dict(self.__dict__.get("method_knobs", ())).get(name, knob.default)
+        return self.__dict__.get("method_knobs", {}).get(name, knob.default)
 
     @property
     def clients_per_round(self) -> int:
@@ -158,135 +144,20 @@ class Config:
         (h = 1, the server's own mask) first; one level of share 1 without --hetero_client."""
         if not self.hetero_client:
             return (1.0,), (1.0,)
-        levels = _float_list(self.hetero_levels, "--hetero_levels")
-        shares = _float_list(self.hetero_proportions, "--hetero_proportions")
+        levels = float_list(self.hetero_levels, "--hetero_levels")
+        shares = float_list(self.hetero_proportions, "--hetero_proportions")
         if len(levels) != len(shares):
             raise ConfigError(f"--hetero_levels has {len(levels)} entries but --hetero_proportions has {len(shares)}")
         pairs = sorted(zip(levels, shares), reverse=True)
         return tuple(h for h, _ in pairs), tuple(w for _, w in pairs)
 
-    def validate(self) -> "Config":
-        """Check every range that does not need the data; raises ConfigError on the first problem."""
-        checks = [(getattr(self, name) in valid, f"--{name}", f"one of {', '.join(map(str, valid))}")
-                  for name, valid in choices().items()]
-        checks += [
-            (0.0 < self.density <= 1.0, "--density", "in (0, 1]"),
-            (self.alpha > 0.0, "--alpha", "> 0"),
-            (self.num_users >= 1, "--num_users", ">= 1"),
-            (0.0 < self.frac <= 1.0, "--frac", "in (0, 1] (it selects max(floor(frac*num_users), 1) clients)"),
-            (0.0 < self.init_frac <= 1.0, "--init_frac", "in (0, 1]"),
-            (self.init_epoch >= 1, "--init_epoch", ">= 1"),
-            (self.local_epoch >= 1, "--local_epoch", ">= 1"),
-            (self.local_bs >= 1, "--local_bs", ">= 1"),
-            (self.lr_start > 0.0, "--lr_start", "> 0"),
-            (self.lr_end > 0.0, "--lr_end", "> 0"),
-            (self.clip_grad_norm >= 0.0, "--clip_grad_norm", ">= 0 (0: no clipping)"),
-            (self.fl_rounds >= 1, "--fl_rounds", ">= 1"),
-            (self.max_train_loss > 0.0, "--max_train_loss", "> 0"),
-            (0.0 <= self.prune_rate < 1.0, "--prune_rate", "in [0, 1)"),
-            (self.eval_every >= 1, "--eval_every", ">= 1"),
-            (self.checkpoint_every >= 1, "--checkpoint_every", ">= 1"),
-            (self.clients_per_chunk >= 0, "--clients_per_chunk", ">= 0 (0: the whole cohort in one call)"),
-            (self.host_devices >= 0, "--host_devices", ">= 0 (0: one per core)"),
-            (self.num_processes >= 0, "--num_processes", ">= 0 (0: detected)"),
-            (self.coordinator_timeout >= 1, "--coordinator_timeout", ">= 1 (seconds)"),
-            (self.coordinator_address == "" or _is_host_port(self.coordinator_address), "--coordinator_address",
-             "HOST:PORT, e.g. 10.0.0.1:1234, with a port from 1 to 65535"),
-            (-1 <= self.process_id < (self.num_processes or 2**31), "--process_id",
-             f"in [0, {self.num_processes}) (or -1: detected)" if self.num_processes else ">= 0 (or -1: detected)"),
-        ]
-        for field in dataclasses.fields(self):  # NaN passes no range check; inf would pass some
-            value = getattr(self, field.name)
-            if field.type == "float" and not math.isfinite(value):
-                raise ConfigError(f"--{field.name}={value!r} is invalid: must be a finite number")
-        checks += [
-            (0 <= self.seed < 2**32, "--seed", "in [0, 2**32) (a 32-bit seed, as JAX's PRNGKey takes)"),
-            (self.workdir is None or self.workdir.strip() != "", "--workdir", "a folder name (omit the flag for "
-             "a run that writes nothing)"),
-        ]
-        for knob in _registered_knobs().values():
-            value = getattr(self, knob.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"--{knob.name}={value!r} is invalid: must be a finite number")
-            checks.append((value in knob.choices if knob.choices else knob.valid is None or knob.valid(value),
-                           f"--{knob.name}", f"one of {', '.join(map(str, knob.choices))}" if knob.choices
-                           else knob.valid_text))
-        for ok, flag, valid in checks:
-            if not ok:
-                raise ConfigError(f"{flag}={getattr(self, flag[2:])!r} is invalid: must be {valid}")
-        if self.mask_pattern is not None:
-            try:
-                re.compile(self.mask_pattern)
-            except re.error as err:
-                raise ConfigError(f"--mask_pattern={self.mask_pattern!r} is invalid: not a regular expression "
-                                  f"({err})") from None
-        if self.hetero_client:
-            self._validate_hetero()
-        given = [flag for flag, value, default in (("--coordinator_address", self.coordinator_address, ""),
-                 ("--num_processes", self.num_processes, 0), ("--process_id", self.process_id, -1)) if value != default]
-        if given and not self.distributed:
-            raise ConfigError(f"{given[0]} needs --distributed (it says how the processes of one run find each other)")
-        if self.download and self.path:
-            raise ConfigError("--download fetches into --data_dir; it does not combine with --path (files "
-                              "prepared by hand)")
-        if self.mnistnet_softmax and self.model_type != "mnistnet":
-            raise ConfigError(f"--mnistnet_softmax works with --model_type mnistnet, not {self.model_type}")
-        return self
-
-    def _validate_hetero(self) -> None:
-        from flash_jax.fl.methods import methods
-        hetero = [name for name, method in methods().items() if method.hetero]
-        if self.experiment_type not in hetero:
-            raise ConfigError(f"--hetero_client works with --experiment_type {' or '.join(hetero)}, "
-                              f"not {self.experiment_type}")
-        for flag, text, ok, valid in (
-                ("--hetero_levels", self.hetero_levels, lambda h: 0.0 < h <= 1.0, "in (0, 1]"),
-                ("--hetero_proportions", self.hetero_proportions, lambda w: 0.0 <= w <= 1.0, "in [0, 1]")):
-            for value in _float_list(text, flag):
-                if not ok(value):  # NaN fails every comparison, so it lands here too
-                    raise ConfigError(f"{flag}={text!r} is invalid: {value} is not a number {valid}")
-        levels, shares = self.density_levels
-        if levels[0] != 1.0 or len(set(levels)) != len(levels):
-            raise ConfigError(f"--hetero_levels={self.hetero_levels!r} is invalid: must be distinct fractions of "
-                              "--density in (0, 1], including 1 (the server's own mask)")
-        if abs(sum(shares) - 1.0) > 1e-6:
-            raise ConfigError(f"--hetero_proportions={self.hetero_proportions!r} is invalid: must be >= 0 "
-                              "and sum to 1")
-
-    def validate_against_data(self, num_train_examples: int) -> None:
-        if self.num_users > num_train_examples:
-            raise ConfigError(f"--num_users={self.num_users} is invalid: must be <= {num_train_examples}, "
-                              f"the number of training examples of {self.dataset}")
-
-    def validate_against_model(self, input_shape: tuple[int, ...], min_input: int) -> None:
-        """The data's images must survive the model's downsampling."""
-        if min(input_shape[:2]) < min_input:
-            raise ConfigError(f"--model_type {self.model_type} needs images of at least {min_input}x{min_input}, "
-                              f"but --dataset {self.dataset} has {input_shape[0]}x{input_shape[1]}; pick another "
-                              "model or dataset")
-
-    def validate_against_tensors(self, sizes: dict[str, int], sparse: bool) -> None:
-        """A sparse method needs every maskable tensor (`sizes`: path -> entries) to keep a weight at
-        the lowest density it trains at."""
-        lowest = self.density * min(self.density_levels[0])
-        smallest = min(sizes, key=sizes.get)
-        if sparse and round(lowest * sizes[smallest]) < 1:
-            raise ConfigError(f"--density={self.density!r} is invalid here: {smallest} ({sizes[smallest]} weights) "
-                              f"would keep no weight; must be at least "
-                              f"{1 / (sizes[smallest] * min(self.density_levels[0])):.3g}")
-
     def to_dict(self) -> dict:
         """Every setting by flag name, registered knobs included (config.json, checkpoints)."""
         settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "method_knobs"}
-        return {**settings, **{name: getattr(self, name) for name in _registered_knobs()}}
+        return {**settings, **{name: getattr(self, name) for name in declared()}}
 
 
-def _is_host_port(address: str) -> bool:
-    host, _, port = address.rpartition(":")
-    return bool(re.fullmatch(r"[\w.-]+|\[[0-9a-fA-F:.]+\]", host)) and port.isdigit() and 1 <= int(port) <= 65535
-
-
-def _float_list(text: str, flag: str) -> tuple[float, ...]:
+def float_list(text: str, flag: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(","))
     except ValueError:

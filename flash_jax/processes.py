@@ -1,5 +1,5 @@
-"""The processes and devices a run computes on: host devices per CPU core, JAX's multi-process
-runtime, and the few things processes must agree on (who writes, whether to stop).
+"""The processes and devices a run computes on: host devices per CPU core and JAX's multi-process
+runtime (what the processes share once started is flash_jax/hosts.py).
 
 Both must be set before JAX starts its backends, so `start` runs before the first computation.
 Every process computes the same rounds; process 0 alone writes the workdir's files and shows
@@ -15,10 +15,8 @@ import re
 import sys
 
 import jax
-import numpy as np
-from jax.experimental import multihost_utils
 
-from flash_jax import launch
+from flash_jax import hosts, launch
 from flash_jax.config import Config, ConfigError
 
 HEARTBEAT_S = 20  # a process not heard from for this long counts as dead (JAX's default: 100)
@@ -85,7 +83,7 @@ def _check_same_settings(config: Config) -> None:
     """Every process compares its settings with process 0's before anything is written; all of them
     refuse the run, with the same line, when one differs (it would compute neither run, or hang)."""
     mine = {k: v for k, v in config.to_dict().items() if k not in PER_PROCESS_SETTINGS}
-    everyone = [json.loads(text) for text in _gather_text(json.dumps(mine, sort_keys=True))]
+    everyone = [json.loads(text) for text in hosts.gather_text(json.dumps(mine, sort_keys=True))]
     for index, theirs in enumerate(everyone[1:], start=1):
         differing = [k for k in everyone[0] if everyone[0][k] != theirs.get(k)]
         if differing:
@@ -94,45 +92,6 @@ def _check_same_settings(config: Config) -> None:
                               f"0, {theirs.get(key)!r} on process {index}; start every process with the same settings")
 
 
-def _gather_text(text: str) -> list[str]:
-    """Every process's `text`, in process order."""
-    data = np.frombuffer(text.encode(), np.uint8)
-    lengths = np.asarray(multihost_utils.process_allgather(np.int32(len(data)))).reshape(-1)
-    padded = np.zeros(int(lengths.max()), np.uint8)
-    padded[:len(data)] = data
-    rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(lengths), -1)
-    return [bytes(row[:n]).decode() for row, n in zip(rows, lengths)]
-
-
 def _first_line(error) -> str:
     text = str(error).strip().splitlines()
     return re.sub(r"\s+", " ", text[0]) if text else type(error).__name__
-
-
-def is_writer() -> bool:
-    """Process 0 writes the workdir's files and shows progress; the others compute alongside."""
-    return jax.process_index() == 0
-
-
-def agree(value: int) -> int:
-    """The largest of the processes' values (a stop signal, a failure code); the value itself with
-    one process. Every process must call it at the same point."""
-    if jax.process_count() == 1:
-        return value
-    return int(np.max(multihost_utils.process_allgather(np.int32(value))))
-
-
-def wait_for_writer(name: str) -> None:
-    """Every process waits here until process 0 has reached the same point."""
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(name)
-
-
-def to_host(tree):
-    """Numpy copies of a tree's arrays, whole on every process even where the arrays are split
-    across processes (a cohort's per-client outputs)."""
-    def get(x):
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
-            x = multihost_utils.process_allgather(x, tiled=True)
-        return np.asarray(x)
-    return jax.tree.map(get, tree)

@@ -125,27 +125,27 @@ def set_old_metrics_aside(metrics_path: str) -> None:
               file=sys.stderr)
 
 
-def strict(value: Any) -> Any:
+def non_finite_as_null(value: Any) -> Any:
     """`value` with every non-finite float as None, so that json.dumps(allow_nan=False) accepts it."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: strict(v) for k, v in value.items()}
+        return {k: non_finite_as_null(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [strict(v) for v in value]
+        return [non_finite_as_null(v) for v in value]
     return value
 
 
 def write_json(path: str, record: dict[str, Any]) -> None:
     """Write through a temporary file so a killed run never leaves half a file."""
     with open(path + ".tmp", "w") as f:
-        json.dump(strict(record), f, indent=2, allow_nan=False)
+        json.dump(non_finite_as_null(record), f, indent=2, allow_nan=False)
     os.replace(path + ".tmp", path)
 
 
 def append_jsonl(path: str, record: dict[str, Any]) -> None:
     with open(path, "a") as f:
-        f.write(json.dumps(strict(record), allow_nan=False) + "\n")
+        f.write(json.dumps(non_finite_as_null(record), allow_nan=False) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
@@ -171,5 +171,5 @@ def rewrite_metrics(metrics_path: str, history: list[dict[str, Any]]) -> None:
     """metrics.jsonl as of a checkpoint: lines written after it (and any cut short by a kill) go, and
     are written again as the rounds are recomputed."""
     with open(metrics_path + ".tmp", "w") as f:
-        f.writelines(json.dumps(strict(record), allow_nan=False) + "\n" for record in history)
+        f.writelines(json.dumps(non_finite_as_null(record), allow_nan=False) + "\n" for record in history)
     os.replace(metrics_path + ".tmp", metrics_path)

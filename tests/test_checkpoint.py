@@ -15,7 +15,8 @@ from flash_jax.config import Config, ConfigError
 from flash_jax.data.sources import load_dataset
 from flash_jax.fl.checkpoint import Checkpoints
 from flash_jax.fl.loop import run
-from flash_jax.fl.round import init_state, run_round
+from flash_jax.fl.round import run_round
+from flash_jax.fl.state import init_state
 from flash_jax.fl.setup import build_setup
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

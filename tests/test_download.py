@@ -17,7 +17,7 @@ from flash_jax import cli
 from flash_jax.config import Config, ConfigError
 from flash_jax.data import cache, download
 from flash_jax.data.download import Remote
-from flash_jax.data.sources import DataError, load_dataset
+from flash_jax.data.sources import DataError, load_dataset, read_files
 from tests.publishers import GENERATED, TRAIN, Server
 
 
@@ -65,7 +65,7 @@ def test_the_pinned_table_covers_the_papers_datasets():
 @pytest.mark.parametrize("name", sorted(GENERATED))
 def test_each_source_is_fetched_verified_and_converted_once(name, publish, server, tmp_path):
     expected = publish(name)
-    arrays = cache.cached_arrays(name, None, download=True, quiet=True)
+    arrays = cache.cached_arrays(name, None, True, read_files, quiet=True)
     for got, want in zip(arrays, expected):
         np.testing.assert_array_equal(got, want)
     folder = tmp_path / "cache" / name
@@ -99,7 +99,7 @@ def test_a_dropped_connection_is_continued_where_it_stopped(publish, server):
     name = "cifar-10-python.tar.gz"
     size = len(server.files[name])
     server.drops[name] = 1
-    cache.cached_arrays("cifar10", None, download=True, quiet=True)
+    cache.cached_arrays("cifar10", None, True, read_files, quiet=True)
     assert [asked for n, asked in server.requests if n == name] == [None, f"bytes={size // 2}-"]
 
 
@@ -118,7 +118,7 @@ def test_a_part_left_by_a_stopped_process_is_continued(publish, server, tmp_path
     folder = tmp_path / "cache" / "mnist"
     folder.mkdir(parents=True)
     (folder / f"{name}.part").write_bytes(server.files[name][:100])
-    cache.cached_arrays("mnist", None, download=True, quiet=True)
+    cache.cached_arrays("mnist", None, True, read_files, quiet=True)
     assert [asked for n, asked in server.requests if n == name] == ["bytes=100-"]
     assert not list(folder.glob("*.part"))
 
@@ -151,12 +151,12 @@ def test_offline_is_one_line_and_a_mirror_serves_instead(publish, server, capsys
     status, err = _cli(capsys, "--dataset", "fashion_mnist", "--download")
     assert status == 2 and len(err) == 1 and "cannot fetch" in err[0] and download.MIRROR_ENV in err[0]
     monkeypatch.setenv(download.MIRROR_ENV, server.url + "/")
-    assert cache.cached_arrays("fashion_mnist", None, download=True, quiet=True) is not None
+    assert cache.cached_arrays("fashion_mnist", None, True, read_files, quiet=True) is not None
 
 
 def test_processes_sharing_a_cache_fetch_each_file_once(publish, server):
     publish("cifar10")
-    threads = [threading.Thread(target=cache.cached_arrays, args=("cifar10", None, True, True)) for _ in range(3)]
+    threads = [threading.Thread(target=cache.cached_arrays, args=("cifar10", None, True, read_files, True)) for _ in range(3)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -10,10 +10,11 @@ from flax import traverse_util
 from flash_jax.config import Config
 from flash_jax.data.store import build_store, cohort_layout, cohort_plan, padded_count
 from flash_jax.fl.aggregate import FEDAVG, FMA, weighted_average, weighted_sums
-from flash_jax.fl.client import SHUFFLE_STREAM, ClientSpec, client_key, local_train
+from flash_jax.fl.client import ClientSpec, local_train
 from flash_jax.fl.cohort import ChunkPlan, RoundInputs, ServerModel, chunk_size, train_chunk, train_cohort
 from flash_jax.fl.phases import MASK_UPDATE_PHASES
-from flash_jax.fl.setup import learning_rate_schedule, sample_clients
+from flash_jax.fl.setup import learning_rate_schedule
+from flash_jax.streams import SHUFFLE, derive, sample_clients
 from flash_jax.sparse import random_masks
 
 
@@ -76,8 +77,8 @@ def train_alone(spec, store, ids, params, masks, keys, target, batch_size=4, epo
 
 def cohort_keys(round_key, ids):
     """The keys train_chunk derives: client key fold_in(round_key, id), its shuffle stream."""
-    keys = jnp.stack([client_key(round_key, c) for c in ids])
-    return keys, jax.vmap(lambda k: jax.random.fold_in(k, SHUFFLE_STREAM))(keys)
+    keys = jnp.stack([derive(round_key, c) for c in ids])
+    return keys, jax.vmap(lambda k: derive(k, SHUFFLE))(keys)
 
 
 def run_cohort(spec, store, ids, params, masks, round_key, chunk, *, target, batch_stats=None, mask_index=None,

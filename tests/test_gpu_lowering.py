@@ -9,7 +9,8 @@ import pytest
 from flash_jax.config import Config
 from flash_jax.data.sources import load_dataset
 from flash_jax.fl import cohort
-from flash_jax.fl.round import init_state, run_round
+from flash_jax.fl.round import run_round
+from flash_jax.fl.state import init_state
 from flash_jax.fl.setup import build_setup
 from flash_jax.models import CONV_IMPLS, resolve_conv_impl
 

@@ -9,8 +9,10 @@ from flash_jax.config import Config
 from flash_jax.data.sources import load_dataset
 from flash_jax.fl.hetero import client_budget_levels, slot_budget_levels
 from flash_jax.fl.loop import run
-from flash_jax.fl.round import init_state, run_round
-from flash_jax.fl.setup import ROUND_STREAM, build_setup, sample_clients
+from flash_jax.fl.round import run_round
+from flash_jax.fl.state import init_state
+from flash_jax.fl.setup import build_setup
+from flash_jax.streams import ROUND, sample_clients
 from flash_jax.methods.feddst import readjust_ratio as feddst_readjust_ratio
 from flash_jax.sparse import level_masks, mask_update, next_mask, prune_union, readjust_masks, sl_init, topk_mask
 
@@ -92,10 +94,10 @@ def test_budget_levels_fixed_per_client_and_authors_slots():
 
 def test_feddst_readjust_schedule_is_cosine_and_stops_at_half():
     config = Config(fl_rounds=100, feddst_readjust_ratio=0.05, feddst_readjust_every=10)
-    ratios = {r: feddst_readjust_ratio(config, r) for r in range(100)}
-    assert [r for r, v in ratios.items() if v > 0] == [1, 11, 21, 31, 41]
-    assert ratios[1] == pytest.approx(0.05 * (1 + np.cos(np.pi / 50)) / 2)
-    assert ratios[41] < ratios[31] < ratios[1]
+    ratios = {t: feddst_readjust_ratio(config, t) for t in range(1, 101)}  # rounds count from 1
+    assert [t for t, v in ratios.items() if v > 0] == [2, 12, 22, 32, 42]
+    assert ratios[2] == pytest.approx(0.05 * (1 + np.cos(np.pi / 50)) / 2)
+    assert ratios[42] < ratios[32] < ratios[2]
 
 
 def test_hetero_spdst_budgets_stay_fixed_and_levels_nest(digits):
@@ -105,7 +107,7 @@ def test_hetero_spdst_budgets_stay_fixed_and_levels_nest(digits):
     state = init_state(setup)
     budgets = state.clients.level.copy()
     for _ in range(3):
-        ids = sample_clients(config.seed, ROUND_STREAM, state.round, config.num_users, config.clients_per_round)
+        ids = sample_clients(config.seed, ROUND, state.round, config.num_users, config.clients_per_round)
         previous = state
         state, info = run_round(setup, state)
         np.testing.assert_array_equal(state.clients.level, budgets)

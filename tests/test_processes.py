@@ -173,13 +173,14 @@ def test_a_malformed_coordinator_address_is_refused_at_once():
 
 def test_process_flags_need_distributed_and_are_checked():
     from flash_jax import Config, ConfigError
+    from flash_jax.settings import validate
     with pytest.raises(ConfigError, match="--num_processes needs --distributed"):
-        Config(num_processes=2).validate()
+        validate(Config(num_processes=2))
     with pytest.raises(ConfigError, match=r"--process_id=2 is invalid: must be in \[0, 2\)"):
-        Config(distributed=True, num_processes=2, process_id=2).validate()
+        validate(Config(distributed=True, num_processes=2, process_id=2))
     with pytest.raises(ConfigError, match="--host_devices=-1 is invalid"):
-        Config(host_devices=-1).validate()
-    Config(distributed=True, coordinator_address="127.0.0.1:1", num_processes=2, process_id=1).validate()
+        validate(Config(host_devices=-1))
+    validate(Config(distributed=True, coordinator_address="127.0.0.1:1", num_processes=2, process_id=1))
 
 
 def test_host_devices_one_per_core_unless_told(monkeypatch):

@@ -9,9 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flash_jax.comm import VALUE_BITS
-from flash_jax.config import Config
+from flash_jax.config import Config, ConfigError
 from flash_jax.data.sources import load_dataset
 from flash_jax.fl.loop import run
+from flash_jax.settings import validate
 from flash_jax.sparse.prunefl_search import adjust, ratio
 
 N_M, D_SIZE = 261000, 840  # MNISTNet: the conv2 and fc1 kernels; every other parameter
@@ -110,7 +111,7 @@ def test_the_cap_brings_the_density_to_d(digits):
 def test_the_feddst_variant_keeps_70_then_85_percent_and_turns_dense(digits, tmp_path):
     """Its READJUST keeps at least 1 - 0.3 * 0.5^t of the mask: 0.7 after the initial stage, 0.85
     after round 1 (t = 1), everything after round 51; the rebuilt mask is paid with a dense gradient."""
-    config = Config(experiment_type="prunefl", prunefl_variant="feddst", num_users=10, frac=0.3, fl_rounds=53,
+    config = Config(experiment_type="prunefl_feddst", num_users=10, frac=0.3, fl_rounds=53,
                     eval_every=1, quiet=True, workdir=str(tmp_path))
     history = run(config, digits)
     stage = json.load(open(tmp_path / "initial_pruning.json"))
@@ -120,3 +121,9 @@ def test_the_feddst_variant_keeps_70_then_85_percent_and_turns_dense(digits, tmp
     for r in history:  # the model inside the mask it trained in, plus the dense last-step gradient on t = 1, 51
         model = 3 * VALUE_BITS * (round(r["union_density"] * N_M) + D_SIZE)
         assert r["upload_bits"] == model + (3 * VALUE_BITS * N_M if r["round"] in (2, 52) else 0)
+
+
+def test_the_feddst_variant_is_a_method_of_its_own():
+    with pytest.raises(ConfigError, match=r"--prunefl_variant='feddst' is invalid: .*--experiment_type prunefl_feddst"):
+        validate(Config(experiment_type="prunefl", prunefl_variant="feddst"))
+    validate(Config(experiment_type="prunefl_feddst"))

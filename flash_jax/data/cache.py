@@ -14,12 +14,13 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
 
 from flash_jax.data.download import Remote, fetch, locked
-from flash_jax.data.sources import IDX_STEMS, Arrays, DataError, read_files
+from flash_jax.data.formats import IDX_STEMS, Arrays, DataError
 
 DIR_ENV = "FLASH_JAX_DATA"  # the cache folder when --data_dir is not given
 _KEYS = ("train_x", "train_y", "test_x", "test_y")
@@ -83,7 +84,8 @@ def download_hint(name: str, data_dir: str | None) -> str:
     return f"pass --download to fetch it into {cache_dir(data_dir) / name}"
 
 
-def cached_arrays(name: str, data_dir: str | None, download: bool, quiet: bool = False) -> Arrays | None:
+def cached_arrays(name: str, data_dir: str | None, download: bool, read: Callable[[str, str], Arrays],
+                  quiet: bool = False) -> Arrays | None:
     """The raw arrays of `name` converted earlier into the cache; with `download`, fetched and
     converted first where missing. None when the cache lacks them and `download` is off, or when the
     dataset is not one that downloads (the other sources then get their turn)."""
@@ -99,7 +101,7 @@ def cached_arrays(name: str, data_dir: str | None, download: bool, quiet: bool =
                     files = [fetch(remote, folder, quiet) for remote in SOURCES[name].files]
                     if not quiet:
                         print(f"{name}: converting the download into {converted} (once)", file=sys.stderr)
-                    _convert(name, files, converted)
+                    _convert(name, files, converted, read)
         except OSError as err:
             raise DataError(f"{folder}: cannot write there ({err.strerror or err}); pass --data_dir to a "
                             "writable folder") from None
@@ -109,8 +111,8 @@ def cached_arrays(name: str, data_dir: str | None, download: bool, quiet: bool =
         return tuple(arrays[key] for key in _KEYS)
 
 
-def _convert(name: str, files: list[Path], converted: Path) -> None:
-    """Read the fetched files with the loader that reads them from --path, once, into `converted`; the
+def _convert(name: str, files: list[Path], converted: Path, read: Callable[[str, str], Arrays]) -> None:
+    """Read the fetched files with `read` (the loader that reads them from --path), once, into `converted`; the
     archive's members and the unfinished .npz live in a scratch folder that goes away in any case."""
     source = SOURCES[name]
     with tempfile.TemporaryDirectory(dir=converted.parent, prefix=".convert-") as scratch:
@@ -118,7 +120,7 @@ def _convert(name: str, files: list[Path], converted: Path) -> None:
         if source.members:
             _unpack(files[0], source.members, Path(scratch))
             folder = Path(scratch) / source.folder
-        train_x, train_y, test_x, test_y = read_files(name, str(folder))
+        train_x, train_y, test_x, test_y = read(name, str(folder))
         unfinished = Path(scratch) / converted.name
         with open(unfinished, "wb") as f:
             np.savez(f, train_x=train_x, train_y=train_y.astype(np.int32), test_x=test_x,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from flash_jax.data.sources import DataError
+from flash_jax.data.formats import DataError
 
 MIRROR_ENV = "FLASH_JAX_DATA_MIRROR"  # a base address that replaces each file's own folder on the web
 TIMEOUT_S = 30.0  # a server silent for this long counts as stalled

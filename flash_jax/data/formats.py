@@ -12,6 +12,14 @@ import numpy as np
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # train_x, train_y, test_x, test_y (raw)
 _TFDS_CHUNK = 10_000
+# IDX file stems (train images, train labels, test images, test labels); each may also end in .gz.
+_MNIST_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+IDX_STEMS = {
+    "mnist": _MNIST_STEMS,
+    "fashion_mnist": _MNIST_STEMS,
+    "emnist": tuple(f"emnist-byclass-{s}" for s in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                                                     "test-images-idx3-ubyte", "test-labels-idx1-ubyte")),
+}
 
 
 class DataError(Exception):

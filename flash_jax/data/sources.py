@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from flash_jax.data.cache import cached_arrays, download_hint
 from flash_jax.data.formats import (  # noqa: F401  (read_idx and DataError: the package's data API)
-    Arrays, DataError, check_labels, find_idx, load_tfds, read_cifar_pickles, read_idx, standardise)
+    IDX_STEMS, Arrays, DataError, check_labels, find_idx, load_tfds, read_cifar_pickles, read_idx, standardise)
 
 DATASETS = ("digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "emnist", "tiny_imagenet")
 
@@ -42,14 +43,6 @@ TFDS_NAMES = {
 DEBIAN_DIRS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
 _DEBIAN_PACKAGES = {"fashion_mnist": "dataset-fashion-mnist"}
 
-# IDX file stems (train images, train labels, test images, test labels); each may also end in .gz.
-_MNIST_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-IDX_STEMS = {
-    "mnist": _MNIST_STEMS,
-    "fashion_mnist": _MNIST_STEMS,
-    "emnist": tuple(f"emnist-byclass-{s}" for s in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                                                     "test-images-idx3-ubyte", "test-labels-idx1-ubyte")),
-}
 # NIST/TFDS store EMNIST transposed; flip it upright so augmentation and plots see real letters.
 _TRANSPOSED = {"emnist"}
 
@@ -80,11 +73,9 @@ def load_dataset(name: str, path: str | None = None, data_dir: str | None = None
                  quiet: bool = False) -> Dataset:
     """Load `name` into memory. `path`: a folder of IDX files / CIFAR pickles; `data_dir`: the cache
     folder `download` fills (data/cache.py) and TFDS's data dir; `quiet`: no download progress bar."""
-    from flash_jax.data.cache import cached_arrays  # it reads the files with this module's loaders
-
     if name not in _LOADERS:
         raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
-    cached = None if path else cached_arrays(name, data_dir, download, quiet)
+    cached = None if path else cached_arrays(name, data_dir, download, read_files, quiet)
     train_x, train_y, test_x, test_y = cached or _LOADERS[name](name, path, data_dir)
     if name in _TRANSPOSED:
         train_x, test_x = train_x.transpose(0, 2, 1, 3), test_x.transpose(0, 2, 1, 3)
@@ -97,11 +88,6 @@ def load_dataset(name: str, path: str | None = None, data_dir: str | None = None
 def read_files(name: str, path: str) -> Arrays:
     """The raw arrays of `name` (images as published) from its publisher's files in `path`."""
     return _LOADERS[name](name, path, None)
-
-
-def _download_hint(name: str, data_dir: str | None) -> str:
-    from flash_jax.data.cache import download_hint
-    return download_hint(name, data_dir)
 
 
 # ---------------------------------------------------------------------------------------------- loaders
@@ -138,7 +124,7 @@ def _load_idx_or_tfds(name: str, path: str | None, data_dir: str | None) -> Arra
         missing = "no --path given"
     hints = [f"pass --path DIR holding {', '.join(s + '[.gz]' for s in IDX_STEMS[name])}"]
     if path is None:
-        hints.insert(0, _download_hint(name, data_dir))
+        hints.insert(0, download_hint(name, data_dir))
     if name in _DEBIAN_PACKAGES:
         pkg = _DEBIAN_PACKAGES[name]
         hints.insert(0, f"install Debian's package {pkg} (apt-get install -y {pkg})")
@@ -150,7 +136,7 @@ def _load_cifar(name: str, path: str | None, data_dir: str | None) -> Arrays:
     folder_name, train_files, test_files, label_key = CIFAR_FOLDERS[name]
     if path is None:
         hint = f"pass --path DIR holding {folder_name}/ (python version from https://www.cs.toronto.edu/~kriz/cifar.html)"
-        return load_tfds(name, TFDS_NAMES[name], data_dir, "no --path given", [_download_hint(name, data_dir), hint])
+        return load_tfds(name, TFDS_NAMES[name], data_dir, "no --path given", [download_hint(name, data_dir), hint])
     folder = Path(path)
     if not (folder / test_files[0]).exists():
         folder = folder / folder_name
@@ -176,7 +162,7 @@ def _load_tiny_imagenet(name: str, path: str | None, data_dir: str | None) -> Ar
     if folder is None or not (folder / "wnids.txt").exists() or not (folder / "val" / "val_annotations.txt").exists():
         fix = "download and unpack tiny-imagenet-200.zip and pass --path to it"
         raise DataError(f"{name}: no tiny-imagenet-200 folder (wnids.txt, train/, val/) in {path or 'no --path given'}; "
-                        + (fix if path else f"{_download_hint(name, data_dir)}, or {fix}"))
+                        + (fix if path else f"{download_hint(name, data_dir)}, or {fix}"))
     wnids = folder.joinpath("wnids.txt").read_text().split()
     label = {w: i for i, w in enumerate(wnids)}
 

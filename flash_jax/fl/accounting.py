@@ -14,6 +14,7 @@ import numpy as np
 from flax import traverse_util
 
 from flash_jax.comm import dense_model_bits, model_bits
+from flash_jax.fl.evaluate import server_nnz
 from flash_jax.fl.state import ClientTable, CommCounters, RoundState, ServerMasks
 from flash_jax.sparse import client_mask_counts
 
@@ -41,33 +42,33 @@ def _level_nnz(maskable, stacked_masks) -> dict[str, jax.Array]:
             for p, m in stacked_masks.items()}
 
 
-def account(tensors, sparse: bool, old: RoundState, new_server_levels: dict, ids: np.ndarray, levels: np.ndarray,
+def account(tensors, sparse: bool, old: RoundState, new_level_masks: dict, ids: np.ndarray, level_index: np.ndarray,
             uploads: Uploads, extra_upload_bits: int = 0) -> tuple[ServerMasks, ClientTable, CommCounters,
                                                                      dict[str, float]]:
     """The round's bits: the server's new mask ids, the clients' held ids, the new counters and the
     round's metrics. `tensors` is the setup's MaskableTensors; participant k trains at level
-    levels[k]; `extra_upload_bits` is what the participants upload besides their models."""
+    level_index[k]; `extra_upload_bits` is what the participants upload besides their models."""
     sizes, k = tensors.sizes, len(ids)
     dense = dense_model_bits(tensors.dense_size + tensors.num_maskable)
     server, clients = old.server, old.clients
     if not sparse:
         down = up = dense * k
-        new_server = server.replace(levels=new_server_levels)
+        new_server = server.replace(levels=new_level_masks)
     else:
         flat = traverse_util.flatten_dict(old.model.params, sep="/")
         level_nnz = jax.device_get(_level_nnz({p: flat[p] for p in tensors.paths}, server.levels))
-        held = clients.mask_id[ids] == server.ids[levels]
+        held = clients.mask_id[ids] == server.ids[level_index]
         down = sum(model_bits({p: level_nnz[p][lv] for p in sizes}, sizes, tensors.dense_size, mask_known=bool(h))
-                   for lv, h in zip(levels, held))
+                   for lv, h in zip(level_index, held))
         up_nnz = jax.device_get(client_mask_counts(uploads.masks))
         up = sum(model_bits({p: up_nnz[p][row] for p in sizes}, sizes, tensors.dense_size,
                             mask_known=not uploads.changed) for row in uploads.row)
         holders = clients.mask_id.copy()
-        holders[ids] = server.ids[levels]
-        changed = np.asarray(jax.device_get(_level_changes(server.levels, new_server_levels)))
+        holders[ids] = server.ids[level_index]
+        changed = np.asarray(jax.device_get(_level_changes(server.levels, new_level_masks)))
         mask_ids = server.ids.copy()
         mask_ids[changed] = mask_ids.max() + 1 + np.arange(changed.sum())
-        new_server = ServerMasks(levels=new_server_levels, ids=mask_ids)
+        new_server = ServerMasks(levels=new_level_masks, ids=mask_ids)
         clients = clients.replace(mask_id=holders)
     up += extra_upload_bits
     comm = CommCounters(cumulative_bits=old.comm.cumulative_bits + up + down,
@@ -75,3 +76,15 @@ def account(tensors, sparse: bool, old: RoundState, new_server_levels: dict, ids
     metrics = {"upload_bits": up, "download_bits": down, "cumulative_bits": comm.cumulative_bits,
                "comm_ratio_vs_dense": comm.cumulative_bits / comm.dense_cumulative_bits}
     return new_server, clients, comm, metrics
+
+
+def model_transfer_bits(tensors, params, mask_known: bool) -> int:
+    """One transfer of `params`: the non-zero entries of its maskable tensors (`tensors`: the setup's
+    MaskableTensors) sparse, with their mask unless the receiver knows it, the rest dense."""
+    return model_bits(server_nnz(params, tensors.paths), tensors.sizes, tensors.dense_size, mask_known=mask_known)
+
+
+def with_stage_bits(state: RoundState, bits: int) -> RoundState:
+    """`state` with `bits` sent by a method's stage before the rounds counted; dense FedAvg has no
+    such stage, so what it would have sent stays."""
+    return state.replace(comm=state.comm.replace(cumulative_bits=state.comm.cumulative_bits + bits))

@@ -18,12 +18,12 @@ import orbax.checkpoint as ocp
 from flax import serialization, traverse_util
 from jax.sharding import NamedSharding, PartitionSpec
 
-from flash_jax import processes
+from flash_jax import hosts
 from flash_jax.config import Config, ConfigError
-from flash_jax.fl.cohort import client_mesh
+from flash_jax.fl.mesh import client_mesh
 from flash_jax.fl.state import FORMAT_VERSION, RoundState
 from flash_jax.fl.stops import writing
-from flash_jax.workdir import aside_path, strict
+from flash_jax.workdir import aside_path, non_finite_as_null
 
 
 class CheckpointFormatError(ConfigError):
@@ -77,8 +77,8 @@ class Checkpoints:
     def save(self, state: RoundState, history: list[dict[str, Any]], config: Config) -> None:
         arrays, counters, _ = _parts(state)
         arrays = jax.tree.map(lambda a: np.asarray(a) if _host_local(a) else a, arrays)
-        record = strict({"format": FORMAT_VERSION, "counters": counters, "history": history,
-                         "config": config.to_dict()})
+        record = non_finite_as_null({"format": FORMAT_VERSION, "counters": counters, "history": history,
+                                     "config": config.to_dict()})
         with writing(f"the checkpoint of round {state.round} to {self._directory}", self.last_saved):
             self._manager.save(state.round, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(arrays), record=ocp.args.JsonSave(record)), force=True)
@@ -104,11 +104,11 @@ class Checkpoints:
             except Exception as err:
                 self._warn(step, err)
                 continue
-            if processes.is_writer():
+            if hosts.is_writer():
                 for newer in self._manager.all_steps():
                     if newer > step:  # unreadable ones: the rounds are recomputed and saved again
                         shutil.rmtree(os.path.join(self._manager.directory, str(newer)))
-            processes.wait_for_writer("checkpoint_cleanup")
+            hosts.wait_for_writer("checkpoint_cleanup")
             self._manager.reload()
             flat.update(traverse_util.flatten_dict(restored))
             flat.update({tuple(k.split(".")): v for k, v in record["counters"].items()})
@@ -122,17 +122,17 @@ class Checkpoints:
     def _set_aside_unreadable(self) -> None:
         """No step restores: keep them under another name and start with an empty folder, so the
         run can start over (saving its round 0 where an unreadable round 0 is would fail)."""
-        if processes.is_writer():
+        if hosts.is_writer():
             aside = aside_path(self._directory, "unreadable")
             os.replace(self._directory, aside)
             print(f"warning: no checkpoint in {self._directory} is readable: moved them to {aside}",
                   file=sys.stderr)
-        processes.wait_for_writer("checkpoints_set_aside")
+        hosts.wait_for_writer("checkpoints_set_aside")
         self._manager = ocp.CheckpointManager(self._directory, options=self._options)
 
     @staticmethod
     def _warn(step: int, err: Exception) -> None:
-        if processes.is_writer():
+        if hosts.is_writer():
             print(f"warning: checkpoint of round {step} is unreadable ({type(err).__name__}); "
               "trying the previous one", file=sys.stderr)
 

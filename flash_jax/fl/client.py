@@ -17,9 +17,8 @@ from flax import traverse_util
 from flash_jax.data.augment import random_crop_flip
 from flash_jax.models.activation_pruning import initial_thresholds, with_pruned_weight_gradients
 from flash_jax.sparse import apply_masks, mask_update, readjust_masks, sl_init
+from flash_jax.streams import AUGMENT, MASK_UPDATE, derive
 
-# Stream ids folded into a client's key, one per use, so the draws never overlap.
-SHUFFLE_STREAM, MASK_UPDATE_STREAM, AUGMENT_STREAM = 0, 1, 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,10 +48,6 @@ class ClientSpec:
     @property
     def tracks_gradient(self) -> bool:
         return self.readjust or (self.sparse_learning and self.growth == "gradient") or self.gradient_report == "last"
-
-
-def client_key(round_key, client_id):
-    return jax.random.fold_in(round_key, client_id)
 
 
 def client_loss(spec: ClientSpec, params, batch_stats, thresholds, x, y, weight):
@@ -115,8 +110,8 @@ def local_train(spec: ClientSpec, phase_lengths: tuple[int, ...], store_x, store
     optimizer = spec.make_optimizer(lr)
     params = apply_masks(params, masks)
     num_steps = jnp.sum(step_valid)  # E * steps_per_epoch of this client
-    augment_key = jax.random.fold_in(key, AUGMENT_STREAM)
-    update_key = jax.random.fold_in(key, MASK_UPDATE_STREAM)
+    augment_key = derive(key, AUGMENT)
+    update_key = derive(key, MASK_UPDATE)
 
     def train_phase(carry, phase_inputs):
         """Local SGD over one phase's steps with the phase's mask fixed."""
@@ -127,7 +122,7 @@ def local_train(spec: ClientSpec, phase_lengths: tuple[int, ...], store_x, store
             index, weight_mask, valid, t = inputs
             x, y = store_x[index], store_y[index]
             if spec.augment:
-                x = random_crop_flip(jax.random.fold_in(augment_key, t), x)
+                x = random_crop_flip(derive(augment_key, t), x)
             weight = weight_mask.astype(jnp.float32)
             (loss, (new_stats, new_thresholds)), grads = jax.value_and_grad(client_loss, argnums=1, has_aux=True)(
                 spec, params, batch_stats, thresholds, x, y, weight)
@@ -159,7 +154,7 @@ def local_train(spec: ClientSpec, phase_lengths: tuple[int, ...], store_x, store
             masks = readjust_masks(flat, carry.masks, gradient_scores, readjust_ratio)
         else:
             prune_rate = spec.prune_rate * (1.0 - steps_done / num_steps)
-            masks, sl_state = mask_update(jax.random.fold_in(update_key, phase), flat, carry.masks, prune_rate,
+            masks, sl_state = mask_update(derive(update_key, phase), flat, carry.masks, prune_rate,
                                           target_count, sl_state, grow_scores=gradient_scores)
         return carry._replace(params=apply_masks(carry.params, masks), masks=masks, sl_state=sl_state)
 

@@ -15,50 +15,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
-from flash_jax.data.store import ClientStore, CohortLayout, cohort_plan
+from flash_jax.data.store import ClientStore, CohortLayout, cohort_layout, cohort_plan, steps_per_epoch
 from flash_jax.fl.aggregate import Aggregation
-from flash_jax.fl.client import SHUFFLE_STREAM, ClientSpec, client_key, local_train
+from flash_jax.fl.client import ClientSpec, local_train
+from flash_jax.fl.mesh import constrain, place
+from flash_jax.fl.phases import MASK_UPDATE_PHASES
+from flash_jax.fl.setup import Setup
 from flash_jax.sparse import pack_rows, unpack_rows, unpacked
-
-CLIENTS = "clients"  # the mesh axis of the client dimension
-
-
-def client_mesh() -> Mesh | None:
-    """A 1-D mesh over every device, its axis named 'clients'; None with one device (nothing to shard)."""
-    devices = jax.devices()
-    return Mesh(np.asarray(devices), (CLIENTS,)) if len(devices) > 1 else None
-
-
-def place(mesh: Mesh | None, tree, split: bool):
-    """Arrays onto `mesh`, split along the leading (client) axis or replicated (with no mesh: onto the
-    default device). The cohort function's inputs always arrive placed alike, so a round never
-    recompiles for a new input placement.
-
-    Host arrays go through make_array_from_callback, which hands each device its slice of the full
-    array, so the same call builds global arrays when the mesh spans several hosts (each holding the
-    same values); device arrays are resharded where they differ.
-    """
-    if mesh is None:
-        return jax.tree.map(jnp.asarray, tree)
-    sharding = NamedSharding(mesh, PartitionSpec(CLIENTS) if split else PartitionSpec())
-
-    def put(x):
-        if isinstance(x, jax.Array):
-            return x if x.sharding == sharding else jax.device_put(x, sharding)
-        x = np.asarray(x)
-        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-
-    return jax.tree.map(put, tree)
-
-
-def _constrain(mesh: Mesh | None, tree, split: bool):
-    if mesh is None:
-        return tree
-    sharding = NamedSharding(mesh, PartitionSpec(CLIENTS) if split else PartitionSpec())
-    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
-
+from flash_jax.streams import SHUFFLE, derive
 
 def chunk_size(clients_per_chunk: int, cohort: int, devices: int) -> int:
     """Clients per jitted call: --clients_per_chunk (0: the whole cohort), at most the cohort, rounded
@@ -106,8 +72,8 @@ def train_chunk(plan: ChunkPlan, store_x, store_y, model: ServerModel, shared: R
     final masks (when they can change, else None) and their mean training losses.
     """
     spec, layout = plan.spec, plan.layout
-    keys = jax.vmap(client_key, in_axes=(None, 0))(shared.round_key, clients["ids"])
-    shuffle_keys = jax.vmap(lambda k: jax.random.fold_in(k, SHUFFLE_STREAM))(keys)
+    keys = jax.vmap(derive, in_axes=(None, 0))(shared.round_key, clients["ids"])
+    shuffle_keys = jax.vmap(lambda k: derive(k, SHUFFLE))(keys)
     cohort = cohort_plan(layout, shuffle_keys, clients["offsets"], clients["counts"])
     per_client_masks = "mask_index" in clients or "masks" in clients
     masks = model.masks
@@ -129,11 +95,11 @@ def train_chunk(plan: ChunkPlan, store_x, store_y, model: ServerModel, shared: R
         else clients["weights"]
     sums = plan.aggregation.update(sums, client_params, client_stats, clients["weights"], client_masks, reports,
                                    report_weights)
-    sums = _constrain(plan.mesh, sums, split=False)
+    sums = constrain(plan.mesh, sums, split=False)
     # final masks leave the chunk bit-packed: the cohort's stay 8x smaller until they are joined; with
     # several processes they are gathered to every process, which all read them
     per_client = (pack_rows(client_masks) if spec.changes_masks else None, losses)
-    return sums, _constrain(plan.mesh, per_client, split=jax.process_count() == 1)
+    return sums, constrain(plan.mesh, per_client, split=jax.process_count() == 1)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -182,3 +148,44 @@ def _in_cohort_order(parts, cohort: int):
     """A per-client output of every chunk, joined, without the padding (no copy for one exact chunk)."""
     joined = parts[0] if len(parts) == 1 else jnp.concatenate(parts)
     return joined if joined.shape[0] == cohort else joined[:cohort]
+
+
+def train_clients(setup: Setup, spec: ClientSpec, ids: np.ndarray, round_key, model: ServerModel, *,
+                  epochs: int, lr: float, mask_index: np.ndarray | None = None, own_masks: dict | None = None,
+                  readjust_ratio: float = 0.0, budgets: np.ndarray | None = None, unpack_masks: bool = True):
+    """One cohort's local training and aggregation, --clients_per_chunk clients per jitted call;
+    client keys are fold_in(round_key, client id). With `mask_index`, participant k takes the masks
+    model.masks[mask_index[k]]; with `own_masks` (bit-packed rows, one per participant) its own.
+    `budgets` are the participants' density targets as fractions of d (default: all at d). Without `unpack_masks` the final masks come only bit-packed (client_rows).
+
+    Returns the cohort's CohortResult, and the round's padding_efficiency (real client-steps over
+    padded ones) and compiled_cohort_shapes (distinct cohort shapes this run has needed).
+    """
+    config, store, mesh = setup.config, setup.data.store, setup.data.mesh
+    layout = cohort_layout(store, ids, batch_size=config.local_bs, epochs=epochs, phases=MASK_UPDATE_PHASES)
+    chunk = chunk_size(config.clients_per_chunk, len(ids), 1 if mesh is None else mesh.size)
+    plan = ChunkPlan(spec, layout, setup.method.aggregation(setup), mesh)
+    per_client = mask_index is not None or own_masks is not None
+    setup.compiled.log_if_new((plan, chunk, per_client), lambda: _describe(plan, chunk, per_client))
+    budgets = np.ones(len(ids)) if budgets is None else budgets
+    clients = {"ids": ids, "offsets": store.offsets[ids], "counts": store.counts[ids],
+               "targets": (budgets * config.density * setup.tensors.num_maskable).astype(np.float32)}
+    if mask_index is not None:
+        clients["mask_index"] = mask_index
+    if own_masks is not None:
+        clients["masks"] = own_masks
+    result = train_cohort(plan, chunk, store, model, RoundInputs(lr, readjust_ratio, round_key), clients,
+                          unpack_masks)
+    real_steps = epochs * int(steps_per_epoch(store.counts[ids], layout.batch_size).sum())
+    padded_steps = -(-len(ids) // chunk) * chunk * sum(layout.phase_lengths)
+    shapes = {"padding_efficiency": real_steps / padded_steps, "compiled_cohort_shapes": len(setup.compiled.seen)}
+    return result, shapes
+
+
+def _describe(plan: ChunkPlan, chunk: int, per_client_masks: bool) -> str:
+    spec, layout = plan.spec, plan.layout
+    masks = "sparse learning" if spec.sparse_learning else "readjusting masks" if spec.readjust else "fixed masks"
+    return (f"{chunk} clients per call x {layout.epochs} epoch(s) x {layout.steps} steps x batch "
+            f"{layout.batch_size}, phases {layout.phase_lengths}, {masks}"
+            f"{', per-client masks' if per_client_masks else ''}"
+            f"{', FMA' if plan.aggregation.per_entry else ''}")

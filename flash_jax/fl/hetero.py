@@ -7,9 +7,9 @@ import numpy as np
 from flax import traverse_util
 
 from flash_jax.config import Config
-from flash_jax.fl.setup import HETERO_STREAM
-from flash_jax.fl.state import RoundState
-from flash_jax.sparse import Masks, level_masks
+from flash_jax.fl.setup import Setup
+from flash_jax.sparse import Masks, level_masks, stack_levels
+from flash_jax.streams import HETERO, generator
 
 
 def _largest_remainder(shares: tuple[float, ...], total: int) -> np.ndarray:
@@ -29,7 +29,7 @@ def client_budget_levels(config: Config) -> np.ndarray:
         return np.zeros(config.num_users, np.int64)
     levels, shares = config.density_levels
     assigned = np.repeat(np.arange(len(levels)), _largest_remainder(shares, config.num_users))
-    return np.random.default_rng([config.seed, HETERO_STREAM]).permutation(assigned)
+    return generator(config.seed, HETERO).permutation(assigned)
 
 
 def slot_budget_levels(config: Config) -> np.ndarray:
@@ -40,22 +40,24 @@ def slot_budget_levels(config: Config) -> np.ndarray:
     return per_slot[::-1].copy()
 
 
-def participant_levels(config: Config, state: RoundState, ids: np.ndarray) -> np.ndarray:
+def participant_level_index(config: Config, client_levels: np.ndarray, round_index: int,
+                            ids: np.ndarray) -> np.ndarray:
     """Budget level of each participant: its own (hetero 'client'), its slot's (hetero 'slot'; round 0
     all at d, as in the authors' code), or the only level."""
     if config.hetero_client and config.hetero_assign == "client":
-        return state.clients.level[ids]
-    if config.hetero_client and state.round > 0:
+        return client_levels[ids]
+    if config.hetero_client and round_index > 0:
         return slot_budget_levels(config)
     return np.zeros(len(ids), np.int64)
 
 
-def server_levels(params, paths: tuple[str, ...], top_mask: Masks, density: float,
-                  levels: tuple[float, ...]) -> Masks:
+def level_masks_of(setup: Setup, params, top_mask: Masks) -> Masks:
     """Every level's server mask, stacked, the mask at d first; the lower levels are the top-k of
     |theta| inside the mask at d, so they nest."""
+    if len(setup.level_budgets) == 1:
+        return stack_levels(top_mask)
     flat = traverse_util.flatten_dict(params, sep="/")
-    return _level_masks({p: flat[p] for p in paths}, top_mask, density, levels)
+    return _level_masks({p: flat[p] for p in setup.tensors.paths}, top_mask, setup.config.density, setup.level_budgets)
 
 
 _level_masks = jax.jit(level_masks, static_argnums=3)

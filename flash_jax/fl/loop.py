@@ -15,15 +15,16 @@ from typing import Any
 import jax
 from tqdm.auto import tqdm
 
-from flash_jax import processes
+from flash_jax import hosts, processes
 from flash_jax.config import Config, ConfigError
 from flash_jax.data.sources import Dataset, load_dataset
 from flash_jax.fl.checkpoint import Checkpoints, saved_settings
 from flash_jax.fl.evaluate import evaluate_state
-from flash_jax.fl.round import init_state, run_round
+from flash_jax.fl.round import run_round
 from flash_jax.fl.setup import Setup, build_setup
-from flash_jax.fl.state import RoundState
+from flash_jax.fl.state import RoundState, init_state
 from flash_jax.fl.stops import Interrupted, StopSignals, check_finite, writing
+from flash_jax.settings import validate
 from flash_jax.workdir import (WorkdirLock, append_jsonl, check_workdir, rewrite_metrics, set_old_metrics_aside,
                                write_json)
 
@@ -48,11 +49,15 @@ def run(config: Config, dataset: Dataset | None = None) -> list[dict[str, Any]]:
     nothing. With several processes (--distributed) each calls this; process 0 alone takes the
     lock and writes files. Raises DivergenceError or Interrupted (fl.stops) when the run stops early.
     """
-    config.validate()
-    processes.start(config, auto_devices=False)
+    processes.start(validate(config), auto_devices=False)
+    return train(config, dataset)
+
+
+def train(config: Config, dataset: Dataset | None = None) -> list[dict[str, Any]]:
+    """`run` for a Config that is valid (settings.validate), its devices and processes started."""
     # before the signal handlers: Ctrl-C stops a download at once (and leaves it to be continued)
     dataset = dataset or load_dataset(config.dataset, config.path, config.data_dir, config.download,
-                                      quiet=config.quiet or not processes.is_writer())
+                                      quiet=config.quiet or not hosts.is_writer())
     with StopSignals() as stops:
         setup = build_setup(config, dataset)
         state = init_state(setup)
@@ -65,7 +70,7 @@ def run(config: Config, dataset: Dataset | None = None) -> list[dict[str, Any]]:
             history = []
             if restored:
                 state, history = restored
-                if processes.is_writer():
+                if hosts.is_writer():
                     print(f"resuming {config.workdir} from its checkpoint of round {state.round}", file=sys.stderr)
             elif metrics_path:
                 set_old_metrics_aside(metrics_path)
@@ -79,7 +84,7 @@ def _open_workdir(config: Config, setup: Setup, writer: contextlib.ExitStack) ->
     continue it and writes config.json; returns the metrics path there (None elsewhere). The other
     processes learn whether that worked, so a refusal stops all of them."""
     failure, saved = None, saved_settings(config.workdir)  # every process: orbax opens it collectively
-    if processes.is_writer():
+    if hosts.is_writer():
         try:
             writer.enter_context(WorkdirLock(config.workdir))
             check_workdir(config.workdir, config, saved)
@@ -88,9 +93,9 @@ def _open_workdir(config: Config, setup: Setup, writer: contextlib.ExitStack) ->
             failure = err
         except OSError as err:
             failure = ConfigError(f"--workdir {config.workdir} is not writable: {err.strerror or err}")
-    if processes.agree(failure is not None):
+    if hosts.max_over_processes(failure is not None):
         raise failure or ConfigError(f"--workdir {config.workdir}: process 0 refused it (its message says why)")
-    return metrics_path if processes.is_writer() else None
+    return metrics_path if hosts.is_writer() else None
 
 
 def _train(setup: Setup, state: RoundState, history: list[dict[str, Any]], checkpoints: Checkpoints | None,
@@ -103,7 +108,7 @@ def _train(setup: Setup, state: RoundState, history: list[dict[str, Any]], check
                       dynamic_ncols=True) as stage_bar:
                 state, record = setup.method.stage1(setup, state)
                 stage_bar.update(1)
-            if config.workdir and processes.is_writer():
+            if config.workdir and hosts.is_writer():
                 with writing(setup.method.stage1_record, None):
                     write_json(os.path.join(config.workdir, setup.method.stage1_record), record)
         if checkpoints:
@@ -113,7 +118,7 @@ def _train(setup: Setup, state: RoundState, history: list[dict[str, Any]], check
                initial=state.round, total=config.fl_rounds, disable=setup.compiled.quiet, dynamic_ncols=True)
     train_s, rounds_since_eval = 0.0, 0
     for r in bar:
-        signum = processes.agree(stops.signum or 0)  # every process stops at the same round
+        signum = hosts.max_over_processes(stops.signum or 0)  # every process stops at the same round
         if signum:
             stops.signum = stops.signum or signum
             break

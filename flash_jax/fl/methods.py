@@ -1,27 +1,17 @@
 """The method registry: a method is a small record of rules (fl/rules.py), its knobs and help text.
 
 The command line's --experiment_type choices, its method flags and their --help, and the validation
-of those flags all read this registry; `register_method` adds one from outside the package. The
-built-in methods (flash_jax/methods/) register themselves when the registry is first read.
+of those flags (flash_jax/settings.py) all read this registry; `register_method` adds one from
+outside the package. The built-in methods (flash_jax/methods/) register themselves when the package
+is imported.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Callable
 
-from flash_jax.fl.rules import NO_MASK, Aggregation, ClientRule, Reparameterization, ServerMaskRule
-
-
-@dataclasses.dataclass(frozen=True)
-class Knob:
-    """A setting of its own that a method adds to Config and the command line (--name)."""
-
-    name: str
-    default: Any  # its type is the flag's type
-    help: str
-    valid: Callable[[Any], bool] | None = None  # None: any value of the type
-    valid_text: str = ""  # the range, for the error message ("in [0, 1)")
-    choices: tuple = ()
+from flash_jax.fl.rules import SERVER_NO_MASK, Aggregation, ClientRule, Reparameterization, ServerMaskRule
+from flash_jax.knobs import Knob, declare, declared
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,18 +26,18 @@ class Method:
     help: str
     client: ClientRule
     server_mask: ServerMaskRule
-    aggregation: Callable[[Any], Aggregation]  # of the Config
+    aggregation: Callable[[Any], Aggregation]  # (setup) -> the aggregation
     stage1: Callable | None = None
     stage1_record: str = "sensitivity.json"  # the workdir file stage 1's record goes to
     knobs: tuple[Knob, ...] = ()
     hetero: bool = False
-    # (config, maskable paths) -> None, or how the maskable weights are stored vs computed with
-    reparameterization: Callable[[Any, tuple[str, ...]], Reparameterization | None] = lambda config, paths: None
+    # (setup) -> None, or how the maskable weights are stored vs computed with
+    reparameterization: Callable[[Any], Reparameterization | None] = lambda setup: None
     group: str = ""  # --help group of its knobs (default: the name)
 
     @property
     def sparse(self) -> bool:
-        return self.server_mask is not NO_MASK
+        return self.server_mask is not SERVER_NO_MASK
 
     @property
     def report_pruned(self) -> bool:
@@ -63,17 +53,16 @@ def register_method(method: Method) -> Method:
     """Make `method` runnable as --experiment_type NAME; refuses a taken name or knob."""
     if method.name in _METHODS:
         raise ValueError(f"a method named {method.name!r} is already registered")
-    taken = knobs()
-    for knob in method.knobs:
-        if knob.name in taken:
-            raise ValueError(f"method {method.name!r}: knob --{knob.name} is already defined")
+    try:
+        declare(method.knobs)
+    except ValueError as err:
+        raise ValueError(f"method {method.name!r}: {err}") from None
     _METHODS[method.name] = method
     return method
 
 
 def methods() -> dict[str, Method]:
     """Every registered method by name, the built-in ones first."""
-    import flash_jax.methods  # noqa: F401  (registers the built-in methods once)
     return dict(_METHODS)
 
 
@@ -86,5 +75,4 @@ def get_method(name: str) -> Method:
 
 def knobs() -> dict[str, Knob]:
     """Every registered method's knobs by name."""
-    import flash_jax.methods  # noqa: F401
-    return {knob.name: knob for method in _METHODS.values() for knob in method.knobs}
+    return declared()

@@ -10,103 +10,33 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from flash_jax.data.store import cohort_layout, steps_per_epoch
-from flash_jax.fl.accounting import Uploads, account
-from flash_jax.fl.client import ClientSpec
-from flash_jax.fl.cohort import ChunkPlan, RoundInputs, ServerModel, chunk_size, train_cohort
-from flash_jax.fl.hetero import client_budget_levels, participant_levels, server_levels
-from flash_jax.fl.phases import MASK_UPDATE_PHASES
 from flash_jax.comm import VALUE_BITS
-from flash_jax.fl.rules import RoundOutcome, ServerUpdate
-from flash_jax.fl.setup import INIT_STREAM, MASK_STREAM, ROUND_STREAM, Setup, sample_clients
-from flash_jax.fl.state import ClientTable, CommCounters, Model, RoundState, ServerMasks, stack_levels
-from flash_jax.models import init_variables
-from flash_jax.sparse import apply_masks, mask_consensus, pack_rows
-
-
-def levels_of(setup: Setup, params, top_mask) -> dict:
-    """The server's mask of every budget level, from the mask at d."""
-    if len(setup.levels) == 1:
-        return stack_levels(top_mask)
-    return server_levels(params, setup.tensors.paths, top_mask, setup.config.density, setup.levels)
-
-
-def init_state(setup: Setup) -> RoundState:
-    """The seeded initial model, the method's initial masks, nothing communicated yet."""
-    config, method = setup.config, setup.method
-    base = jax.random.PRNGKey(config.seed)
-    variables = init_variables(setup.model, jax.random.fold_in(base, INIT_STREAM), setup.data.input_shape)
-    masks = method.server_mask.init(setup, jax.random.fold_in(base, MASK_STREAM), variables["params"])
-    params = apply_masks(variables["params"], masks)
-    if setup.reparameterization:
-        params = setup.reparameterization.stored(params)
-    return RoundState(
-        round=0, model=Model(params, variables.get("batch_stats", {})),
-        server=ServerMasks(levels=levels_of(setup, params, masks), ids=np.arange(len(setup.levels))),
-        clients=ClientTable(masks=method.client.init(config, masks),
-                            level=client_budget_levels(config),
-                            mask_id=np.zeros(config.num_users, np.int64)),
-        comm=CommCounters(cumulative_bits=0, dense_cumulative_bits=0),
-        server_state=method.server_mask.init_state(setup, params))
-
-
-def train_clients(setup: Setup, spec: ClientSpec, ids: np.ndarray, round_key, model: ServerModel, *,
-                  epochs: int, lr: float, mask_index: np.ndarray | None = None, own_masks: dict | None = None,
-                  readjust_ratio: float = 0.0, budgets: np.ndarray | None = None, unpack_masks: bool = True):
-    """One cohort's local training and aggregation, --clients_per_chunk clients per jitted call;
-    client keys are fold_in(round_key, client id). With `mask_index`, participant k takes the masks
-    model.masks[mask_index[k]]; with `own_masks` (bit-packed rows, one per participant) its own.
-    `budgets` are the participants' density targets as fractions of d (default: all at d). Without `unpack_masks` the final masks come only bit-packed (client_rows).
-
-    Returns the cohort's CohortResult, and the round's padding_efficiency (real client-steps over
-    padded ones) and compiled_cohort_shapes (distinct cohort shapes this run has needed).
-    """
-    config, store, mesh = setup.config, setup.data.store, setup.data.mesh
-    layout = cohort_layout(store, ids, batch_size=config.local_bs, epochs=epochs, phases=MASK_UPDATE_PHASES)
-    chunk = chunk_size(config.clients_per_chunk, len(ids), 1 if mesh is None else mesh.size)
-    plan = ChunkPlan(spec, layout, setup.method.aggregation(config), mesh)
-    per_client = mask_index is not None or own_masks is not None
-    setup.compiled.note((plan, chunk, per_client), lambda: _describe(plan, chunk, per_client))
-    budgets = np.ones(len(ids)) if budgets is None else budgets
-    clients = {"ids": ids, "offsets": store.offsets[ids], "counts": store.counts[ids],
-               "targets": (budgets * config.density * setup.tensors.num_maskable).astype(np.float32)}
-    if mask_index is not None:
-        clients["mask_index"] = mask_index
-    if own_masks is not None:
-        clients["masks"] = own_masks
-    result = train_cohort(plan, chunk, store, model, RoundInputs(lr, readjust_ratio, round_key), clients,
-                          unpack_masks)
-    real_steps = epochs * int(steps_per_epoch(store.counts[ids], layout.batch_size).sum())
-    padded_steps = -(-len(ids) // chunk) * chunk * sum(layout.phase_lengths)
-    shapes = {"padding_efficiency": real_steps / padded_steps, "compiled_cohort_shapes": len(setup.compiled.seen)}
-    return result, shapes
-
-
-def _describe(plan: ChunkPlan, chunk: int, per_client_masks: bool) -> str:
-    spec, layout = plan.spec, plan.layout
-    masks = "sparse learning" if spec.sparse_learning else "readjusting masks" if spec.readjust else "fixed masks"
-    return (f"{chunk} clients per call x {layout.epochs} epoch(s) x {layout.steps} steps x batch "
-            f"{layout.batch_size}, phases {layout.phase_lengths}, {masks}"
-            f"{', per-client masks' if per_client_masks else ''}"
-            f"{', FMA' if plan.aggregation.per_entry else ''}")
+from flash_jax.fl.accounting import Uploads, account
+from flash_jax.fl.cohort import ServerModel, train_clients
+from flash_jax.fl.hetero import level_masks_of, participant_level_index
+from flash_jax.fl.rules import RoundOutcome
+from flash_jax.fl.setup import Setup
+from flash_jax.fl.state import Model, RoundState
+from flash_jax.sparse import apply_masks, mask_consensus, pack_rows, stack_levels
+from flash_jax.streams import ROUND, SERVER_UPDATE, key, sample_clients
 
 
 def run_round(setup: Setup, state: RoundState) -> tuple[RoundState, dict[str, Any]]:
     config, method = setup.config, setup.method
-    r = state.round
-    ids = sample_clients(config.seed, ROUND_STREAM, r, config.num_users, config.clients_per_round)
-    round_key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), ROUND_STREAM), r)
-    levels = participant_levels(config, state, ids)
-    budgets = np.asarray(setup.levels)[levels]
+    r, t = state.round, state.round + 1  # rounds done so far; this round's number (1-based, as in the metrics)
+    ids = sample_clients(config.seed, ROUND, r, config.num_users, config.clients_per_round)
+    round_key = key(config.seed, ROUND, r)
+    level_index = participant_level_index(config, state.clients.level, state.round, ids)
+    budgets = np.asarray(setup.level_budgets)[level_index]
     # what each participant trains in: its own mask, its budget level's, or the one shared mask
-    mode = method.client.local(config, r)
+    mode = method.client.local(setup, t)
     masks, mask_index, own_masks = state.server.top, None, None
     if mode.dense:
         masks = _all_true(state.server.top)
     elif state.clients.masks:
         own_masks = {p: rows[ids] for p, rows in state.clients.masks.items()}
-    elif len(setup.levels) > 1:
-        masks, mask_index = state.server.levels, levels
+    elif len(setup.level_budgets) > 1:
+        masks, mask_index = state.server.levels, level_index
     spec = dataclasses.replace(setup.spec, sparse_learning=mode.sparse_learning, readjust=mode.readjust_ratio > 0,
                                gradient_report=mode.gradient_report)
     result, shapes = train_clients(
@@ -116,11 +46,10 @@ def run_round(setup: Setup, state: RoundState) -> tuple[RoundState, dict[str, An
     params, batch_stats, client_rows, losses = result.params, result.batch_stats, result.client_rows, result.losses
     flat = traverse_util.flatten_dict(params, sep="/")
     server_mask = state.server.top
-    outcome = RoundOutcome(round=r, ids=ids, budgets=budgets, mode=mode,
+    outcome = RoundOutcome(round=t, key=key(config.seed, SERVER_UPDATE, t), ids=ids, budgets=budgets, mode=mode,
                            maskable={p: flat[p] for p in setup.tensors.paths}, client_rows=client_rows,
                            server_mask=server_mask, reports=result.reports, server_state=state.server_state)
     update = method.server_mask.update(setup, outcome)
-    update = update if isinstance(update, ServerUpdate) else ServerUpdate(mask=update)
     if update.maskable is not None:
         flat.update(update.maskable)
         params = traverse_util.unflatten_dict(flat, sep="/")
@@ -129,9 +58,9 @@ def run_round(setup: Setup, state: RoundState) -> tuple[RoundState, dict[str, An
         if method.server_mask.masks_model:
             params = apply_masks(params, update.mask)
     info = {"train_loss": float(jnp.mean(losses)), "lr": setup.lr(r), **shapes, **dict(mode.metrics)}
-    new_levels = levels_of(setup, params, server_mask)
-    if len(setup.levels) > 1:
-        level_counts = jax.device_get(_level_counts(new_levels))
+    new_level_masks = level_masks_of(setup, params, server_mask)
+    if len(setup.level_budgets) > 1:
+        level_counts = jax.device_get(_level_counts(new_level_masks))
         info["hetero_level_density"] = [float(c) / setup.tensors.num_maskable for c in level_counts]
     if client_rows is not None:  # the participants' masks after training, as distinct masks and rows
         uploads = Uploads(client_rows, np.arange(len(ids)), changed=True)
@@ -145,9 +74,9 @@ def run_round(setup: Setup, state: RoundState) -> tuple[RoundState, dict[str, An
     reported = {"sum_squared": setup.tensors.num_maskable + setup.tensors.dense_size,  # every parameter, dense
                 "last": setup.tensors.num_maskable, "": 0}[mode.gradient_report]
     gradient_bits = len(ids) * VALUE_BITS * reported
-    server, clients, comm, comm_metrics = account(setup.tensors, method.sparse, state, new_levels, ids, levels,
-                                                  uploads, gradient_bits)
-    clients = clients.replace(masks=method.client.update(clients.masks, ids, client_rows))
+    server, clients, comm, comm_metrics = account(setup.tensors, method.sparse, state, new_level_masks, ids,
+                                                  level_index, uploads, gradient_bits)
+    clients = clients.replace(masks=method.client.update(setup, clients.masks, ids, client_rows))
     info.update(comm_metrics)
     server_state = state.server_state if update.state is None else update.state
     return RoundState(round=r + 1, model=Model(params, batch_stats), server=server, clients=clients, comm=comm,

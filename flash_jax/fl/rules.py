@@ -6,8 +6,14 @@ part of the round state, `update` moves it on by one round (ALGORITHMS.md §2, �
   the mask this round (nothing, sparse learning toward the client's budget, FedDST's
   readjustment), `update` folds the participants' final masks back into the per-client masks.
 - ServerMaskRule: how the server mask evolves. `init` draws the first mask at d from the seed,
-  `update` returns the next one from the round's outcome (None: unchanged).
+  `update` returns a ServerUpdate from the round's outcome (its None parts: unchanged).
+
 - Aggregation (fl/aggregate.py): FedAvg or FMA, chosen per Config.
+
+Every callable of a rule (and of a Method, fl/methods.py) takes the run's Setup first (fl/setup.py:
+the config with every knob, the data, the model and its maskable tensors, the level budgets);
+so do the callables the rule builders below take. A rule sees rounds numbered from 1, as the
+metrics do: round t is the t-th round of training.
 """
 from __future__ import annotations
 
@@ -21,9 +27,8 @@ import optax
 
 from flash_jax.fl.aggregate import FEDAVG, FMA, Aggregation
 from flash_jax.fl.client import momentum_sgd
-from flash_jax.fl.state import stack_levels
-from flash_jax.processes import to_host
-from flash_jax.sparse import Masks, magnitude_masks, next_mask, pack_rows, random_masks, unpacked
+from flash_jax.hosts import to_host
+from flash_jax.sparse import Masks, magnitude_masks, next_mask, pack_rows, random_masks, stack_levels, unpacked
 
 __all__ = ["Aggregation", "ClientRule", "LocalMode", "Reparameterization", "RoundOutcome", "ServerMaskRule",
            "ServerUpdate", "FEDAVG", "FMA"]
@@ -42,7 +47,8 @@ class LocalMode(NamedTuple):
 class RoundOutcome(NamedTuple):
     """What a server-mask rule may look at after the cohort's aggregation."""
 
-    round: int
+    round: int                  # this round's number, from 1 (as in the metrics)
+    key: jax.Array              # the server's own randomness this round: streams.key(seed, SERVER_UPDATE, round)
     ids: np.ndarray             # the participants
     budgets: np.ndarray         # their density targets as fractions of d
     mode: LocalMode
@@ -50,7 +56,7 @@ class RoundOutcome(NamedTuple):
     client_rows: dict | None    # the participants' final masks, bit-packed (None: nobody's could change)
     server_mask: Masks          # the mask at d of the round's start
     reports: dict               # the participants' gradient reports, averaged ({} without)
-    server_state: dict          # the rule's own state (ServerMaskRule.init_state)
+    server_state: Any           # the rule's own pytree (ServerMaskRule.init_state)
 
     @property
     def client_masks(self) -> Masks | None:
@@ -62,22 +68,22 @@ class RoundOutcome(NamedTuple):
 
 
 class ServerUpdate(NamedTuple):
-    """What a server-mask rule returns when it changes more than the mask: None keeps a part."""
+    """What a server-mask rule returns after a round: each part None is kept as it was."""
 
     mask: Masks | None = None
     maskable: dict | None = None  # new values of maskable tensors by path (before the mask applies)
-    state: dict | None = None     # the rule's new own state
+    state: Any = None             # the rule's new own pytree
 
 
 class ClientRule(NamedTuple):
-    init: Callable[[Any, Masks], Masks]  # (config, initial server mask) -> per-client masks
-    local: Callable[[Any, int], LocalMode]  # (config, round)
-    # (per-client masks, ids, the participants' final masks as bit-packed rows or None) -> per-client masks
-    update: Callable[[Masks, np.ndarray, dict | None], Masks]
-    optimizer: Callable[[Any], Callable[[Any], optax.GradientTransformation]] = lambda config: optax.sgd
-    # (config) -> None, or a function from the trained maskable tensors to the client's final masks
-    finish: Callable[[Any], Callable | None] = lambda config: None
-    act_pruning: Callable[[Any], str] = lambda config: "off"  # SparsyFed's: off, first_step, every_step
+    init: Callable[[Any, Masks], Masks]  # (setup, initial server mask) -> per-client masks
+    local: Callable[[Any, int], LocalMode]  # (setup, round from 1)
+    # (setup, per-client masks, ids, the participants' final masks as bit-packed rows or None) -> per-client masks
+    update: Callable[[Any, Masks, np.ndarray, dict | None], Masks]
+    optimizer: Callable[[Any], Callable[[Any], optax.GradientTransformation]] = lambda setup: optax.sgd
+    # (setup) -> None, or a function from the trained maskable tensors to the client's final masks
+    finish: Callable[[Any], Callable | None] = lambda setup: None
+    act_pruning: Callable[[Any], str] = lambda setup: "off"  # SparsyFed's: off, first_step, every_step
 
 
 class Reparameterization(NamedTuple):
@@ -91,27 +97,28 @@ class Reparameterization(NamedTuple):
 
 class ServerMaskRule(NamedTuple):
     init: Callable[[Any, jax.Array, dict], Masks]  # (setup, key, initial params) -> the mask at d
-    update: Callable[[Any, RoundOutcome], Masks | ServerUpdate | None]  # (setup, outcome)
+    update: Callable[[Any, RoundOutcome], ServerUpdate]  # (setup, outcome)
     masks_model: bool = True  # the new mask multiplies the model (False: it is the model's support)
-    init_state: Callable[[Any, dict], dict] = lambda setup, params: {}  # (setup, initial params) -> own state
+    # (setup, initial params) -> the rule's own state: a pytree of a type it declares ({}: none)
+    init_state: Callable[[Any, dict], Any] = lambda setup, params: {}
 
 
-def _shared(config, server_mask: Masks) -> Masks:
+def _no_own_masks(setup, server_mask: Masks) -> Masks:
     return {}
 
 
-def _keep(client_masks: Masks, ids, final_masks) -> Masks:
+def _own_masks_unchanged(setup, client_masks: Masks, ids, final_masks) -> Masks:
     return client_masks
 
 
-def _private(config, server_mask: Masks) -> dict[str, np.ndarray]:
+def _private(setup, server_mask: Masks) -> dict[str, np.ndarray]:
     """Every client's mask, bit-packed rows in host memory (one copy per process however many
     devices: 10,000 MNISTNet masks take 0.33 GB so, 2.6 GB as booleans)."""
     row = to_host(pack_rows(stack_levels(server_mask)))
-    return {p: np.tile(r, (config.num_users, 1)) for p, r in row.items()}
+    return {p: np.tile(r, (setup.config.num_users, 1)) for p, r in row.items()}
 
 
-def _store(client_masks: dict[str, np.ndarray], ids, final_rows) -> dict[str, np.ndarray]:
+def _store(setup, client_masks: dict[str, np.ndarray], ids, final_rows) -> dict[str, np.ndarray]:
     rows = to_host(final_rows)
     table = {p: t.copy() for p, t in client_masks.items()}
     for p, t in table.items():
@@ -119,18 +126,19 @@ def _store(client_masks: dict[str, np.ndarray], ids, final_rows) -> dict[str, np
     return table
 
 
-FIXED_MASK = ClientRule(init=_shared, local=lambda config, r: LocalMode(), update=_keep)
+CLIENT_FIXED_MASK = ClientRule(init=_no_own_masks, local=lambda setup, t: LocalMode(), update=_own_masks_unchanged)
 """Participants train inside the server mask they receive and send it back unchanged."""
 
-PRIVATE_SPARSE_LEARNING = ClientRule(init=_private, local=lambda config, r: LocalMode(sparse_learning=True),
-                                     update=_store)
+CLIENT_PRIVATE_SPARSE_LEARNING = ClientRule(init=_private, local=lambda setup, t: LocalMode(sparse_learning=True),
+                                            update=_store)
 """Each client keeps a mask of its own across rounds and moves it by sparse learning (NST)."""
 
 
 def sparse_learning_every(interval: Callable[[Any], int]) -> ClientRule:
-    """Sparse learning on the rounds where the server renews its mask (r % interval(config) == 0),
-    a fixed mask in between (JMWST with r_int)."""
-    return FIXED_MASK._replace(local=lambda config, r: LocalMode(sparse_learning=r % interval(config) == 0))
+    """Sparse learning on the rounds where the server renews its mask (rounds 1, 1 + interval(setup),
+    ...), a fixed mask in between (JMWST with r_int)."""
+    return CLIENT_FIXED_MASK._replace(
+        local=lambda setup, t: LocalMode(sparse_learning=(t - 1) % interval(setup) == 0))
 
 
 def _random_at_d(setup, key, params) -> Masks:
@@ -141,14 +149,18 @@ def _dense_init(setup, key, params) -> Masks:
     return {}
 
 
-NO_MASK = ServerMaskRule(init=_dense_init, update=lambda setup, outcome: None)
-"""A dense method: no mask at all."""
+def _unchanged(setup, outcome) -> ServerUpdate:
+    return ServerUpdate()
 
-KEEP_MASK = ServerMaskRule(init=_random_at_d, update=lambda setup, outcome: None)
+
+SERVER_NO_MASK = ServerMaskRule(init=_dense_init, update=_unchanged)
+"""A dense method: no mask at all (server-mask rules are SERVER_*, client rules CLIENT_*)."""
+
+SERVER_FIXED_MASK = ServerMaskRule(init=_random_at_d, update=_unchanged)
 """A random mask at d from the shared seed, kept for the run (PDST; SPDST after stage 1)."""
 
-MODEL_SUPPORT = ServerMaskRule(init=_random_at_d, update=lambda setup, outcome: _support(outcome.maskable),
-                               masks_model=False)
+SERVER_MODEL_SUPPORT = ServerMaskRule(init=_random_at_d, update=lambda setup, outcome: ServerUpdate(
+    mask=_support(outcome.maskable)), masks_model=False)
 """Without a shared mask, the server's is the support of the averaged model: the union of the
 participants' masks (NST)."""
 
@@ -158,7 +170,7 @@ def all_weights(setup, key, params) -> Masks:
     return {p: jnp.ones(s, bool) for p, s in setup.tensors.shapes.items()}
 
 
-DENSE_START_SUPPORT = MODEL_SUPPORT._replace(init=all_weights)
+SERVER_DENSE_START_SUPPORT = SERVER_MODEL_SUPPORT._replace(init=all_weights)
 """The support of the averaged model, from a dense start (Top-k, SparsyFed)."""
 
 
@@ -169,13 +181,13 @@ def global_cut(density: float) -> Callable[[dict], Masks]:
 
 
 def train_dense_then_cut(weight_decay: Callable[[Any], float],
-                         act_pruning: Callable[[Any], str] = lambda config: "off") -> ClientRule:
+                         act_pruning: Callable[[Any], str] = lambda setup: "off") -> ClientRule:
     """Participants train every weight (SGD, weight decay on all parameters) from the model they
     receive, then cut it to d with `global_cut` (Top-k, SparsyFed: BASELINES.md B1.3, B2.1)."""
-    return FIXED_MASK._replace(
-        local=lambda config, r: LocalMode(dense=True),
-        optimizer=lambda config: functools.partial(momentum_sgd, momentum=None, weight_decay=weight_decay(config)),
-        finish=lambda config: global_cut(config.density), act_pruning=act_pruning)
+    return CLIENT_FIXED_MASK._replace(
+        local=lambda setup, t: LocalMode(dense=True),
+        optimizer=lambda setup: functools.partial(momentum_sgd, momentum=None, weight_decay=weight_decay(setup)),
+        finish=lambda setup: global_cut(setup.config.density), act_pruning=act_pruning)
 
 
 @jax.jit
@@ -184,14 +196,14 @@ def _support(maskable: dict[str, jax.Array]) -> Masks:
 
 
 def next_mask_every(interval: Callable[[Any], int], subsample: Callable[[Any], str]) -> ServerMaskRule:
-    """NEXT_MASK (§3) every interval(config) rounds from the participants' sparse-learned masks
-    (JMWST); hetero participants below d do not set the budgets (see sparse.next_mask)."""
-    def update(setup, outcome: RoundOutcome) -> Masks | None:
-        config = setup.config
-        if outcome.round % interval(config) != 0:
-            return None
-        return _next_mask(outcome.client_masks, outcome.maskable, config.density, subsample(config),
-                          jnp.asarray(outcome.budgets, jnp.float32), outcome.server_mask)
+    """NEXT_MASK (§3) on rounds 1, 1 + interval(setup), ... from the participants' sparse-learned
+    masks (JMWST); hetero participants below d do not set the budgets (see sparse.next_mask)."""
+    def update(setup, outcome: RoundOutcome) -> ServerUpdate:
+        if (outcome.round - 1) % interval(setup) != 0:
+            return ServerUpdate()
+        return ServerUpdate(mask=_next_mask(outcome.client_masks, outcome.maskable, setup.config.density,
+                                            subsample(setup), jnp.asarray(outcome.budgets, jnp.float32),
+                                            outcome.server_mask))
     return ServerMaskRule(init=_random_at_d, update=update)
 
 
@@ -203,6 +215,6 @@ def magnitude_at_d(setup, key, params) -> Masks:
     return magnitude_masks(params, setup.tensors.paths, setup.config.density, scope="layer")
 
 
-def by_update_mode(config) -> Aggregation:
+def by_update_mode(setup) -> Aggregation:
     """--update_mode 0: FedAvg; 1: FMA, each coordinate averaged over the clients holding it."""
-    return FMA if config.update_mode == 1 else FEDAVG
+    return FMA if setup.config.update_mode == 1 else FEDAVG

@@ -1,34 +1,35 @@
 """Everything fixed for a run, built once from the Config and the data: the federation's data on the
-device, the model, its maskable tensors, the method and local training's static description."""
+device, the model, its maskable tensors, the method and local training's static description.
+
+The Setup is the first argument of every rule of a method (fl/rules.py, fl/methods.py)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import sys
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import traverse_util
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from flash_jax import processes
+from flash_jax import hosts
 from flash_jax.config import Config, ConfigError
 from flash_jax.data.partition import partition
 from flash_jax.data.sources import Dataset
 from flash_jax.data.store import ClientStore, build_store
 from flash_jax.fl.client import ClientSpec
-from flash_jax.fl.cohort import client_mesh, place
+from flash_jax.fl.mesh import client_mesh, place
 from flash_jax.fl.methods import Method, get_method
 from flash_jax.fl.rules import Reparameterization
 from flash_jax.models import ModelDef, get_model, init_variables
+from flash_jax.settings import validate_against_data, validate_against_model, validate_against_tensors
 from flash_jax.sparse import maskable_paths
 
-# Streams folded into the seed's key (and into client sampling), one per use.
-INIT_STREAM, MASK_STREAM, ROUND_STREAM, SENSITIVITY_STREAM, REINIT_STREAM, STAGE2_MASK_STREAM, HETERO_STREAM = range(7)
 AUGMENTED_DATASETS = ("cifar10", "cifar100", "tiny_imagenet")
 
 
@@ -41,11 +42,6 @@ def learning_rate_schedule(config: Config) -> Callable[[int], float]:
         return lambda r: float(schedule(r))
     schedule = optax.exponential_decay(config.lr_start, 1000, rate)
     return lambda r: float(schedule(max(r - 1, 0)))
-
-
-def sample_clients(seed: int, stream: int, round_index: int, num_clients: int, per_round: int) -> np.ndarray:
-    """Cohort of a round: a pure function of (seed, stage stream, round), sampled without replacement."""
-    return np.random.default_rng([seed, stream, round_index]).choice(num_clients, per_round, replace=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +72,7 @@ class CompileLog:
     def __init__(self, quiet: bool):
         self.seen, self.quiet = set(), quiet
 
-    def note(self, signature, describe: Callable[[], str]) -> None:
+    def log_if_new(self, signature, describe: Callable[[], str]) -> None:
         if signature not in self.seen:
             self.seen.add(signature)
             if not self.quiet:
@@ -85,17 +81,36 @@ class CompileLog:
 
 @dataclasses.dataclass(frozen=True)
 class Setup:
+    """What every rule of a method gets first: the run's settings (`config`: every field and knob),
+    the `method`, the federation's `data` (client store, test set, mesh), the `model` and its
+    `tensors` (maskable paths, shapes, sizes), the learning-rate schedule `lr` (of the 0-based count
+    of rounds done), the hetero `level_budgets`, and, derived from the method's rules, local
+    training's `spec` and the `reparameterization`."""
+
     config: Config
     method: Method
     data: Federation
     model: ModelDef
     eval_apply: Callable  # same parameters; XLA's native conv is fastest for one un-vmapped model
     tensors: MaskableTensors
-    spec: ClientSpec
     lr: Callable[[int], float]
-    reparameterization: Reparameterization | None
-    levels: tuple[float, ...]  # budget levels as fractions of d, highest (the server mask) first
+    level_budgets: tuple[float, ...]  # each budget level's density as a fraction of d, highest (the server mask) first
     compiled: CompileLog
+
+    @functools.cached_property
+    def reparameterization(self) -> Reparameterization | None:
+        return self.method.reparameterization(self)
+
+    @functools.cached_property
+    def spec(self) -> ClientSpec:
+        """Local training's static description, from the settings and the method's client rule."""
+        config, client, model = self.config, self.method.client, self.model
+        return ClientSpec(apply_fn=model.module.apply, has_batch_stats=model.has_batch_stats,
+                          sparse_learning=False, prune_rate=config.prune_rate,
+                          augment=config.dataset in AUGMENTED_DATASETS, make_optimizer=client.optimizer(self),
+                          growth=config.growth, clip_grad_norm=config.clip_grad_norm,
+                          finish=client.finish(self), act_pruning=client.act_pruning(self),
+                          effective=self.reparameterization.effective if self.reparameterization else None)
 
 
 def _maskable_tensors(config: Config, model: ModelDef, input_shape, sparse: bool) -> MaskableTensors:
@@ -107,7 +122,7 @@ def _maskable_tensors(config: Config, model: ModelDef, input_shape, sparse: bool
         raise ConfigError(f"--mask_pattern={config.mask_pattern!r} is invalid: it matches no tensor of "
                           f"{config.model_type} ({', '.join(sorted(flat))})") from None
     sizes = {p: math.prod(flat[p].shape) for p in paths}
-    config.validate_against_tensors(sizes, sparse)
+    validate_against_tensors(config, sizes, sparse)
     num_maskable = sum(sizes.values())
     return MaskableTensors(paths=paths, shapes={p: flat[p].shape for p in paths}, sizes=sizes,
                            num_maskable=num_maskable,
@@ -115,22 +130,15 @@ def _maskable_tensors(config: Config, model: ModelDef, input_shape, sparse: bool
 
 
 def build_setup(config: Config, dataset: Dataset) -> Setup:
-    config.validate_against_data(len(dataset.train_y))
+    validate_against_data(config, len(dataset.train_y))
     method = get_method(config.experiment_type)
     alpha = None if config.iid else config.alpha
     train_parts = partition(dataset.train_y, config.num_users, alpha, config.seed)
     test_parts = partition(dataset.test_y, config.num_users, alpha, config.seed + 1) \
         if config.num_users <= len(dataset.test_y) else []
     model = get_model(config.model_type, dataset.num_classes, config.conv_impl, config.mnistnet_softmax)
-    config.validate_against_model(dataset.input_shape, model.min_input_size)
+    validate_against_model(config, dataset.input_shape, model.min_input_size)
     tensors = _maskable_tensors(config, model, dataset.input_shape, method.sparse)
-    reparameterization = method.reparameterization(config, tensors.paths)
-    spec = ClientSpec(apply_fn=model.module.apply, has_batch_stats=model.has_batch_stats,
-                      sparse_learning=False, prune_rate=config.prune_rate,
-                      augment=config.dataset in AUGMENTED_DATASETS, make_optimizer=method.client.optimizer(config),
-                      growth=config.growth, clip_grad_norm=config.clip_grad_norm,
-                      finish=method.client.finish(config), act_pruning=method.client.act_pruning(config),
-                      effective=reparameterization.effective if reparameterization else None)
     mesh = client_mesh()
     store = build_store(dataset.train_x, dataset.train_y, train_parts)
     store = store._replace(x=place(mesh, store.x, split=False), y=place(mesh, store.y, split=False))
@@ -139,6 +147,5 @@ def build_setup(config: Config, dataset: Dataset) -> Setup:
                       input_shape=dataset.input_shape, mesh=mesh)
     eval_model = get_model(config.model_type, dataset.num_classes, "xla", config.mnistnet_softmax)
     return Setup(config=config, method=method, data=data, model=model, eval_apply=eval_model.module.apply,
-                 tensors=tensors, spec=spec, lr=learning_rate_schedule(config), reparameterization=reparameterization,
-                 levels=config.density_levels[0],
-                 compiled=CompileLog(config.quiet or not processes.is_writer()))
+                 tensors=tensors, lr=learning_rate_schedule(config), level_budgets=config.density_levels[0],
+                 compiled=CompileLog(config.quiet or not hosts.is_writer()))

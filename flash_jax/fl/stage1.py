@@ -7,15 +7,16 @@ from typing import Any
 
 import jax
 
-from flash_jax.comm import VALUE_BITS, model_bits
-from flash_jax.fl.cohort import ServerModel
-from flash_jax.fl.evaluate import server_nnz
-from flash_jax.fl.round import levels_of, train_clients
-from flash_jax.fl.setup import REINIT_STREAM, SENSITIVITY_STREAM, STAGE2_MASK_STREAM, Setup, sample_clients
+from flash_jax.comm import VALUE_BITS
+from flash_jax.fl.accounting import model_transfer_bits, with_stage_bits
+from flash_jax.fl.cohort import ServerModel, train_clients
+from flash_jax.fl.hetero import level_masks_of
+from flash_jax.fl.setup import Setup
 from flash_jax.fl.state import Model, RoundState
 from flash_jax.models import init_variables
 from flash_jax.sparse import (apply_masks, client_layer_densities, client_mask_counts, random_masks,
                               sensitivity_densities)
+from flash_jax.streams import REINIT, SENSITIVITY, STAGE2_MASK, key, sample_clients
 
 
 def sensitivity_stage(setup: Setup, state: RoundState) -> tuple[RoundState, dict[str, Any]]:
@@ -23,26 +24,24 @@ def sensitivity_stage(setup: Setup, state: RoundState) -> tuple[RoundState, dict
     their per-layer densities reach the server, which rescales them to d, draws the stage-2 mask
     with those layer densities and re-initialises the model."""
     config, tensors = setup.config, setup.tensors
-    base = jax.random.PRNGKey(config.seed)
-    ids = sample_clients(config.seed, SENSITIVITY_STREAM, 0, config.num_users, config.stage1_clients)
+    ids = sample_clients(config.seed, SENSITIVITY, 0, config.num_users, config.stage1_clients)
     result, _ = train_clients(
-        setup, dataclasses.replace(setup.spec, sparse_learning=True), ids, jax.random.fold_in(base, SENSITIVITY_STREAM),
+        setup, dataclasses.replace(setup.spec, sparse_learning=True), ids, key(config.seed, SENSITIVITY),
         ServerModel(state.model.params, state.model.batch_stats, state.server.top),
         epochs=config.init_epoch, lr=config.lr_start)
     reported = client_layer_densities(result.client_masks)
     counts = jax.device_get(client_mask_counts(result.client_masks))
     uploads = {p: [int(c) / tensors.sizes[p] for c in counts[p]] for p in tensors.paths}
     densities = sensitivity_densities(reported, tensors.sizes, config.density)
-    masks = random_masks(jax.random.fold_in(base, STAGE2_MASK_STREAM), tensors.shapes, densities)
-    variables = init_variables(setup.model, jax.random.fold_in(base, REINIT_STREAM), setup.data.input_shape)
+    masks = random_masks(key(config.seed, STAGE2_MASK), tensors.shapes, densities)
+    variables = init_variables(setup.model, key(config.seed, REINIT), setup.data.input_shape)
     # K_d downloads of the seeded initial model, one scalar per layer per client up; the stage-2
     # mask is again drawn from the shared seed (plus the broadcast layer densities)
-    download = model_bits(server_nnz(state.model.params, tensors.paths), tensors.sizes, tensors.dense_size,
-                          mask_known=True)
+    download = model_transfer_bits(tensors, state.model.params, mask_known=True)
     stage_bits = len(ids) * (download + VALUE_BITS * len(tensors.sizes))
     params = apply_masks(variables["params"], masks)
-    new_state = state.replace(model=Model(params, variables.get("batch_stats", {})),
-                              server=state.server.replace(levels=levels_of(setup, params, masks)),
-                              comm=state.comm.replace(cumulative_bits=state.comm.cumulative_bits + stage_bits))
+    new_state = with_stage_bits(state.replace(model=Model(params, variables.get("batch_stats", {})),
+                                              server=state.server.replace(levels=level_masks_of(setup, params, masks))),
+                                stage_bits)
     return new_state, {"clients": ids.tolist(), "client_layer_density": uploads, "reported_layer_density": reported,
                        "layer_density": densities}

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import numpy as np
 from flax import struct
 
-from flash_jax.sparse import Masks
+from flash_jax.fl.hetero import client_budget_levels, level_masks_of
+from flash_jax.fl.setup import Setup
+from flash_jax.models import init_variables
+from flash_jax.sparse import Masks, apply_masks
+from flash_jax.streams import INIT, MASK, key
 
 # A checkpoint records the version of the state's layout; another version is refused, not guessed at.
 FORMAT_VERSION = 2
@@ -63,9 +66,22 @@ class RoundState:
     server: ServerMasks
     clients: ClientTable
     comm: CommCounters
-    server_state: dict  # what the method's server-mask rule keeps of its own (PruneFL's dense weights); {}
+    server_state: Any  # the server-mask rule's own pytree, of the type its init_state declares; {} for none
 
 
-def stack_levels(masks: Masks) -> Masks:
-    """A single mask as a stack of one level."""
-    return jax.tree.map(lambda m: m[None], masks)
+def init_state(setup: Setup) -> RoundState:
+    """The seeded initial model, the method's initial masks, nothing communicated yet."""
+    config, method = setup.config, setup.method
+    variables = init_variables(setup.model, key(config.seed, INIT), setup.data.input_shape)
+    masks = method.server_mask.init(setup, key(config.seed, MASK), variables["params"])
+    params = apply_masks(variables["params"], masks)
+    if setup.reparameterization:
+        params = setup.reparameterization.stored(params)
+    return RoundState(
+        round=0, model=Model(params, variables.get("batch_stats", {})),
+        server=ServerMasks(levels=level_masks_of(setup, params, masks), ids=np.arange(len(setup.level_budgets))),
+        clients=ClientTable(masks=method.client.init(setup, masks),
+                            level=client_budget_levels(config),
+                            mask_id=np.zeros(config.num_users, np.int64)),
+        comm=CommCounters(cumulative_bits=0, dense_cumulative_bits=0),
+        server_state=method.server_mask.init_state(setup, params))

@@ -8,43 +8,46 @@ import jax
 
 from flash_jax.fl.client import momentum_sgd
 from flash_jax.fl.methods import Knob, Method, register_method
-from flash_jax.fl.rules import FIXED_MASK, FMA, LocalMode, ServerMaskRule, magnitude_at_d
+from flash_jax.fl.rules import CLIENT_FIXED_MASK, FMA, LocalMode, ServerMaskRule, ServerUpdate, magnitude_at_d
 from flash_jax.sparse import layer_counts, prune_union
 
 
-def readjust_ratio(config, round_index: int) -> float:
-    """The readjustment fraction: on rounds 1, 1+R_adj, 1+2R_adj, ... (its code's schedule), cosine-
-    annealed from --feddst_readjust_ratio to 0 at half the rounds, after which masks stay fixed."""
-    end = config.fl_rounds // 2
-    if round_index >= end or (round_index - 1) % config.feddst_readjust_every != 0:
+def readjust_ratio(config, t: int) -> float:
+    """The readjustment fraction of round t: on rounds 2, 2+R_adj, 2+2R_adj, ... (its code counts
+    rounds from 0: 1, 1+R_adj, ...), cosine-annealed from --feddst_readjust_ratio to 0 at half the
+    rounds, after which masks stay fixed."""
+    r, end = t - 1, config.fl_rounds // 2  # r: the round as its code counts it
+    if r >= end or (r - 1) % config.feddst_readjust_every != 0:
         return 0.0
-    return config.feddst_readjust_ratio * (1.0 + math.cos(math.pi * round_index / end)) / 2.0
+    return config.feddst_readjust_ratio * (1.0 + math.cos(math.pi * r / end)) / 2.0
 
 
-def _local(config, round_index: int) -> LocalMode:
-    ratio = readjust_ratio(config, round_index)
+def _local(setup, t: int) -> LocalMode:
+    ratio = readjust_ratio(setup.config, t)
     return LocalMode(readjust_ratio=ratio, metrics=(("readjust_ratio", ratio),))
 
 
-def _prune_union(setup, outcome):
+def _prune_union(setup, outcome) -> ServerUpdate:
     if outcome.mode.readjust_ratio == 0.0:
-        return None
-    return _jitted_prune_union(outcome.maskable, outcome.client_masks,
-                               layer_counts(setup.tensors.shapes, setup.config.density))
+        return ServerUpdate()
+    return ServerUpdate(mask=_jitted_prune_union(outcome.maskable, outcome.client_masks,
+                                                 layer_counts(setup.tensors.shapes, setup.config.density)))
 
 
 _jitted_prune_union = jax.jit(prune_union)
 
 
-def _optimizer(config):
+def feddst_optimizer(setup):
+    """FedDST's client optimizer: SGD with --feddst_momentum and --feddst_weight_decay."""
+    config = setup.config
     return functools.partial(momentum_sgd, momentum=config.feddst_momentum, weight_decay=config.feddst_weight_decay)
 
 
 FEDDST = register_method(Method(
     name="feddst", help="FedDST: readjusted client masks, union pruned back to d",
-    client=FIXED_MASK._replace(local=_local, optimizer=_optimizer),
+    client=CLIENT_FIXED_MASK._replace(local=_local, optimizer=feddst_optimizer),
     server_mask=ServerMaskRule(init=magnitude_at_d, update=_prune_union),
-    aggregation=lambda config: FMA, group="FedDST",
+    aggregation=lambda setup: FMA, group="FedDST",
     knobs=(
         Knob("feddst_readjust_ratio", 0.05,
              "FedDST: fraction of active weights readjusted (cosine-decayed to 0 at half the rounds)",

@@ -6,14 +6,14 @@ from flash_jax.fl.stage1 import sensitivity_stage
 from flash_jax.sparse import SUBSAMPLE_METHODS
 
 
-def _interval(config) -> int:
-    return config.jmwst_update_interval
+def _interval(setup) -> int:
+    return setup.config.jmwst_update_interval
 
 
 JMWST = register_method(Method(
     name="jmwst", help="FLASH: stage-1 layer densities, then sparse learning and NEXT_MASK consensus",
     client=sparse_learning_every(_interval),
-    server_mask=next_mask_every(_interval, lambda config: config.subsample_method),
+    server_mask=next_mask_every(_interval, lambda setup: setup.config.subsample_method),
     aggregation=by_update_mode, stage1=sensitivity_stage, hetero=True, group="FLASH",
     knobs=(
         Knob("jmwst_update_interval", 1,

@@ -1,186 +1,89 @@
-"""PruneFL (Jiang et al., TNNLS 2022; BASELINES.md B3, the original variant): initial pruning at one
-client, then every R rounds the server re-decides one global mask with ADJUST from the
-participants' squared dense gradients, under a uniform cost model (round time proportional to the
-active parameters, T0 = --prunefl_time_const * N_m). Its density is emergent; --prunefl_max_density
-caps it for comparisons at FLASH's d. Pruned weights keep their last value at the server, and come
-back with it when ADJUST re-adds them."""
+"""PruneFL (Jiang et al., TNNLS 2022) as two methods sharing this module.
+
+prunefl, the original: initial pruning at one client, then every R rounds the server re-decides one
+global mask with ADJUST from the participants' squared dense gradients, under a uniform cost model
+(round time proportional to the active parameters, T0 = --prunefl_time_const * N_m). Its density is
+emergent; --prunefl_max_density caps it for comparisons at FLASH's d. Pruned weights keep their last
+value at the server, and come back with it when ADJUST re-adds them.
+
+prunefl_feddst, as the FedDST authors re-implemented it (bibikar/feddst): an initial stage of one client per
+round, then every R rounds a mask rebuilt by READJUST from the participants' mean last-step
+gradient, keeping at least 1 - 0.3 * 0.5^t of the maskable weights, so the model is at least 70%
+dense and becomes fully dense by round 52. Clients use FedDST's optimizer (--feddst_momentum,
+--feddst_weight_decay); re-added weights start at 0.
+"""
 from __future__ import annotations
 
-import functools
-
-import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 from flax import traverse_util
 
-from flash_jax.comm import model_bits
-from flash_jax.fl.client import clip_trained_gradient, client_loss
-from flash_jax.fl.evaluate import server_nnz
 from flash_jax.fl.methods import Knob, Method, register_method
-from flash_jax.methods import prunefl_feddst
-from flash_jax.fl.rules import FEDAVG, FIXED_MASK, LocalMode, ServerMaskRule, ServerUpdate, all_weights
-from flash_jax.fl.state import stack_levels
-from flash_jax.sparse import apply_masks
-from flash_jax.sparse.prunefl_search import adjust
-
-IP_STREAM = 100  # the seed stream of the initial-pruning client and its batches
+from flash_jax.fl.rules import CLIENT_FIXED_MASK, FEDAVG, LocalMode, ServerMaskRule, ServerUpdate, all_weights
+from flash_jax.methods.feddst import feddst_optimizer
+from flash_jax.methods.prunefl_stages import (PRUNE_BASE, DenseWeights, adjusted_mask, feddst_initial_stage,
+                                              initial_pruning, is_readjust_round, readjusted_mask)
 
 
-def is_adjust_round(config, t: int) -> bool:
-    """Rounds R, 2R, ... (0-based), as the original's first adjustment at round 50."""
-    return t >= config.prunefl_adjust_every and (t - config.prunefl_adjust_every) % config.prunefl_adjust_every == 0
+def is_adjust_round(config, r: int) -> bool:
+    """Rounds R, 2R, ... as the original counts rounds (from 0): its first adjustment at round 50."""
+    return r >= config.prunefl_adjust_every and (r - config.prunefl_adjust_every) % config.prunefl_adjust_every == 0
 
 
-def prune_fraction(config, t: int) -> float:
-    return config.prunefl_max_dec * 0.5 ** (t / config.prunefl_dec_half_life)
+def prune_fraction(config, r: int) -> float:
+    return config.prunefl_max_dec * 0.5 ** (r / config.prunefl_dec_half_life)
 
 
-def density_cap(config, t: int, num_maskable: int) -> float | None:
+def density_cap(config, r: int, num_maskable: int) -> float | None:
     """Active entries allowed: --prunefl_max_density, moving linearly to --prunefl_target_density."""
     top, target = config.prunefl_max_density, config.prunefl_target_density
     if target > 0:
-        return (top + (target - top) * t / config.fl_rounds) * num_maskable
+        return (top + (target - top) * r / config.fl_rounds) * num_maskable
     return top * num_maskable if top < 1.0 else None
 
 
-def layer_costs(setup) -> dict[str, float]:
-    paths = setup.tensors.paths
-    given = [float(c) for c in setup.config.prunefl_layer_costs.split(",")] if setup.config.prunefl_layer_costs else []
-    return dict(zip(paths, given)) if given else {p: 1.0 for p in paths}
-
-
-def _search(setup, dense: dict, mask: dict, squared_tree: dict, dtp: float, cap: float | None) -> dict:
-    """ADJUST on the host from the (averaged) squared gradients of every parameter."""
-    flat = jax.device_get(traverse_util.flatten_dict(squared_tree, sep="/"))
-    paths, costs = setup.tensors.paths, layer_costs(setup)
-    other = float(sum(np.sum(v, dtype=np.float64) for p, v in flat.items() if p not in paths))
-    t0 = setup.config.prunefl_time_const * sum(costs[p] * setup.tensors.sizes[p] for p in paths)
-    new = adjust(jax.device_get(dense), jax.device_get(mask), {p: flat[p] for p in paths}, other, dtp, costs, t0, cap)
-    return {p: jnp.asarray(m) for p, m in new.items()}
-
-
-def _server_update(setup, outcome):
+def _server_update(setup, outcome) -> ServerUpdate:
     """Aggregated values where the mask holds, the server's last values elsewhere; ADJUST on
     adjustment rounds."""
-    config = setup.config
-    if config.prunefl_variant == "feddst":
-        return prunefl_feddst.server_update(setup, outcome)
+    config, r = setup.config, outcome.round - 1  # r: the round as the original counts it, from 0
     fill = (lambda m, new, old: jnp.where(m, new, old)) if config.prunefl_regrow_init == "stale" \
         else (lambda m, new, old: jnp.where(m, new, 0.0))
-    dense = {p: fill(outcome.server_mask[p], outcome.maskable[p], outcome.server_state["dense"][p])
+    dense = {p: fill(outcome.server_mask[p], outcome.maskable[p], outcome.server_state.dense[p])
              for p in outcome.maskable}
-    state = {"dense": dense}
+    state = DenseWeights(dense)
     if not outcome.mode.gradient_report:
         return ServerUpdate(state=state)
-    mask = _search(setup, dense, outcome.server_mask, outcome.reports, prune_fraction(config, outcome.round),
-                   density_cap(config, outcome.round, setup.tensors.num_maskable))
+    mask = adjusted_mask(setup, dense, outcome.server_mask, outcome.reports, prune_fraction(config, r),
+                         density_cap(config, r, setup.tensors.num_maskable))
     return ServerUpdate(mask=mask, maskable=dense, state=state)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _ip_round(spec, params, batch_stats, masks, xs, ys, lr):
-    """One IP round: an SGD step on each fixed batch with the masked model; the per-step squared
-    gradients, summed."""
-    optimizer = optax.sgd(lr)
-
-    def step(carry, batch):
-        params, batch_stats, squared = carry
-        x, y = batch
-        (_, (batch_stats, _)), grads = jax.value_and_grad(client_loss, argnums=1, has_aux=True)(
-            spec, apply_masks(params, masks), batch_stats, {}, x, y, jnp.ones(y.shape, jnp.float32))
-        grads = apply_masks(grads, masks)  # the forward pass uses theta * mask
-        if spec.clip_grad_norm > 0:
-            grads = clip_trained_gradient(grads, masks, spec.clip_grad_norm)
-        updates, _ = optimizer.update(grads, optimizer.init(params), params)
-        squared = jax.tree.map(lambda s, g: s + g * g, squared, grads)
-        return (optax.apply_updates(params, updates), batch_stats, squared), None
-
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    (params, batch_stats, squared), _ = jax.lax.scan(step, (params, batch_stats, zeros), (xs, ys))
-    return params, batch_stats, squared
+def _local(setup, t: int) -> LocalMode:
+    return LocalMode(gradient_report="sum_squared" if is_adjust_round(setup.config, t - 1) else "")
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _ip_accuracy(apply_fn, variables, xs, ys):
-    logits = apply_fn(variables, xs.reshape((-1,) + xs.shape[2:]), train=False)
-    return jnp.mean(jnp.argmax(logits, -1) == ys.reshape(-1))
-
-
-def initial_pruning(setup, state):
-    """B3.2: one client (the first of a seeded permutation) trains on fixed batches of its data; from
-    the round its accuracy on them reaches factor/classes, ADJUST (uncapped) runs every
-    --prunefl_ip_adjust_every rounds until the density changes by at most --prunefl_ip_tol
-    --prunefl_ip_patience times in a row, or --prunefl_ip_max_rounds. The client uploads the pruned
-    model once; every client's first download then carries the new mask."""
-    config, store = setup.config, setup.data.store
-    rng = np.random.default_rng([config.seed, IP_STREAM])
-    client = int(rng.permutation(config.num_users)[0])
-    batch = min(config.local_bs, int(store.counts[client]))
-    rows = np.stack([rng.choice(store.counts[client], batch, replace=False)
-                     for _ in range(config.prunefl_ip_batches)]) + store.offsets[client]
-    xs, ys = store.x[rows], store.y[rows]
-    params, batch_stats, mask = state.model.params, state.model.batch_stats, state.server.top
-    squared = jax.tree.map(jnp.zeros_like, params)
-    start, densities, stable, num_classes = None, [], [], setup.model.module.num_classes
-    for r in range(1, config.prunefl_ip_max_rounds + 1):
-        if start is None and (r - 1) % 10 == 0:
-            variables = {"params": apply_masks(params, mask), "batch_stats": batch_stats}
-            accuracy = float(_ip_accuracy(setup.eval_apply, variables if setup.model.has_batch_stats
-                                          else {"params": variables["params"]}, xs, ys))
-            start = r if accuracy >= config.prunefl_ip_acc_factor / num_classes else None
-        params, batch_stats, round_squared = _ip_round(setup.spec, params, batch_stats, mask, xs, ys, config.lr_start)
-        squared = jax.tree.map(jnp.add, squared, round_squared)
-        if start is not None and (r - start) % config.prunefl_ip_adjust_every == 0:
-            flat = traverse_util.flatten_dict(params, sep="/")
-            mask = _search(setup, {p: flat[p] for p in setup.tensors.paths}, mask, squared, config.prunefl_max_dec,
-                           None)
-            squared = jax.tree.map(jnp.zeros_like, params)
-            densities.append(sum(int(m.sum()) for m in mask.values()) / setup.tensors.num_maskable)
-            if len(densities) > 1:
-                stable.append(abs(densities[-1] / densities[-2] - 1) <= config.prunefl_ip_tol)
-            if len(stable) >= config.prunefl_ip_patience and all(stable[-config.prunefl_ip_patience:]):
-                break
+def _dense_state(setup, params) -> DenseWeights:
     flat = traverse_util.flatten_dict(params, sep="/")
-    masked = apply_masks(params, mask)
-    upload = model_bits(server_nnz(masked, setup.tensors.paths), setup.tensors.sizes, setup.tensors.dense_size,
-                        mask_known=False)
-    server = state.server.replace(levels=stack_levels(mask), ids=state.server.ids + 1)
-    new_state = state.replace(model=state.model.replace(params=masked, batch_stats=batch_stats), server=server,
-                              comm=state.comm.replace(cumulative_bits=state.comm.cumulative_bits + upload),
-                              server_state={"dense": {p: flat[p] for p in setup.tensors.paths}})
-    return new_state, {"client": client, "rounds": r, "gate_round": start, "densities": densities}
+    return DenseWeights({p: flat[p] for p in setup.tensors.paths})
 
 
-def _stage1(setup, state):
-    if setup.config.prunefl_variant == "feddst":
-        return prunefl_feddst.initial_stage(setup, state)
-    return initial_pruning(setup, state)
+def _feddst_server_update(setup, outcome) -> ServerUpdate:
+    """READJUST on the rounds the participants sent their last-step gradient, keeping at least
+    1 - 0.3 * 0.5^r of the weights (r: the round as the FedDST code counts it, from 0)."""
+    if not outcome.mode.gradient_report:
+        return ServerUpdate()
+    return ServerUpdate(mask=readjusted_mask(setup, outcome.reports, PRUNE_BASE * 0.5 ** (outcome.round - 1)))
 
 
-def _local(config, r: int) -> LocalMode:
-    if config.prunefl_variant == "feddst":
-        return LocalMode(gradient_report="last" if prunefl_feddst.is_readjust_round(config, r) else "")
-    return LocalMode(gradient_report="sum_squared" if is_adjust_round(config, r) else "")
-
-
-def _optimizer(config):
-    return prunefl_feddst.optimizer(config) if config.prunefl_variant == "feddst" else optax.sgd
-
-
-def _dense_state(setup, params):
-    flat = traverse_util.flatten_dict(params, sep="/")
-    return {"dense": {p: flat[p] for p in setup.tensors.paths}}
+def _feddst_local(setup, t: int) -> LocalMode:
+    return LocalMode(gradient_report="last" if is_readjust_round(setup.config, t - 1) else "")
 
 
 PRUNEFL = register_method(Method(
     name="prunefl", help="PruneFL: initial pruning at one client, then ADJUST of one global mask every R rounds",
-    client=FIXED_MASK._replace(local=_local, optimizer=_optimizer),
+    client=CLIENT_FIXED_MASK._replace(local=_local),
     server_mask=ServerMaskRule(init=all_weights, update=_server_update, init_state=_dense_state),
-    aggregation=lambda config: FEDAVG, stage1=_stage1, stage1_record="initial_pruning.json", group="PruneFL",
+    aggregation=lambda setup: FEDAVG, stage1=initial_pruning, stage1_record="initial_pruning.json", group="PruneFL",
     knobs=(
-        Knob("prunefl_variant", "original", "PruneFL: the original (jiangyuang/PruneFL) or the FedDST authors' "
-             "re-implementation (bibikar/feddst)", choices=("original", "feddst")),
         Knob("prunefl_adjust_every", 50, "PruneFL: FL rounds between adjustments R", lambda v: v >= 1, ">= 1"),
         Knob("prunefl_max_density", 1.0, "PruneFL: cap on the active maskable share (set --density's value for "
              "comparisons at FLASH's d; 1: none)", lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
@@ -202,6 +105,17 @@ PRUNEFL = register_method(Method(
              lambda v: v >= 0, ">= 0"),
         Knob("prunefl_regrow_init", "stale", "PruneFL: a re-added weight restarts at its last value or at 0",
              choices=("stale", "zero")),
-        Knob("prunefl_initial_rounds", 5, "PruneFL (feddst variant): rounds of the one-client initial stage",
-             lambda v: v >= 1, ">= 1"),
+        Knob("prunefl_variant", "original", "PruneFL: only the original; the FedDST authors' re-implementation is "
+             "--experiment_type prunefl_feddst", lambda v: v == "original",
+             "original (the FedDST authors' re-implementation is --experiment_type prunefl_feddst)"),
     )))
+
+PRUNEFL_FEDDST = register_method(Method(
+    name="prunefl_feddst", help="PruneFL as the FedDST authors re-implemented it: READJUST every R rounds, "
+    "at least 70% dense",
+    client=CLIENT_FIXED_MASK._replace(local=_feddst_local, optimizer=feddst_optimizer),
+    server_mask=ServerMaskRule(init=all_weights, update=_feddst_server_update),
+    aggregation=lambda setup: FEDAVG, stage1=feddst_initial_stage, stage1_record="initial_pruning.json",
+    group="PruneFL",
+    knobs=(Knob("prunefl_initial_rounds", 5, "PruneFL (prunefl_feddst): rounds of the one-client initial stage",
+                lambda v: v >= 1, ">= 1"),)))

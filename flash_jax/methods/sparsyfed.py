@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from flash_jax.fl.methods import Knob, Method, register_method
-from flash_jax.fl.rules import DENSE_START_SUPPORT, FEDAVG, Reparameterization, train_dense_then_cut
+from flash_jax.fl.rules import FEDAVG, SERVER_DENSE_START_SUPPORT, Reparameterization, train_dense_then_cut
 
 ACT_THRESHOLDS = ("first_step", "every_step", "off")
 
@@ -27,12 +27,12 @@ def powerprop(alpha: float, paths: tuple[str, ...]) -> Reparameterization:
 
 SPARSYFED = register_method(Method(
     name="sparsyfed", help="SparsyFed: Powerprop, activation-pruned weight gradients, a global cut to d; FedAvg",
-    client=train_dense_then_cut(lambda config: config.sparsyfed_weight_decay,
-                                act_pruning=lambda config: config.sparsyfed_act_threshold),
-    server_mask=DENSE_START_SUPPORT, aggregation=lambda config: FEDAVG, group="SparsyFed",
+    client=train_dense_then_cut(lambda setup: setup.config.sparsyfed_weight_decay,
+                                act_pruning=lambda setup: setup.config.sparsyfed_act_threshold),
+    server_mask=SERVER_DENSE_START_SUPPORT, aggregation=lambda setup: FEDAVG, group="SparsyFed",
     # alpha 1 is the identity: no transform at all, so zeros keep their gradient (Top-k's behaviour)
-    reparameterization=lambda config, paths: None if config.sparsyfed_alpha == 1.0
-    else powerprop(config.sparsyfed_alpha, paths),
+    reparameterization=lambda setup: None if setup.config.sparsyfed_alpha == 1.0
+    else powerprop(setup.config.sparsyfed_alpha, setup.tensors.paths),
     knobs=(
         Knob("sparsyfed_alpha", 1.25, "SparsyFed: Powerprop exponent (1: no Powerprop)", lambda v: v >= 1.0, ">= 1"),
         Knob("sparsyfed_act_threshold", "first_step",

@@ -206,6 +206,11 @@ def magnitude_masks(
     return masks
 
 
+def stack_levels(masks: Masks) -> Masks:
+    """A single mask as a stack of one level."""
+    return jax.tree.map(lambda m: m[None], masks)
+
+
 def pack_rows(masks: Masks) -> dict[str, jax.Array]:
     """Masks with a leading row axis (one per client), each row flattened and bit-packed into
     uint8: 8x smaller than bool, for state kept per client (NST's 10,000 private masks). 64 rows at

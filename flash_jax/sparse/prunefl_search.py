@@ -16,6 +16,15 @@ import math
 import numpy as np
 
 
+def cost_model(paths: tuple[str, ...], sizes: dict[str, int], given: str,
+               time_const: float) -> tuple[dict[str, float], float]:
+    """c_l, the cost per entry of each maskable tensor (`given`: comma-separated in sorted path order;
+    empty: 1 each), and T0 = time_const * sum_l c_l n_l."""
+    values = [float(c) for c in given.split(",")] if given else []
+    costs = dict(zip(paths, values)) if values else {p: 1.0 for p in paths}
+    return costs, time_const * sum(costs[p] * sizes[p] for p in paths)
+
+
 def adjust(theta: dict[str, np.ndarray], mask: dict[str, np.ndarray], squared: dict[str, np.ndarray],
            other_squared: float, dtp: float, costs: dict[str, float], t0: float,
            cap: float | None = None) -> dict[str, np.ndarray]:
