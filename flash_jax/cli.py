@@ -23,7 +23,7 @@ from flash_jax.fl.loop import train
 from flash_jax.fl.methods import knobs, methods
 from flash_jax.fl.stops import DISK_FULL_EXIT, DIVERGED_EXIT, DiskFull, DivergenceError, Interrupted
 from flash_jax.output import print_result
-from flash_jax.settings import choices, validate
+from flash_jax.settings import valid_values, validate
 
 class OneLineParser(argparse.ArgumentParser):
     """Errors as one line and exit status 2, without the usage block."""
@@ -32,8 +32,18 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def flag_specs() -> list[tuple[str, object, str, str, str]]:
+    """(name, default, --help group, what it does, valid values) of every flag from a setting:
+    Config's fields, then the registered methods' knobs."""
+    valid = valid_values()
+    specs = [(field.name, field.default, field.metadata["group"], field.metadata["help"], valid.get(field.name, ""))
+             for field in dataclasses.fields(Config) if field.metadata]
+    return specs + [(knob.name, knob.default, m.group or name, knob.help, valid.get(knob.name, ""))
+                    for name, m in methods().items() for knob in m.knobs]
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """One flag per Config field, grouped and described by the field's metadata."""
+    """One flag per Config field and knob, grouped, each with its default and valid values."""
     registered = methods()
     epilog = "methods (--experiment_type):\n" + "\n".join(f"  {name:10s} {m.help}" for name, m in registered.items())
     parser = OneLineParser(prog="run.py", description=__doc__.splitlines()[0], allow_abbrev=False, epilog=epilog,
@@ -42,27 +52,27 @@ def build_parser() -> argparse.ArgumentParser:
     order = GROUPS[:GROUPS.index("hetero") + 1] + tuple(dict.fromkeys(
         g for g in method_groups if g not in GROUPS)) + GROUPS[GROUPS.index("hetero") + 1:]
     groups = {name: parser.add_argument_group(name) for name in order}
-    groups["run and outputs"].add_argument(
-        "--config", metavar="FILE", help="a preset (TOML, e.g. experiments/presets/*.toml); flags given here override it")
-    groups["run and outputs"].add_argument(
-        "--plugin", metavar="FILES", help="Python files (or modules), comma-separated, that register methods or "
-        "models (e.g. examples/custom_method.py); give it again when continuing the run")
-    valid = choices()
-    flags = [(field.name, field.default, field.metadata["group"], field.metadata["help"], valid.get(field.name))
-             for field in dataclasses.fields(Config) if field.metadata]
-    flags += [(knob.name, knob.default, m.group or name, knob.help, knob.choices or None)
-              for name, m in registered.items() for knob in m.knobs]
-    for name, default, group_name, text, names in flags:
-        group = groups[group_name]
-        if names:
-            text += f"; one of {', '.join(map(str, names))}"
+    for name, text in (("config", "a preset (TOML, e.g. experiments/presets/*.toml); flags given here override it"),
+                       ("plugin", "Python files (or modules), comma-separated, that register methods or models "
+                                  "(e.g. examples/custom_method.py); give it again when continuing the run")):
+        groups["run and outputs"].add_argument(f"--{name}", metavar="FILE" if name == "config" else "FILES", help=text)
+    for name, default, group_name, text, valid in flag_specs():
+        text += f"; valid: {valid}" if valid else ""
         if isinstance(default, bool):
-            group.add_argument(f"--{name}", action="store_true", help=text)
+            groups[group_name].add_argument(f"--{name}", action="store_true", help=text)
             continue
         kind = type(default) if isinstance(default, (int, float)) else str
-        group.add_argument(f"--{name}", type=kind, default=default, metavar=kind.__name__.upper(),
-                           help=f"{text} (default: {default})")
+        groups[group_name].add_argument(f"--{name}", type=kind, default=default, metavar=kind.__name__.upper(),
+                                        help=f"{text} (default: {default})")
     return parser
+
+
+def flags_markdown() -> str:
+    """The flag table of the README: every flag, its group, default and valid values."""
+    rows = ["| flag | group | default | valid values | what it does |", "|---|---|---|---|---|"]
+    for name, default, group, text, valid in flag_specs():
+        rows.append(f"| `--{name}` | {group} | `{default}` | {valid or '-'} | {text} |".replace("\n", " "))
+    return "\n".join(rows)
 
 
 def setting_names() -> set[str]:

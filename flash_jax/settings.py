@@ -50,6 +50,9 @@ def _field_ranges(config: Config) -> list[tuple[bool, str, str]]:
          "HOST:PORT, e.g. 10.0.0.1:1234, with a port from 1 to 65535"),
         (-1 <= c.process_id < (c.num_processes or 2**31), "--process_id",
          f"in [0, {c.num_processes}) (or -1: detected)" if c.num_processes else ">= 0 (or -1: detected)"),
+        (0 <= c.seed < 2**32, "--seed", "in [0, 2**32) (a 32-bit seed, as JAX's PRNGKey takes)"),
+        (c.workdir is None or c.workdir.strip() != "", "--workdir", "a folder name (omit the flag for a run that "
+         "writes nothing)"),
     ]
 
 
@@ -71,6 +74,14 @@ def _knob_ranges(config: Config) -> list[tuple[bool, str, str]]:
     return checks
 
 
+def valid_values() -> dict[str, str]:
+    """Each setting's valid values in words, by name, as the validation says them (--help, the docs)."""
+    config = Config()
+    described = {flag[2:]: text for _, flag, text in _field_ranges(config) + _knob_ranges(config) if text}
+    described.update({name: f"one of {', '.join(map(str, valid))}" for name, valid in choices().items()})
+    return described
+
+
 def validate(config: Config) -> Config:
     """Check every range that does not need the data; raises ConfigError on the first problem."""
     checks = [(getattr(config, name) in valid, f"--{name}", f"one of {', '.join(map(str, valid))}")
@@ -80,11 +91,6 @@ def validate(config: Config) -> Config:
         value = getattr(config, field.name)
         if field.type == "float" and not math.isfinite(value):
             raise ConfigError(f"--{field.name}={value!r} is invalid: must be a finite number")
-    checks += [
-        (0 <= config.seed < 2**32, "--seed", "in [0, 2**32) (a 32-bit seed, as JAX's PRNGKey takes)"),
-        (config.workdir is None or config.workdir.strip() != "", "--workdir", "a folder name (omit the flag for "
-         "a run that writes nothing)"),
-    ]
     checks += _knob_ranges(config)
     for ok, flag, valid in checks:
         if not ok:

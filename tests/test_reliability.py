@@ -171,6 +171,9 @@ def test_help_is_grouped_and_lists_every_choice(capsys):
     text = capsys.readouterr().out
     assert all(f"\n{group}:\n" in text for group in GROUPS)
     assert all(name in text for name in DATASETS)
+    flat = " ".join(text.split())
+    assert "--density FLOAT target density d of the maskable tensors, in (0, 1]; valid: in (0, 1] (default: 0.05)" in flat
+    assert "--feddst_momentum FLOAT" in flat and "valid: in [0, 1) (default: 0.9)" in flat  # a knob's range
 
 
 def test_sigint_stops_at_the_round_boundary_and_resumes(finished, digits, tmp_path, monkeypatch):
