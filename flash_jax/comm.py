@@ -1,4 +1,4 @@
-"""Communication accounting of ALGORITHMS.md §5, in bits.
+"""Communication accounting in bits (docs/methods.md, "Communication accounting").
 
 Values are 32-bit. A sparse tensor costs 32*nnz plus, when the receiver does not already hold its
 mask, the cheaper of an n-bit bitmap and nnz*ceil(log2 n)-bit indices; an unmasked tensor costs

@@ -27,7 +27,7 @@ def _flag(default, group: str, help: str):
 
 @dataclasses.dataclass(frozen=True, init=False)
 class Config:
-    """Flag names and meanings follow the authors' command line (ALGORITHMS.md §0).
+    """Flag names and meanings follow the authors' command line (docs/usage.md).
 
     Defaults are the authors' except for a bare `python run.py` to be a one-minute offline demo:
     scikit-learn's digits, 20 clients (paper: 100), 5 per round (frac 0.25; paper: 0.1), 60 rounds

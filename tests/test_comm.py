@@ -1,4 +1,4 @@
-"""Communication accounting (ALGORITHMS.md §5) on hand-computed cases and through the round loop."""
+"""Communication accounting on hand-computed cases and through the round loop."""
 import pytest
 
 from flash_jax.comm import mask_bits, model_bits, sparse_tensor_bits

@@ -277,7 +277,7 @@ def test_masked_average_hand_computed():
     stacked = {"w": jnp.array([[2.0, 0.0, 4.0], [6.0, 3.0, 0.0]]), "b": jnp.array([1.0, 3.0])}
     masks = {"w": jnp.array([[True, False, True], [True, True, False]])}
     equal = fedavg(stacked, jnp.array([5.0, 5.0]), masks)
-    np.testing.assert_allclose(equal["w"], [4.0, 3.0, 4.0])  # §2's FMA: (2+6)/2, 3/1, 4/1
+    np.testing.assert_allclose(equal["w"], [4.0, 3.0, 4.0])  # FMA: (2+6)/2, 3/1, 4/1
     out = fedavg(stacked, jnp.array([1.0, 3.0]), masks)
     np.testing.assert_allclose(out["w"], [5.0, 3.0, 4.0])  # FedDST: (2*1+6*3)/4 over holders
     np.testing.assert_allclose(out["b"], 2.5)  # FedAvg, weighted 1:3

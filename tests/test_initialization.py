@@ -1,4 +1,4 @@
-"""Every model starts from the authors' PyTorch initialisation (ALGORITHMS.md §0): each tensor's range
+"""Every model starts from the authors' PyTorch initialisation: each tensor's range
 and spread against the formula, with fans computed from Flax's kernel layouts."""
 import math
 

@@ -1,4 +1,4 @@
-"""PruneFL (BASELINES.md B3): ADJUST's invariants on random problems, initial pruning, adjustment
+"""PruneFL: ADJUST's invariants on random problems, initial pruning, adjustment
 rounds, the dense-gradient uploads and the density cap."""
 import json
 import math

@@ -1,4 +1,4 @@
-"""Tests for flash_jax.sparse: exact-count masks and the client MASK_UPDATE (ALGORITHMS.md §1)."""
+"""Tests for flash_jax.sparse: exact-count masks and the client MASK_UPDATE."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""SparsyFed (BASELINES.md B1): Powerprop, activation pruning of the weight gradient, the monotone
+"""SparsyFed: Powerprop, activation pruning of the weight gradient, the monotone
 support of the union model, and Top-k as its alpha-1, no-pruning case."""
 import chex
 import jax

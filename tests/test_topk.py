@@ -1,4 +1,4 @@
-"""Top-k (BASELINES.md B2): the global cut, the union model, regrowth and communication."""
+"""Top-k: the global cut, the union model, regrowth and communication."""
 import math
 
 import jax.numpy as jnp

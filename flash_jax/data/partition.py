@@ -12,7 +12,7 @@ import numpy as np
 
 
 def lda_partition(labels: np.ndarray, num_clients: int, alpha: float, seed: int) -> list[np.ndarray]:
-    """Dirichlet partition with equal client sizes (ALGORITHMS.md §0).
+    """Dirichlet partition with equal client sizes, as the authors partition (docs/methods.md).
 
     Reference process, per client k in order: draw p_k ~ Dir(alpha * 1_C); repeat floor(n/N) times:
     draw a class from p_k renormalised over the classes that still have samples, pop an unused sample

@@ -1,6 +1,6 @@
 """Datasets as in-memory numpy arrays, from sources that work without internet or TensorFlow.
 
-Sources (DESIGN.md, "Data without internet"):
+Sources, each usable without internet once its files are here:
 - digits: scikit-learn's bundled 8x8 digits, blown up to 28x28x1 so MNIST-sized models apply.
 - mnist / fashion_mnist / emnist: IDX files (raw or .gz) from `path`; fashion_mnist also from Debian's
   `dataset-fashion-mnist` package; otherwise TFDS.

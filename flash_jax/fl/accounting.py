@@ -1,4 +1,4 @@
-"""Communication of a round (ALGORITHMS.md §5) as a pure function of the round's start and end.
+"""Communication of a round as a pure function of the round's start and end.
 
 Every server mask (one per budget level) has an id, renewed whenever it changes; a participant
 whose held id is its level's current one downloads no mask; a participant whose mask cannot change

@@ -12,10 +12,10 @@ from flax import traverse_util
 def weighted_sums(stacked, weights, client_masks=None) -> dict:
     """One chunk's share of the average, per '/'-joined leaf path: (sum_k w_k x_k, sum_k w_k).
 
-    FedAvg (§2) weights every leaf by the clients' sample counts (BatchNorm statistics included).
-    For the tensors in `client_masks` (FMA, §2) the weight is per entry, sum_k w_k m_k, so a
+    FedAvg weights every leaf by the clients' sample counts (BatchNorm statistics included).
+    For the tensors in `client_masks` (FMA) the weight is per entry, sum_k w_k m_k, so a
     coordinate is averaged over the clients whose mask holds it; with equal client sizes (the LDA
-    and IID partitions) that is §2's plain sum over holders divided by their number, with sample
+    and IID partitions) that is FMA's plain sum over holders divided by their number, with sample
     weights it is FedDST's aggregation. A client of weight 0 (chunk padding) adds nothing.
     """
     sums = {}
@@ -45,7 +45,7 @@ def zero_sums(tree, masked_paths=()) -> dict:
 class Aggregation(NamedTuple):
     """A server aggregation as an init/update/finalize triple over running sums (hashable: the
     cohort's jit takes it as a static argument). `per_entry` weighs each coordinate of the masked
-    tensors by the clients holding it (FMA, §2) instead of by every client (FedAvg)."""
+    tensors by the clients holding it (FMA) instead of by every client (FedAvg)."""
 
     name: str
     per_entry: bool

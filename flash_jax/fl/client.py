@@ -27,7 +27,7 @@ class ClientSpec:
 
     apply_fn: Callable
     has_batch_stats: bool
-    sparse_learning: bool          # MASK_UPDATE of §1 at every phase boundary
+    sparse_learning: bool          # the mask update of client sparse learning at every phase boundary
     prune_rate: float
     augment: bool
     make_optimizer: Callable[[jax.Array], optax.GradientTransformation] = optax.sgd
@@ -99,7 +99,7 @@ def local_train(spec: ClientSpec, phase_lengths: tuple[int, ...], store_x, store
     """Train one client; returns (params, batch_stats, masks, mean training loss over its steps, its
     gradient report (spec.gradient_report; {} without)).
 
-    The mask update of ALGORITHMS.md §1 runs between phases (mid-epoch for E=1, between epochs for
+    Client sparse learning's mask update runs between phases (mid-epoch for E=1, between epochs for
     E>1); its prune rate decays linearly with the client's own completed steps. FedDST's
     readjustment (fraction ``readjust_ratio``) runs once, at the last phase boundary, so the regrown
     weights (which start at 0) train for the rest of the last epoch instead of reaching the server

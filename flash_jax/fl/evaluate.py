@@ -1,4 +1,4 @@
-"""Evaluation of the global model (ALGORITHMS.md §5): test scores in fixed-size batches (one compiled
+"""Evaluation of the global model: test scores in fixed-size batches (one compiled
 shape, last batch padded) and the model's true density from exact non-zero counts."""
 from __future__ import annotations
 

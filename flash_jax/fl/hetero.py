@@ -1,4 +1,4 @@
-"""hetero-FLASH's budgets (ALGORITHMS.md §3): which budget level each participant trains at, and the
+"""hetero-FLASH's budgets: which budget level each participant trains at, and the
 server's mask of every level, derived from the mask at d and the model's magnitudes."""
 from __future__ import annotations
 

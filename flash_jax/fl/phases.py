@@ -1,4 +1,4 @@
-"""When client sparse learning updates the mask (ALGORITHMS.md §1): the phases a client's local
+"""When client sparse learning updates the mask: the phases a client's local
 steps are cut into, for the data layer's cohort plans (data.store.cohort_layout's `phases`).
 
 One epoch: the mask update follows the client's step floor(s/2), so phase 0 holds its steps

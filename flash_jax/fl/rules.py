@@ -1,5 +1,5 @@
 """The rules a method is composed of, each a pair of pure functions as in optax: `init` builds its
-part of the round state, `update` moves it on by one round (ALGORITHMS.md §2, §3).
+part of the round state, `update` moves it on by one round.
 
 - ClientRule: how a participant treats its mask. `init` gives the per-client masks (NST keeps one
   per client; {}: clients train with the server's), `local` says what local training does with
@@ -37,7 +37,7 @@ __all__ = ["Aggregation", "ClientRule", "LocalMode", "Reparameterization", "Roun
 class LocalMode(NamedTuple):
     """What a participant's local training does with its mask this round."""
 
-    sparse_learning: bool = False  # MASK_UPDATE (§1) at every phase boundary, toward the client's budget
+    sparse_learning: bool = False  # MASK_UPDATE at every phase boundary, toward the client's budget
     dense: bool = False            # train every weight (no mask) this round
     readjust_ratio: float = 0.0    # > 0: FedDST's readjustment of this fraction before the last phase
     gradient_report: str = ""      # participants also upload a gradient report (ClientSpec.gradient_report)
@@ -183,7 +183,7 @@ def global_cut(density: float) -> Callable[[dict], Masks]:
 def train_dense_then_cut(weight_decay: Callable[[Any], float],
                          act_pruning: Callable[[Any], str] = lambda setup: "off") -> ClientRule:
     """Participants train every weight (SGD, weight decay on all parameters) from the model they
-    receive, then cut it to d with `global_cut` (Top-k, SparsyFed: BASELINES.md B1.3, B2.1)."""
+    receive, then cut it to d with `global_cut` (Top-k, SparsyFed)."""
     return CLIENT_FIXED_MASK._replace(
         local=lambda setup, t: LocalMode(dense=True),
         optimizer=lambda setup: functools.partial(momentum_sgd, momentum=None, weight_decay=weight_decay(setup)),
@@ -196,7 +196,7 @@ def _support(maskable: dict[str, jax.Array]) -> Masks:
 
 
 def next_mask_every(interval: Callable[[Any], int], subsample: Callable[[Any], str]) -> ServerMaskRule:
-    """NEXT_MASK (§3) on rounds 1, 1 + interval(setup), ... from the participants' sparse-learned
+    """NEXT_MASK on rounds 1, 1 + interval(setup), ... from the participants' sparse-learned
     masks (JMWST); hetero participants below d do not set the budgets (see sparse.next_mask)."""
     def update(setup, outcome: RoundOutcome) -> ServerUpdate:
         if (outcome.round - 1) % interval(setup) != 0:

@@ -34,7 +34,7 @@ AUGMENTED_DATASETS = ("cifar10", "cifar100", "tiny_imagenet")
 
 
 def learning_rate_schedule(config: Config) -> Callable[[int], float]:
-    """§4: exponential decay from lr_start; 'run' reaches lr_end at the last round, 'authors' keeps
+    """The learning-rate schedule: exponential decay from lr_start; 'run' reaches lr_end at the last round, 'authors' keeps
     their hard-coded 1000-round horizon and their one-round delay (round 0 and 1 both use lr_start)."""
     rate = config.lr_end / config.lr_start
     if config.lr_schedule == "run":

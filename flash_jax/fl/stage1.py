@@ -1,4 +1,4 @@
-"""FLASH's stage 1 (ALGORITHMS.md §3): the sensitivity stage that picks the layer densities of the
+"""FLASH's stage 1: the sensitivity stage that picks the layer densities of the
 first mask, a method's optional step before the rounds."""
 from __future__ import annotations
 

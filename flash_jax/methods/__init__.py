@@ -1,4 +1,4 @@
-"""The built-in methods, one module each (ALGORITHMS.md §3, BASELINES.md); importing this package
+"""The built-in methods, one module each (docs/methods.md describes each); importing this package
 registers them, in the order --help lists them.
 
 A new method is one more module like these, registered with `flash_jax.register_method`

@@ -1,4 +1,4 @@
-"""FedDST (Bibikar et al., 2022) as ALGORITHMS.md §3 specifies it: a magnitude-pruned start, clients
+"""FedDST (Bibikar et al., 2022) as flash_jax runs it (docs/methods.md): a magnitude-pruned start, clients
 that readjust their masks every R_adj rounds (prune by |theta|, regrow by |gradient|), FMA, and a
 server mask that is the union of the participants' masks pruned back to the per-tensor counts."""
 import functools

@@ -1,5 +1,5 @@
 """JMWST (FLASH): after stage 1, participants run sparse learning and the server renews its mask with
-NEXT_MASK every r_int rounds, keeping it fixed in between (ALGORITHMS.md §3)."""
+NEXT_MASK every r_int rounds, keeping it fixed in between."""
 from flash_jax.fl.methods import Knob, Method, register_method
 from flash_jax.fl.rules import by_update_mode, next_mask_every, sparse_learning_every
 from flash_jax.fl.stage1 import sensitivity_stage

@@ -1,5 +1,5 @@
 """NST: every client keeps a mask of its own and moves it by sparse learning; the server averages
-and its model is the union of the masks, also reported pruned back to d (ALGORITHMS.md §3)."""
+and its model is the union of the masks, also reported pruned back to d."""
 from flash_jax.fl.methods import Method, register_method
 from flash_jax.fl.rules import CLIENT_PRIVATE_SPARSE_LEARNING, SERVER_MODEL_SUPPORT, by_update_mode
 

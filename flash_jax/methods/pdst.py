@@ -1,4 +1,4 @@
-"""PDST: a random mask at d drawn from the shared seed, fixed for the whole run (ALGORITHMS.md §3)."""
+"""PDST: a random mask at d drawn from the shared seed, fixed for the whole run."""
 from flash_jax.fl.methods import Method, register_method
 from flash_jax.fl.rules import CLIENT_FIXED_MASK, SERVER_FIXED_MASK, by_update_mode
 

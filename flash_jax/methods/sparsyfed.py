@@ -1,4 +1,4 @@
-"""SparsyFed (Guastella et al., ICLR 2025; BASELINES.md B1): clients train every weight through
+"""SparsyFed (Guastella et al., ICLR 2025): clients train every weight through
 Powerprop (the model computes with sign(v)|v|^alpha, the server stores and averages v) with the
 weight gradient computed from activation-pruned layer inputs, then cut to d with one global
 magnitude threshold; FedAvg; the global model is the union of the cuts. With alpha > 1 a zero of v

@@ -1,5 +1,5 @@
 """SPDST (FLASH): stage 1 measures the layer densities sparse learning settles at; the stage-2 mask
-is drawn at those densities and then fixed (ALGORITHMS.md §3)."""
+is drawn at those densities and then fixed."""
 from flash_jax.fl.methods import Method, register_method
 from flash_jax.fl.rules import CLIENT_FIXED_MASK, SERVER_FIXED_MASK, by_update_mode
 from flash_jax.fl.stage1 import sensitivity_stage

@@ -1,4 +1,4 @@
-"""Top-k (BASELINES.md B2), SparsyFed's baseline: clients train every weight with weight decay, then
+"""Top-k, SparsyFed's baseline: clients train every weight with weight decay, then
 keep their K_d largest |weights| across all maskable tensors; FedAvg; the global model is the union
 of the clients' supports, reported as is and pruned back to d."""
 from flash_jax.fl.methods import Knob, Method, register_method

@@ -1,4 +1,4 @@
-"""Activation pruning of the weight gradient (SWAT-style, SparsyFed: BASELINES.md B1.2).
+"""Activation pruning of the weight gradient (SWAT-style, as SparsyFed does it).
 
 For a chosen layer with weight sparsity s (its kernel's fraction of exact zeros), the weight gradient
 is computed from the layer input with all but its ceil((1-s)*size) largest |entries| zeroed (ties at

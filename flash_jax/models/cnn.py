@@ -1,4 +1,4 @@
-"""The small convolutional nets of the paper's MNIST and FEMNIST experiments (ALGORITHMS.md §0, §6),
+"""The small convolutional nets of the paper's MNIST and FEMNIST experiments,
 initialised as PyTorch initialises the authors' layers (kernel and bias uniform in +-1/sqrt(fan_in))."""
 
 import jax

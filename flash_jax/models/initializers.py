@@ -1,4 +1,4 @@
-"""The authors' weight initialisation (ALGORITHMS.md §0) as Flax initialisers.
+"""The authors' weight initialisation as Flax initialisers.
 
 Flax's defaults (LeCun-normal kernels, zero biases) are not the authors'; with them dense FedAvg at the
 paper's learning rate 0.1 diverged on more seeds and partitions. (PyTorch's initialisation alone does

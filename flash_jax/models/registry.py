@@ -91,7 +91,7 @@ def _has_batch_stats(module: nn.Module, side: int) -> bool:
     return bool(shapes.get("batch_stats"))
 
 
-# The paper's "middle layers": the second conv and the first dense kernel (ALGORITHMS.md §0). The LEAF
+# The paper's "middle layers": the second conv and the first dense kernel. The LEAF
 # CNN has no stated mask key; it gets the same choice, as the same-shaped net.
 _MIDDLE_LAYERS = r"^(conv2|fc1)/kernel$"
 # Every conv kernel: stem, block convs and 1x1 shortcuts (20 in ResNet-18), VGG's 13; never the dense head.

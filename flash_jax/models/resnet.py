@@ -3,7 +3,7 @@ Tiny-ImageNet experiments.
 
 Parameter paths: conv1, bn1 (stem); layer{stage}_{block}/{conv1,bn1,conv2,bn2,shortcut_conv,shortcut_bn}
 (stages 1-4, blocks from 0); fc. Convolutions have no bias because a BatchNorm follows each one.
-Initialisation as the authors' (ALGORITHMS.md §0): conv kernels Xavier-uniform with gain 0.5, the
+Initialisation as the authors': conv kernels Xavier-uniform with gain 0.5, the
 classifier normal with standard deviation 0.01 and a zero bias, BatchNorm scale 1 and offset 0.
 """
 

@@ -1,5 +1,5 @@
 """VGG-16 for 32x32 inputs, in the common CIFAR form (13 3x3 convs with BatchNorm, five 2x2
-max-pools, one dense classifier), initialised as the authors' (ALGORITHMS.md §0): as the ResNets,
+max-pools, one dense classifier), initialised as the authors': as the ResNets,
 but BatchNorm scale 0.5."""
 
 import jax

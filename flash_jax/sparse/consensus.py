@@ -1,4 +1,4 @@
-"""Server-side mask consensus (ALGORITHMS.md §3, §5): stage-1 rescaling, NEXT_MASK, hetero levels,
+"""Server-side mask consensus: stage-1 rescaling, NEXT_MASK, hetero levels,
 FedDST's union pruning, and the consensus measures."""
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def _consensus_counts(clients: dict[str, jax.Array], multiplicity: jax.Array, se
 
 def mask_consensus(client_masks: Masks, server_mask: Masks, previous_server_mask: Masks,
                    multiplicity: np.ndarray | None = None) -> dict[str, float]:
-    """The paper's consensus measures for one round (§5), as Python floats from exact counts.
+    """The paper's consensus measures for one round, as Python floats from exact counts.
 
     client_masks has a leading axis of distinct masks (boolean, or bit-packed rows); participant-
     weighted by `multiplicity` (how many participants hold each; default one each), so a mask shared
@@ -121,7 +121,7 @@ def mask_consensus(client_masks: Masks, server_mask: Masks, previous_server_mask
         "server_mask_change": float(counts["server_change"]) / n,
         "union_density": float(counts["union"]) / n,
         "server_mask_density": float(counts["server"]) / n,  # may exceed the model's: weights at 0 in the mask
-        # regrowth (BASELINES.md B1.5), in entries: a participant's mask against the mask it received
+        # regrowth, in entries: a participant's mask against the mask it received
         # (the previous server mask; for NST, Top-k and SparsyFed the support of the model it got)
         "mask_activated": float(np.dot(multiplicity, counts["activated"])) / k,
         "mask_deactivated": float(np.dot(multiplicity, counts["deactivated"])) / k,
@@ -134,7 +134,7 @@ SUBSAMPLE_METHODS = ("avg", "aggregate")
 
 def next_mask(client_masks: Masks | None, params_flat: dict[str, jax.Array], density, subsample_method: str,
               client_budgets: jax.Array | None = None, current_mask: Masks | None = None) -> Masks:
-    """JMWST's NEXT_MASK (§3): per-tensor budgets e_l from the clients' mean counts ('avg') or the
+    """JMWST's NEXT_MASK: per-tensor budgets e_l from the clients' mean counts ('avg') or the
     aggregated model's support ('aggregate'; client_masks unused), scaled by
     lam = min(1, d*N_m / sum e_l) and floored; each tensor keeps exactly its m_l largest |theta_l|.
     ``params_flat`` holds exactly the maskable tensors.

@@ -1,4 +1,4 @@
-"""PruneFL's mask search ADJUST (BASELINES.md B3.1), as one vectorised pass on the host.
+"""PruneFL's mask search ADJUST, as one vectorised pass on the host.
 
 It greedily maximises U/V: U the squared gradients kept (an estimate of the empirical-risk
 reduction), V = T0 + sum_l c_l * active_l the time of a round. Each tensor first drops its
@@ -81,7 +81,7 @@ def ratio(mask: dict[str, np.ndarray], squared: dict[str, np.ndarray], other_squ
 
 def readjust(squared: dict[str, np.ndarray], costs: dict[str, float], t0: float,
              keep_fraction: float) -> dict[str, np.ndarray]:
-    """The FedDST authors' PruneFL search (BASELINES.md B3.6), a new mask built from scratch: visit
+    """The FedDST authors' PruneFL search, a new mask built from scratch: visit
     the entries by S_j descending (ties in layer and index order) and add each while S_j / c_l >=
     U / T (U the S added so far, T = t0 + their costs) or fewer than keep_fraction * N_m are in."""
     paths = sorted(squared)

@@ -1,4 +1,4 @@
-"""Client sparse learning's MASK_UPDATE (ALGORITHMS.md §1): magnitude prune, redistribute by mean
+"""Client sparse learning's MASK_UPDATE: magnitude prune, redistribute by mean
 magnitude, regrow at random (or by a score such as |gradient|).
 
 One pure function of arrays with static shapes: the prune rate, the target count and the RNG key are
@@ -74,7 +74,7 @@ def mask_update(
     state: SLState,
     grow_scores: dict[str, jax.Array] | None = None,
 ) -> tuple[Masks, SLState]:
-    """One MASK_UPDATE of ALGORITHMS.md §1 with exact counts.
+    """One MASK_UPDATE (client sparse learning's) with exact counts.
 
     ``params_flat`` holds (at least) the masked tensors, keyed like ``masks``; ``prune_rate`` is
     the current p; ``target_count`` is d_c * N_m. Layer order (for the slices of the growth noise
@@ -138,7 +138,7 @@ def mask_update(
 
 def readjust_masks(params_flat: dict[str, jax.Array], masks: Masks, grow_scores: dict[str, jax.Array],
                    ratio: float | jax.Array) -> Masks:
-    """FedDST's readjustment (ALGORITHMS.md §3): in every tensor, drop the round(ratio * a_l) active
+    """FedDST's readjustment: in every tensor, drop the round(ratio * a_l) active
     entries of smallest |theta| and grow as many inactive ones with the largest ``grow_scores``
     (|gradient|), so each tensor keeps its count. ``ratio`` may be traced."""
     new_masks = {}
