@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
-import os
 import sys
 import tomllib
 
@@ -23,7 +21,8 @@ from flash_jax.fl.loop import train
 from flash_jax.fl.methods import knobs, methods
 from flash_jax.fl.stops import DISK_FULL_EXIT, DIVERGED_EXIT, DiskFull, DivergenceError, Interrupted
 from flash_jax.output import print_result
-from flash_jax.settings import valid_values, validate
+from flash_jax.plugins import load_plugins
+from flash_jax.settings import check_workdir_plugins, valid_values, validate
 
 class OneLineParser(argparse.ArgumentParser):
     """Errors as one line and exit status 2, without the usage block."""
@@ -52,10 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     order = GROUPS[:GROUPS.index("hetero") + 1] + tuple(dict.fromkeys(
         g for g in method_groups if g not in GROUPS)) + GROUPS[GROUPS.index("hetero") + 1:]
     groups = {name: parser.add_argument_group(name) for name in order}
-    for name, text in (("config", "a preset (TOML, e.g. experiments/presets/*.toml); flags given here override it"),
-                       ("plugin", "Python files (or modules), comma-separated, that register methods or models "
-                                  "(e.g. examples/custom_method.py); give it again when continuing the run")):
-        groups["run and outputs"].add_argument(f"--{name}", metavar="FILE" if name == "config" else "FILES", help=text)
+    groups["run and outputs"].add_argument(
+        "--config", metavar="FILE", help="a preset (TOML, e.g. experiments/presets/*.toml); flags given here override it")
     for name, default, group_name, text, valid in flag_specs():
         text += f"; valid: {valid}" if valid else ""
         if isinstance(default, bool):
@@ -125,31 +122,9 @@ def parse_config(argv=None) -> Config:
         parser.set_defaults(**load_preset(known.config, parser))
     args = vars(parser.parse_args(argv))
     args.pop("config")
-    args.pop("plugin")
-    return validate(Config(**args))
-
-
-def load_plugins(spec: str) -> None:
-    """Import each comma-separated Python file (or importable module) once, so the methods and
-    models it registers become flags and choices; a file's `if __name__ == "__main__"` part is not run."""
-    for item in filter(None, (part.strip() for part in spec.split(","))):
-        try:
-            if item.endswith(".py"):
-                name = f"flash_jax_plugin_{os.path.splitext(os.path.basename(item))[0]}"
-                if name in sys.modules:
-                    continue
-                module_spec = importlib.util.spec_from_file_location(name, item)
-                if module_spec is None or not os.path.isfile(item):
-                    raise ConfigError(f"--plugin {item}: no such file")
-                module = importlib.util.module_from_spec(module_spec)
-                sys.modules[name] = module
-                module_spec.loader.exec_module(module)
-            else:
-                importlib.import_module(item)
-        except ConfigError:
-            raise
-        except Exception as err:  # the plugin's own failure, in one line
-            raise ConfigError(f"--plugin {item}: importing it failed ({type(err).__name__}: {err})") from None
+    config = Config(**args)
+    check_workdir_plugins(config)
+    return validate(config)
 
 
 def main(argv=None) -> int:

@@ -104,6 +104,9 @@ class Config:
     host_devices: int = _flag(0, "scale", "CPU devices per process the client axis is split over (0: one per "
                                           "core from the command line, unless XLA_FLAGS sets a count)")
     quiet: bool = _flag(False, "run and outputs", "no progress bar and no compile log")
+    plugin: str | None = _flag(None, "run and outputs", "Python files (or modules), comma-separated, imported first: "
+                                                        "they register methods or models (e.g. examples/custom_method.py); "
+                                                        "give it again when continuing the run")
     max_train_loss: float = _flag(1000.0, "run and outputs",
                         "stop as diverged (exit 3) when a round's mean training loss exceeds this; working runs "
                         "stay below ~10 (cross-entropy starts at ln(classes))")

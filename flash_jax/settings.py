@@ -5,7 +5,9 @@ flag and its valid range."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 import re
 
 from flash_jax.config import GROWTH_METHODS, HETERO_ASSIGNMENTS, LR_SCHEDULES, Config, ConfigError, float_list
@@ -139,6 +141,25 @@ def _validate_hetero(config: Config) -> None:
     if abs(sum(shares) - 1.0) > 1e-6:
         raise ConfigError(f"--hetero_proportions={config.hetero_proportions!r} is invalid: must be >= 0 "
                           "and sum to 1")
+
+
+def check_workdir_plugins(config: Config) -> None:
+    """Continuing a workdir whose method or model came from a plugin needs that plugin: say which,
+    as its config.json records it, instead of calling the method unknown."""
+    path = os.path.join(config.workdir or "", "config.json")
+    if config.plugin or not config.workdir or not os.path.isfile(path):
+        return
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return  # the workdir's own checks say what is wrong with it
+    missing = [f"--{name} {saved.get(name)}" for name, known in (("experiment_type", methods()),
+                                                                 ("model_type", model_names()))
+               if isinstance(saved, dict) and saved.get(name) not in known]
+    if missing and saved.get("plugin"):
+        raise ConfigError(f"--workdir {config.workdir} holds a run of {' and '.join(missing)} from --plugin "
+                          f"{saved['plugin']}; give --plugin {saved['plugin']} again to continue it")
 
 
 def validate_against_data(config: Config, num_train_examples: int) -> None:

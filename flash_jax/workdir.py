@@ -21,7 +21,7 @@ from flash_jax.config import Config, ConfigError
 # (the chunk size and the devices and processes only to float rounding: how the sums are split)
 RESUMABLE_CHANGES = ("fl_rounds", "quiet", "workdir", "checkpoint_every", "clients_per_chunk", "distributed",
                      "coordinator_address", "num_processes", "process_id", "host_devices", "coordinator_timeout",
-                     "download")
+                     "download", "plugin")
 LOCK_FILE = ".lock"
 
 

@@ -51,3 +51,15 @@ def test_an_unrelated_plugin_does_not_stop_a_workdir_from_resuming(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert more.returncode == 0 and "resuming" in more.stderr, more.stderr
     assert re.search(r"^pdst on digits: round 3 ", more.stdout)
+
+
+def test_resuming_a_plugin_methods_workdir_without_the_plugin_names_it(tmp_path):
+    base = [sys.executable, "run.py", "--experiment_type", "fedavg_gmp", "--num_users", "6", "--frac", "0.5",
+            "--eval_every", "1", "--quiet", "--host_devices", "1", "--workdir", str(tmp_path / "w")]
+    first = subprocess.run(base + ["--fl_rounds", "2", "--plugin", "examples/custom_method.py"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    again = subprocess.run(base + ["--fl_rounds", "3"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and again.stderr.splitlines() == [
+        f"run.py: error: --workdir {tmp_path / 'w'} holds a run of --experiment_type fedavg_gmp from --plugin "
+        "examples/custom_method.py; give --plugin examples/custom_method.py again to continue it"]

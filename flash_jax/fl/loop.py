@@ -24,6 +24,7 @@ from flash_jax.fl.round import run_round
 from flash_jax.fl.setup import Setup, build_setup
 from flash_jax.fl.state import RoundState, init_state
 from flash_jax.fl.stops import Interrupted, StopSignals, check_finite, writing
+from flash_jax.plugins import load_plugins
 from flash_jax.settings import validate
 from flash_jax.workdir import (WorkdirLock, append_jsonl, check_workdir, rewrite_metrics, set_old_metrics_aside,
                                write_json)
@@ -49,6 +50,8 @@ def run(config: Config, dataset: Dataset | None = None) -> list[dict[str, Any]]:
     nothing. With several processes (--distributed) each calls this; process 0 alone takes the
     lock and writes files. Raises DivergenceError or Interrupted (fl.stops) when the run stops early.
     """
+    if config.plugin:
+        load_plugins(config.plugin)
     processes.start(validate(config), auto_devices=False)
     return train(config, dataset)
 
