@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 
 from flash_jax.knobs import declared
 
@@ -120,9 +121,14 @@ class Config:
                 object.__setattr__(self, field.name, settings.pop(field.name, field.default))
         for name, value in settings.items():
             if name not in known:
-                raise TypeError(f"Config got an unknown setting {name!r} (not a field, nor a registered "
-                                "method's knob)")
+                raise ConfigError(f"Config got an unknown setting {name!r} (not a field, nor a registered "
+                                  "method's knob)")
             given[name] = value
+        for field in dataclasses.fields(self):
+            if field.metadata:
+                object.__setattr__(self, field.name, _typed(field.name, getattr(self, field.name), field.type))
+        given = {name: _typed(name, value, type(known[name].default).__name__) if name in known else value
+                 for name, value in given.items()}
         object.__setattr__(self, "method_knobs", dict(sorted(
             (name, value) for name, value in given.items() if name not in known or value != known[name].default)))
 
@@ -158,6 +164,29 @@ class Config:
         """Every setting by flag name, registered knobs included (config.json, checkpoints)."""
         settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "method_knobs"}
         return {**settings, **{name: getattr(self, name) for name in declared()}}
+
+
+_KINDS = {"int": (int, "a whole number"), "float": (float, "a number"), "bool": (bool, "True or False"),
+          "str": (str, "a string"), "str | None": (str, "a string or None")}
+
+
+def _typed(name: str, value, kind: str):
+    """`value` as the setting's type (an int where a float goes becomes a float); ConfigError naming
+    the setting when it is of another type (a bool is no number, a float with a fraction no int)."""
+    python_type, words = _KINDS[kind]
+    if value is None and kind == "str | None":
+        return value
+    if isinstance(value, bool) != (python_type is bool):
+        ok = False
+    elif python_type is int:
+        ok = isinstance(value, numbers.Integral)
+    elif python_type is float:
+        ok = isinstance(value, numbers.Real)
+    else:
+        ok = isinstance(value, python_type)
+    if not ok:
+        raise ConfigError(f"{name}={value!r} has the wrong type: must be {words}")
+    return python_type(value)
 
 
 def float_list(text: str, flag: str) -> tuple[float, ...]:

@@ -17,6 +17,7 @@ class Knob:
     valid: Callable[[Any], bool] | None = None  # None: any value of the type
     valid_text: str = ""  # the range, for the error message ("in [0, 1)")
     choices: tuple = ()
+    per_tensor: bool = False  # a comma-separated list with one entry per maskable tensor (empty: none given)
 
 
 _DECLARED: dict[str, Knob] = {}

@@ -70,6 +70,8 @@ def _knob_ranges(config: Config) -> list[tuple[bool, str, str]]:
         value = getattr(config, knob.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"--{knob.name}={value!r} is invalid: must be a finite number")
+        if isinstance(value, int) and not isinstance(value, bool) and not -2**31 <= value < 2**31:
+            raise ConfigError(f"--{knob.name}={value!r} is invalid: must fit in 32 bits (|value| < 2**31)")
         checks.append((value in knob.choices if knob.choices else knob.valid is None or knob.valid(value),
                        f"--{knob.name}", f"one of {', '.join(map(str, knob.choices))}" if knob.choices
                        else knob.valid_text))
@@ -179,6 +181,11 @@ def validate_against_model(config: Config, input_shape: tuple[int, ...], min_inp
 def validate_against_tensors(config: Config, sizes: dict[str, int], sparse: bool) -> None:
     """A sparse method needs every maskable tensor (`sizes`: path -> entries) to keep a weight at
     the lowest density it trains at."""
+    for knob in methods()[config.experiment_type].knobs:
+        value = getattr(config, knob.name)
+        if knob.per_tensor and value and len(value.split(",")) != len(sizes):
+            raise ConfigError(f"--{knob.name}={value!r} is invalid here: must give {len(sizes)} values, one per "
+                              f"maskable tensor ({', '.join(sorted(sizes))})")
     lowest_level = min(config.density_levels[0])
     smallest = min(sizes, key=sizes.get)
     if sparse and round(config.density * lowest_level * sizes[smallest]) < 1:

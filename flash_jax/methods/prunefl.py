@@ -14,6 +14,8 @@ dense and becomes fully dense by round 52. Clients use FedDST's optimizer (--fed
 """
 from __future__ import annotations
 
+import math
+
 import jax.numpy as jnp
 from flax import traverse_util
 
@@ -39,6 +41,14 @@ def density_cap(config, r: int, num_maskable: int) -> float | None:
     if target > 0:
         return (top + (target - top) * r / config.fl_rounds) * num_maskable
     return top * num_maskable if top < 1.0 else None
+
+
+def _positive_numbers(text: str) -> bool:
+    """Empty, or comma-separated finite numbers > 0."""
+    try:
+        return not text or all(math.isfinite(v) and v > 0 for v in (float(part) for part in text.split(",")))
+    except ValueError:
+        return False
 
 
 def _server_update(setup, outcome) -> ServerUpdate:
@@ -91,7 +101,8 @@ PRUNEFL = register_method(Method(
              lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
         Knob("prunefl_time_const", 0.7, "PruneFL: tau = T0 / sum_l c_l n_l (larger: denser)", lambda v: v > 0, "> 0"),
         Knob("prunefl_layer_costs", "", "PruneFL: comma-separated cost per entry of each maskable tensor, in sorted "
-             "path order (empty: 1 each)"),
+             "path order (empty: 1 each)", _positive_numbers, "empty, or comma-separated numbers > 0, one per "
+             "maskable tensor", per_tensor=True),
         Knob("prunefl_max_dec", 0.3, "PruneFL: initial prune fraction dtp", lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
         Knob("prunefl_dec_half_life", 10000.0, "PruneFL: rounds over which dtp halves", lambda v: v > 0, "> 0"),
         Knob("prunefl_ip_batches", 10, "PruneFL: initial pruning's fixed minibatches", lambda v: v >= 1, ">= 1"),

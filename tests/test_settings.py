@@ -1,0 +1,81 @@
+"""Every setting is checked before anything is written: the Python API's types, and every knob of
+every registered method (the cases are generated from the registry, so a knob added later is
+covered without a new test)."""
+import math
+
+import pytest
+
+import flash_jax
+from flash_jax import cli
+from flash_jax.config import Config, ConfigError
+from flash_jax.fl.methods import methods
+
+NUMBERS = ("-1", "0", "1e308", "-1e308")
+
+
+def bad_values(knob) -> list[str]:
+    """Values of the wrong type, out of range, empty, NaN and huge, as they would be typed."""
+    default = knob.default
+    if isinstance(default, bool):
+        return []
+    if isinstance(default, str):
+        return ["no_such_choice", ""] if knob.choices else ["abc", ",", "nan", "1e400"] if knob.valid else []
+    wrong = ["abc", "", "nan", "1e400", "-1e400"] + (["2.5", str(2**64)] if isinstance(default, int) else [])
+    return wrong + [v for v in NUMBERS if knob.valid and not _valid(knob, v)]
+
+
+def _valid(knob, text: str) -> bool:
+    try:
+        value = type(knob.default)(float(text))
+    except (ValueError, OverflowError):
+        return False
+    return math.isfinite(value) and knob.valid(value)
+
+
+CASES = [(name, knob.name, value) for name, method in methods().items() for knob in method.knobs
+         for value in bad_values(knob)]
+
+
+@pytest.mark.parametrize("method, knob, value", CASES)
+def test_every_bad_knob_value_is_refused_in_one_line_before_anything_is_written(method, knob, value, tmp_path,
+                                                                                 capsys):
+    workdir = tmp_path / "w"
+    try:
+        status = cli.main(["--experiment_type", method, f"--{knob}={value}", "--fl_rounds", "1", "--quiet",
+                           "--workdir", str(workdir)])
+    except SystemExit as stop:  # argparse's own refusals (a value that is not of the flag's type)
+        status = stop.code
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"--{knob}" in err and not workdir.exists()
+
+
+def test_the_cases_cover_every_knob_with_a_range():
+    covered = {knob for _, knob, _ in CASES}
+    assert covered == {k.name for m in methods().values() for k in m.knobs
+                       if not isinstance(k.default, bool) and (k.valid or k.choices or not isinstance(k.default, str))}
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(fl_rounds=2.5), "fl_rounds=2.5 has the wrong type: must be a whole number"),
+    (dict(num_users=10.5), "num_users=10.5 has the wrong type"),
+    (dict(local_bs=2.5), "local_bs=2.5 has the wrong type"),
+    (dict(seed=1.5), "seed=1.5 has the wrong type"),
+    (dict(num_users="10"), "num_users='10' has the wrong type"),
+    (dict(workdir=123), "workdir=123 has the wrong type: must be a string or None"),
+    (dict(density=True), "density=True has the wrong type: must be a number"),
+    (dict(feddst_momentum="5"), "feddst_momentum='5' has the wrong type: must be a number"),
+    (dict(jmwst_update_interval=2.5), "jmwst_update_interval=2.5 has the wrong type"),
+    (dict(densty=0.1), "unknown setting 'densty'"),
+])
+def test_config_checks_every_type_when_it_is_built(settings, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Config(**settings)
+
+
+def test_run_writes_nothing_before_every_check_has_passed(tmp_path):
+    with pytest.raises(ConfigError, match="--prunefl_layer_costs"):
+        flash_jax.run(Config(experiment_type="prunefl", prunefl_layer_costs="1", fl_rounds=1, quiet=True,
+                             workdir=str(tmp_path / "w")))
+    assert not (tmp_path / "w").exists()
+    assert Config(density=1).density == 1.0 and isinstance(Config(density=1).density, float)
