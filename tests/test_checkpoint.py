@@ -58,6 +58,7 @@ def test_round_trip_of_the_full_state(digits, tmp_path):
     assert isinstance(restored.clients.level, np.ndarray) and restored.round == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settings", [
     dict(experiment_type="dense"),
     dict(experiment_type="nst"),  # every client's own mask
@@ -127,6 +128,7 @@ def _kill_when(workdir, condition, timeout=300.0) -> bool:
             proc.wait()
 
 
+@pytest.mark.slow
 def test_sigkill_during_training_and_during_a_save_loses_nothing(digits, tmp_path):
     workdir = tmp_path / "killed"
     # killed while round 3 trains (the checkpoint of round 2 is complete) ...

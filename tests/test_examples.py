@@ -4,11 +4,14 @@ import os
 import re
 import subprocess
 import sys
+
+import pytest
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_custom_model_example_learns_digits():
     """Measured 0.78 at the default seed (0.78-0.89 over seeds 0-2); chance is 0.1."""
     result = subprocess.run([sys.executable, "examples/custom_model.py"], cwd=ROOT, capture_output=True, text=True,
@@ -18,6 +21,7 @@ def test_custom_model_example_learns_digits():
     assert accuracy > 0.5, result.stdout
 
 
+@pytest.mark.slow
 def test_custom_method_example_reaches_d_and_learns_digits():
     """Measured 0.9389 at density 0.0500 (seed 1, 60 rounds); chance is 0.1."""
     result = subprocess.run([sys.executable, "examples/custom_method.py"], cwd=ROOT, capture_output=True, text=True,

@@ -14,6 +14,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECTIONS = ("environment", "tests", "resnet18_conv", "torch_reference", "mnistnet")
 
 
+@pytest.mark.slow
 def test_the_small_check_measures_every_step(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--small", "--out", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -24,6 +24,7 @@ def fashion_mnist():
     return sources.load_dataset("fashion_mnist")
 
 
+@pytest.mark.slow
 def test_plain_sgd_on_logits_diverges_in_the_first_round_where_the_defaults_are_tested(fashion_mnist):
     from flash_jax.fl.loop import run
     config = Config(experiment_type="dense", alpha=0.1, seed=1, fl_rounds=1, clip_grad_norm=0.0, **PAPER)
@@ -33,6 +34,7 @@ def test_plain_sgd_on_logits_diverges_in_the_first_round_where_the_defaults_are_
 
 # The failing commands (dense: alpha 0.1 seed 1 and alpha 1 seed 7 gave NaN; alpha 0.3 seed 11 a
 # first-round loss of 11.9), and the sparse methods on the most skewed one; stage 1 shortened to 1 epoch.
+@pytest.mark.slow
 @pytest.mark.parametrize("method,alpha,seed", [("dense", 0.1, 1), ("dense", 1.0, 7), ("dense", 0.3, 11),
                                                ("nst", 0.1, 1), ("spdst", 0.1, 1)])
 def test_paper_learning_rate_stays_finite_and_trains(fashion_mnist, method, alpha, seed):

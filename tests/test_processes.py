@@ -79,6 +79,7 @@ def two_process_run(tmp_path_factory):
     return workdir, results
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(two_process_run, tmp_path):
     workdir, results = two_process_run
     one = subprocess.run(RUN + ["--fl_rounds", "6", "--workdir", str(tmp_path), "--host_devices", "1"], env=ENV,
@@ -97,6 +98,7 @@ def test_two_processes_equal_one(two_process_run, tmp_path):
     assert "Gloo" not in err0 + err1 and "Traceback" not in err0 + err1
 
 
+@pytest.mark.slow
 def test_both_killed_and_restarted_end_as_uninterrupted(two_process_run, tmp_path):
     reference, _ = two_process_run
     procs = start_two(tmp_path, rounds=6)
@@ -117,6 +119,7 @@ def test_both_killed_and_restarted_end_as_uninterrupted(two_process_run, tmp_pat
         np.testing.assert_array_equal(b[key], a[key], err_msg=key)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("victim", [0, 1])
 def test_a_killed_process_ends_the_other_within_a_minute(tmp_path, victim):
     procs = start_two(tmp_path, rounds=1000)
@@ -135,6 +138,7 @@ def test_a_killed_process_ends_the_other_within_a_minute(tmp_path, victim):
     finish(procs)
 
 
+@pytest.mark.slow
 def test_processes_started_with_other_settings_all_refuse_in_one_line_before_writing(tmp_path):
     port = free_port()
     procs = [subprocess.Popen(RUN + ["--fl_rounds", "2", "--workdir", str(tmp_path / "w"), "--distributed",
@@ -149,6 +153,7 @@ def test_processes_started_with_other_settings_all_refuse_in_one_line_before_wri
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("process_id", [0, 1])
 def test_a_process_that_cannot_join_gives_up_after_the_timeout_in_one_line(process_id):
     port = free_port()

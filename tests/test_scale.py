@@ -78,6 +78,7 @@ def test_one_call_logs_its_shape_once_and_wastes_nothing(one_device):
     assert infos[-1]["padding_efficiency"] == 1.0  # equal clients, one call of exactly the cohort
 
 
+@pytest.mark.slow
 def test_eight_devices_equal_one_device(one_device, tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     result = subprocess.run([sys.executable, __file__, str(tmp_path)], env=env, capture_output=True, text=True,
