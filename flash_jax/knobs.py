@@ -28,7 +28,11 @@ def declare(knobs: Iterable[Knob]) -> None:
     knobs = tuple(knobs)
     for knob in knobs:
         if knob.name in _DECLARED:
-            raise ValueError(f"knob --{knob.name} is already defined")
+            raise ValueError(f"knob --{knob.name} is already defined; give yours another name")
+        if (knob.choices and knob.default not in knob.choices) or (knob.valid and not knob.valid(knob.default)):
+            valid = f"one of {', '.join(map(str, knob.choices))}" if knob.choices else knob.valid_text or "its check"
+            raise ValueError(f"knob --{knob.name}: its default {knob.default!r} fails its own check ({valid}); fix "
+                             "the default or the check")
     _DECLARED.update((knob.name, knob) for knob in knobs)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+from flash_jax.config import Config
 from flash_jax.fl.rules import SERVER_NO_MASK, Aggregation, ClientRule, Reparameterization, ServerMaskRule
 from flash_jax.knobs import Knob, declare, declared
 
@@ -52,7 +53,12 @@ _METHODS: dict[str, Method] = {}
 def register_method(method: Method) -> Method:
     """Make `method` runnable as --experiment_type NAME; refuses a taken name or knob."""
     if method.name in _METHODS:
-        raise ValueError(f"a method named {method.name!r} is already registered")
+        raise ValueError(f"a method named {method.name!r} is already registered; give yours another name")
+    settings = {field.name for field in dataclasses.fields(Config)}
+    for knob in method.knobs:
+        if knob.name in settings:
+            raise ValueError(f"method {method.name!r}: knob --{knob.name} has the name of a setting every run has; "
+                             f"rename the knob (e.g. {method.name}_{knob.name})")
     try:
         declare(method.knobs)
     except ValueError as err:

@@ -119,8 +119,13 @@ def _maskable_tensors(config: Config, model: ModelDef, input_shape, sparse: bool
     try:
         paths = maskable_paths(variables["params"], config.mask_pattern or model.mask_pattern)
     except ValueError:
+        tensors = ", ".join(sorted(flat))
+        if config.mask_pattern is None:
+            raise ConfigError(f"--model_type {config.model_type}: its mask pattern {model.mask_pattern!r} matches "
+                              f"no tensor ({tensors}); register it with a pattern that does, or pass --mask_pattern"
+                              ) from None
         raise ConfigError(f"--mask_pattern={config.mask_pattern!r} is invalid: it matches no tensor of "
-                          f"{config.model_type} ({', '.join(sorted(flat))})") from None
+                          f"{config.model_type} ({tensors})") from None
     sizes = {p: math.prod(flat[p].shape) for p in paths}
     validate_against_tensors(config, sizes, sparse)
     num_maskable = sum(sizes.values())

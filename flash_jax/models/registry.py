@@ -22,6 +22,7 @@ The interface a registered model's module must follow (the built-in ones are the
 
 import dataclasses
 import functools
+import re
 from collections.abc import Callable
 
 import jax
@@ -63,6 +64,11 @@ def register_model(name: str, builder: Callable[[int, str], nn.Module], mask_pat
     model would change what existing presets and workdirs mean."""
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered; pick another name")
+    try:
+        re.compile(mask_pattern)
+    except (re.error, TypeError) as err:
+        raise ValueError(f"model {name!r}: mask_pattern {mask_pattern!r} is not a regular expression ({err}); "
+                         "fix the pattern") from None
     _REGISTRY[name] = _Entry(builder, mask_pattern, min_input_size, help)
 
 

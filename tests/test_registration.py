@@ -1,0 +1,70 @@
+"""Registering a method or a model from outside the package refuses a mistake at once, in one line
+that names the thing and the fix, instead of failing later somewhere else."""
+import jax
+import pytest
+from flax import linen as nn
+
+import flash_jax
+from flash_jax.config import Config, ConfigError
+from flash_jax.fl.rules import CLIENT_FIXED_MASK, FEDAVG, SERVER_FIXED_MASK
+
+
+def method(name, *knobs):
+    return flash_jax.Method(name=name, help="a test method", client=CLIENT_FIXED_MASK, server_mask=SERVER_FIXED_MASK,
+                            aggregation=lambda setup: FEDAVG, knobs=knobs)
+
+
+class Tiny(nn.Module):
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool, example_mask=None) -> jax.Array:
+        return nn.Dense(self.num_classes, name="out")(x.reshape(x.shape[0], -1))
+
+
+def one_line(err: Exception) -> str:
+    text = str(err)
+    assert "\n" not in text
+    return text
+
+
+@pytest.mark.parametrize("knob, message", [
+    (flash_jax.Knob("density", 0.5, "clashes"), "knob --density has the name of a setting every run has; rename "
+                                                "the knob (e.g. reg_clash_density)"),
+    (flash_jax.Knob("reg_bad_default", 5, "its default fails", lambda v: v < 1, "< 1"),
+     "knob --reg_bad_default: its default 5 fails its own check (< 1); fix the default or the check"),
+    (flash_jax.Knob("reg_bad_choice", "x", "not a choice", choices=("a", "b")),
+     "its default 'x' fails its own check (one of a, b)"),
+])
+def test_a_bad_knob_is_refused_at_registration(knob, message):
+    with pytest.raises(ValueError) as refused:
+        flash_jax.register_method(method("reg_clash", knob))
+    assert message in one_line(refused.value)
+    assert "reg_clash" not in flash_jax.fl.methods.methods()
+    Config()  # and every other Config still builds
+
+
+def test_a_knob_of_the_wrong_type_names_the_knob():
+    flash_jax.register_method(method("reg_typed", flash_jax.Knob("reg_typed_steps", 3, "an int knob")))
+    for value in (2.5, "5"):
+        with pytest.raises(ConfigError) as refused:
+            Config(experiment_type="reg_typed", reg_typed_steps=value)
+        assert f"reg_typed_steps={value!r} has the wrong type: must be a whole number" == one_line(refused.value)
+
+
+def test_a_mask_pattern_that_is_not_a_regex_is_refused_at_registration():
+    with pytest.raises(ValueError) as refused:
+        flash_jax.register_model("reg_badregex", lambda n, conv_impl: Tiny(n), mask_pattern="([")
+    assert one_line(refused.value).startswith("model 'reg_badregex': mask_pattern '([' is not a regular expression")
+    assert one_line(refused.value).endswith("fix the pattern")
+
+
+def test_a_models_pattern_that_matches_nothing_names_the_models_pattern(tmp_path):
+    flash_jax.register_model("reg_nomatch", lambda n, conv_impl: Tiny(n), mask_pattern=r"^nothing$")
+    with pytest.raises(ConfigError) as refused:
+        flash_jax.run(Config(model_type="reg_nomatch", experiment_type="pdst", fl_rounds=1, quiet=True,
+                             workdir=str(tmp_path / "w")))
+    assert one_line(refused.value) == ("--model_type reg_nomatch: its mask pattern '^nothing$' matches no tensor "
+                                       "(out/bias, out/kernel); register it with a pattern that does, or pass "
+                                       "--mask_pattern")
+    assert not (tmp_path / "w").exists()
