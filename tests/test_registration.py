@@ -68,3 +68,28 @@ def test_a_models_pattern_that_matches_nothing_names_the_models_pattern(tmp_path
                                        "(out/bias, out/kernel); register it with a pattern that does, or pass "
                                        "--mask_pattern")
     assert not (tmp_path / "w").exists()
+
+
+class Pooled(nn.Module):
+    """Pools 28x28 images away: 4x4 windows, three times, leave nothing for the classifier."""
+
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool, example_mask=None) -> jax.Array:
+        for _ in range(3):
+            x = nn.max_pool(x, (4, 4), strides=(4, 4))
+        x = x.reshape(x.shape[0], -1)
+        return nn.Dense(self.num_classes, name="out")(x / x.shape[1])
+
+
+def test_a_model_that_cannot_take_its_min_input_size_is_one_line_naming_it(tmp_path):
+    flash_jax.register_model("reg_pooled", lambda n, conv_impl: Pooled(n), mask_pattern=r"^out/kernel$")
+    with pytest.raises(ConfigError) as refused:
+        flash_jax.run(Config(model_type="reg_pooled", experiment_type="pdst", fl_rounds=1, quiet=True,
+                             workdir=str(tmp_path / "w")))
+    text = one_line(refused.value)
+    assert text.startswith("--model_type reg_pooled: model 'reg_pooled' cannot take a 1x1 image, its "
+                           "min_input_size (ZeroDivisionError"), text
+    assert text.endswith("register it with the min_input_size its downsampling needs")
+    assert not (tmp_path / "w").exists()

@@ -141,7 +141,10 @@ def build_setup(config: Config, dataset: Dataset) -> Setup:
     train_parts = partition(dataset.train_y, config.num_users, alpha, config.seed)
     test_parts = partition(dataset.test_y, config.num_users, alpha, config.seed + 1) \
         if config.num_users <= len(dataset.test_y) else []
-    model = get_model(config.model_type, dataset.num_classes, config.conv_impl, config.mnistnet_softmax)
+    try:
+        model = get_model(config.model_type, dataset.num_classes, config.conv_impl, config.mnistnet_softmax)
+    except ValueError as err:
+        raise ConfigError(f"--model_type {config.model_type}: {err}") from None
     validate_against_model(config, dataset.input_shape, model.min_input_size)
     tensors = _maskable_tensors(config, model, dataset.input_shape, method.sparse)
     mesh = client_mesh()

@@ -87,13 +87,20 @@ def get_model(name: str, num_classes: int, conv_impl: str = "auto", mnistnet_sof
         if name != "mnistnet":
             raise ValueError(f"mnistnet_softmax works with mnistnet, not {name}")
         module = module.clone(softmax_output=True)
-    return ModelDef(name, module, entry.mask_pattern, _has_batch_stats(module, entry.min_input_size),
+    return ModelDef(name, module, entry.mask_pattern, _has_batch_stats(name, module, entry.min_input_size),
                     entry.min_input_size, entry.help)
 
 
-def _has_batch_stats(module: nn.Module, side: int) -> bool:
-    """From an abstract init (no compile, no arrays) on one single-channel image of the smallest side."""
-    shapes = jax.eval_shape(lambda k: module.init(k, jnp.zeros((1, side, side, 1)), train=False), jax.random.key(0))
+def _has_batch_stats(name: str, module: nn.Module, side: int) -> bool:
+    """From an abstract init (no compile, no arrays) on one single-channel image of the smallest side;
+    a model whose downsampling leaves nothing of that image is refused, naming min_input_size."""
+    try:
+        shapes = jax.eval_shape(lambda k: module.init(k, jnp.zeros((1, side, side, 1)), train=False),
+                                jax.random.key(0))
+    except Exception as err:
+        raise ValueError(f"model {name!r} cannot take a {side}x{side} image, its min_input_size ({type(err).__name__}"
+                         f": {str(err).splitlines()[0] if str(err) else ''}); register it with the min_input_size "
+                         "its downsampling needs") from None
     return bool(shapes.get("batch_stats"))
 
 
