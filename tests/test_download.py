@@ -18,6 +18,7 @@ from flash_jax.config import Config, ConfigError
 from flash_jax.data import cache, download
 from flash_jax.data.download import Remote
 from flash_jax.data.sources import DataError, load_dataset, read_files
+from flash_jax.settings import validate
 from tests.publishers import GENERATED, TRAIN, Server
 
 
@@ -174,7 +175,7 @@ def test_without_the_data_the_error_names_download_and_the_folder(tmp_path, monk
 
 def test_download_does_not_combine_with_path():
     with pytest.raises(ConfigError, match="--download"):
-        Config(dataset="mnist", download=True, path="/somewhere").validate()
+        validate(Config(dataset="mnist", download=True, path="/somewhere"))
 
 
 def test_the_cache_folder_comes_from_the_flag_the_environment_or_the_user_cache(monkeypatch, tmp_path):
