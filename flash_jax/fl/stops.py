@@ -33,12 +33,22 @@ def _is_disk_full(err: BaseException | None) -> bool:
     return False
 
 
+def _quiet_about_disk_full(previous):
+    """A thread hook that drops what orbax's writer threads raise for a full disk (DiskFull says it)."""
+    def hook(args):
+        if not _is_disk_full(args.exc_value):
+            previous(args)
+    return hook
+
+
 @contextlib.contextmanager
 def writing(what: str, last_good: int | None):
-    """Turn a full disk while writing `what` into DiskFull; orbax's own log of it is held back."""
-    absl = logging.getLogger("absl")
+    """Turn a full disk while writing `what` into DiskFull; orbax's own log of it, and what its
+    writer threads raise for it (then or later), are held back."""
+    absl, hook = logging.getLogger("absl"), threading.excepthook
     level = absl.level
     absl.setLevel(logging.CRITICAL)
+    threading.excepthook = _quiet_about_disk_full(hook)
     try:
         yield
     except Exception as err:
@@ -46,10 +56,12 @@ def writing(what: str, last_good: int | None):
             raise
         last = ("no checkpoint was saved yet" if last_good is None
                 else f"the last good checkpoint is of round {last_good}")
+        hook = threading.excepthook  # kept: a writer thread may still raise after this
         raise DiskFull(f"the disk is full: writing {what} failed; {last}; free space and run the same command to "
                        "continue") from None
     finally:
         absl.setLevel(level)
+        threading.excepthook = hook
 
 
 class DivergenceError(RuntimeError):
