@@ -1,4 +1,4 @@
-"""The paper's learning rate 0.1 stays finite on skewed partitions (issue 10): the defaults (PyTorch's
+"""The paper's learning rate 0.1 stays finite on skewed partitions: the defaults (PyTorch's
 initialisation, logits, --clip_grad_norm 5) on Fashion-MNIST settings where plain SGD on logits
 diverges. The full grid (3 methods x 3 alphas x 5 seeds) is experiments/lr_stability.py."""
 import math

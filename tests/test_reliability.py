@@ -1,4 +1,4 @@
-"""Runs that cannot corrupt each other or fail silently (issue 11): the workdir lock, settings inside the
+"""Runs that cannot corrupt each other or fail silently: the workdir lock, settings inside the
 checkpoints, divergence, refusals before anything is written, interrupts, quiet failures, --help."""
 import json
 import os
