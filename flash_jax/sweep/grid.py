@@ -63,21 +63,22 @@ class Run:
         return [sys.executable, "-m", "flash_jax", *flags, "--quiet", "--workdir", self.workdir(out)]
 
     def is_done(self, out: str) -> bool:
-        """config.json is there and metrics.jsonl holds the last round (a line cut short by a kill
-        does not count)."""
-        workdir = self.workdir(out)
-        try:
-            with open(os.path.join(workdir, "config.json")) as f:
-                rounds = dict(self.settings).get("fl_rounds", json.load(f).get("fl_rounds"))
-            return last_round(os.path.join(workdir, "metrics.jsonl")) == rounds
-        except (OSError, ValueError):
-            return False
+        return finished_records(self.workdir(out), dict(self.settings).get("fl_rounds")) is not None
 
 
-def last_round(metrics_path: str) -> int | None:
-    """The round of the last complete record of a metrics.jsonl (None if there is none)."""
-    records, _ = read_metrics(metrics_path)
-    return records[-1]["round"] if records else None
+def finished_records(workdir: str, rounds: int | None = None) -> list[dict] | None:
+    """The metric records of a finished run: config.json is there and metrics.jsonl reaches the last
+    round (`rounds`, else config.json's fl_rounds; a line cut short by a kill does not count). None
+    for a run that is not finished."""
+    try:
+        with open(os.path.join(workdir, "config.json")) as f:
+            saved = json.load(f)
+        records, _ = read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    except (OSError, ValueError):
+        return None
+    if rounds is None:
+        rounds = saved.get("fl_rounds") if isinstance(saved, dict) else None
+    return records if records and records[-1]["round"] == rounds else None
 
 
 @dataclasses.dataclass(frozen=True)

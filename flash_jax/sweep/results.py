@@ -6,9 +6,8 @@ import itertools
 import json
 import os
 
-from flash_jax.sweep.grid import METHOD_AXIS
+from flash_jax.sweep.grid import METHOD_AXIS, finished_records
 from flash_jax.sweep.stats import mean_interval, paired_difference
-from flash_jax.workdir import read_metrics
 
 SEED_AXIS = "seed"
 COLUMNS = (("accuracy", "accuracy"), ("accuracy_pruned", "pruned-to-d accuracy"), ("density", "density"),
@@ -22,16 +21,9 @@ def load_runs(out: str) -> tuple[dict, list[dict]]:
         manifest = json.load(f)
     runs = []
     for run in manifest["runs"]:
-        workdir = os.path.join(out, run["name"])
-        try:
-            with open(os.path.join(workdir, "config.json")) as f:
-                rounds = json.load(f)["fl_rounds"]
-            records, _ = read_metrics(os.path.join(workdir, "metrics.jsonl"))
-        except (OSError, ValueError, KeyError):
-            continue
-        if not records or records[-1]["round"] != rounds:
-            continue
-        runs.append({**run, "records": records})
+        records = finished_records(os.path.join(out, run["name"]))
+        if records:
+            runs.append({**run, "records": records})
     return manifest["axes"], runs
 
 
