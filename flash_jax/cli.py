@@ -131,10 +131,11 @@ def main(argv=None) -> int:
     """Exit status: 0 done, 2 refused (settings, data, workdir), 3 diverged, 4 lost another process of
     the run, 5 the disk filled up, 128 + signal when stopped by SIGINT (130) or SIGTERM (143). Every
     failure is one line on stderr."""
+    launch.attach_worker_output()
     try:
         config = parse_config(argv)
         if config.distributed and not launch.is_worker():
-            return launch.supervise(sys.argv[1:] if argv is None else list(argv),
+            return launch.supervise([sys.executable, "-m", "flash_jax", *(sys.argv[1:] if argv is None else argv)],
                                     str(config.process_id) if config.process_id >= 0 else "?",
                                     config.coordinator_address, config.coordinator_timeout)
         processes.start(config, auto_devices=True)  # before the first computation

@@ -206,3 +206,46 @@ def test_host_devices_refused_once_jax_runs_with_another_count():
     with pytest.raises(ConfigError, match="--host_devices 3: JAX already runs with 1 CPU devices"):
         processes.start(Config(host_devices=3), auto_devices=False)
     processes.start(Config(host_devices=1), auto_devices=True)  # the same count: nothing to do
+
+
+FAKE_WORKER = """
+import os, sys
+from flash_jax import launch
+launch.attach_worker_output()
+print(launch.JOINED, file=sys.stderr, flush=True)
+print("round 1 of 9", flush=True)
+os.write(1, b"[Gloo] Rank 1 is connected to 3")  # gloo and gRPC write to descriptors 1 and 2, in pieces
+os.write(1, b" peer ranks. Expected number of connected peer ranks is : 3\\n")
+os.write(2, b"Additional GRPC error information from remote target coordination_service:\\n")
+os.write(2, b"  :UNKNOWN:Error received from peer {grpc_status:14}\\n")
+try:
+    raise RuntimeError("collective lost its peer")
+except RuntimeError:
+    import traceback
+    traceback.print_exc()
+sys.stderr.flush()
+os.write(2, b"F0101 00:00:00.000 1 client.cc:1] absl::Status: UNAVAILABLE: Failed to send RPC to coordination service\\n")
+os.abort()
+"""
+
+
+def test_the_runtime_noise_of_a_lost_peer_becomes_one_line(capfd):
+    """Whatever the runtime's C++ code writes, in whatever pieces, the run's output keeps only its
+    own lines and the one-line report of the lost peer."""
+    from flash_jax import launch
+    status = launch.supervise([sys.executable, "-c", FAKE_WORKER], "1", "127.0.0.1:1", 60)
+    out, err = capfd.readouterr()
+    assert status == launch.PEER_LOST_EXIT
+    assert out == "round 1 of 9\n"
+    assert err.splitlines() == ["run.py: error: process 1 lost the other processes of the run (UNAVAILABLE: Failed to "
+                                "send RPC to coordination service); run the same commands to continue from the last "
+                                "checkpoint"]
+
+
+def test_a_failing_worker_keeps_its_traceback_and_status(capfd):
+    from flash_jax import launch
+    worker = ("from flash_jax import launch; launch.attach_worker_output(); import os; os.write(2, b'W0 gloo\\n'); "
+              "raise SystemExit('bad thing')")
+    assert launch.supervise([sys.executable, "-c", worker], "0", "127.0.0.1:1", 60) == 1
+    out, err = capfd.readouterr()
+    assert out == "" and err == "bad thing\n"
