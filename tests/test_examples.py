@@ -2,11 +2,14 @@
 
 import os
 import re
+import runpy
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from pathlib import Path
+
+import flash_jax
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,3 +70,28 @@ def test_resuming_a_plugin_methods_workdir_without_the_plugin_names_it(tmp_path)
     assert again.returncode == 2 and again.stderr.splitlines() == [
         f"run.py: error: --workdir {tmp_path / 'w'} holds a run of --experiment_type fedavg_gmp from --plugin "
         "examples/custom_method.py; give --plugin examples/custom_method.py again to continue it"]
+
+
+def test_a_client_side_method_from_outside_the_package_reports_and_is_charged_for_it():
+    """The gradient_budgets example (its own gradient report and server rule, no change inside
+    flash_jax): the report moves the layer budgets, and a round with a report uploads exactly its
+    32 bits per tensor per participant more than the same round without one."""
+    runpy.run_path(str(ROOT / "examples" / "gradient_budgets.py"))
+    settings = dict(experiment_type="gradient_budgets", num_users=8, frac=0.5, fl_rounds=2, eval_every=1, quiet=True)
+    every_round = flash_jax.run(flash_jax.Config(**settings, gb_every=1))
+    first_only = flash_jax.run(flash_jax.Config(**settings, gb_every=1000))
+    timings = ("round_s", "wall_s")
+    assert [{k: v for k, v in r.items() if k not in timings} for r in (every_round[0], first_only[0])] == [
+        {k: v for k, v in first_only[0].items() if k not in timings}] * 2  # both report in round 1, alike
+    assert every_round[1]["upload_bits"] - first_only[1]["upload_bits"] == 4 * 32 * 2  # 4 participants, 2 tensors
+    densities = first_only[1]["layer_density"]
+    assert abs(densities["conv2/kernel"] - 0.05) > 0.01 and first_only[1]["density"] == pytest.approx(0.05, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_gradient_budgets_example_learns_digits():
+    result = subprocess.run([sys.executable, "examples/gradient_budgets.py"], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+    assert result.returncode == 0, result.stderr
+    found = re.search(r"accuracy ([\d.]+) density ([\d.]+)", result.stdout)
+    assert float(found.group(1)) > 0.8 and float(found.group(2)) == pytest.approx(0.05, abs=1e-3), result.stdout

@@ -10,8 +10,9 @@ from flax import traverse_util
 from flash_jax.config import Config
 from flash_jax.data.store import build_store, cohort_layout, cohort_plan, padded_count
 from flash_jax.fl.aggregate import FEDAVG, FMA, weighted_average, weighted_sums
-from flash_jax.fl.client import ClientSpec, local_train
-from flash_jax.fl.cohort import ChunkPlan, RoundInputs, ServerModel, chunk_size, train_chunk, train_cohort
+from flash_jax.fl.client import ClientSchedule, ClientSpec, ClientStart, RoundInputs, local_train
+from flash_jax.fl.cohort import ChunkPlan, ServerModel, chunk_size, train_chunk, train_cohort
+from flash_jax.fl.local_rules import SparseLearning
 from flash_jax.fl.phases import MASK_UPDATE_PHASES
 from flash_jax.fl.setup import learning_rate_schedule
 from flash_jax.streams import SHUFFLE, derive, sample_clients
@@ -54,8 +55,8 @@ def make_problem(counts, batch_size=4, seed=0):
 
 
 def spec_for(model, sparse_learning):
-    return ClientSpec(apply_fn=model.apply, has_batch_stats=False, sparse_learning=sparse_learning,
-                      prune_rate=0.25, augment=False)
+    return ClientSpec(apply_fn=model.apply, has_batch_stats=False, augment=False,
+                      mask_rule=SparseLearning(prune_rate=0.25) if sparse_learning else None)
 
 
 def plan_for(store, ids, shuffle_keys, batch_size=4, epochs=1):
@@ -70,9 +71,14 @@ def train_alone(spec, store, ids, params, masks, keys, target, batch_size=4, epo
     fn = jax.jit(local_train, static_argnums=(0, 1))
     outs = []
     for k in range(len(ids)):
-        outs.append(fn(spec, layout.phase_lengths, store.x, store.y, params, {}, masks, 0.1, 0.0, keys[k],
-                       plan.example_index[k], plan.example_valid[k], plan.step_valid[k], target))
+        outs.append(fn(spec, layout.phase_lengths, schedule_of(store, plan, k), ClientStart(params, {}, masks, keys[k], target),
+                       RoundInputs(0.1, 0.0, None)))
     return plan, outs
+
+
+def schedule_of(store, plan, k):
+    """Client k's part of a cohort plan, on the store."""
+    return ClientSchedule(store.x, store.y, plan.example_index[k], plan.example_valid[k], plan.step_valid[k])
 
 
 def cohort_keys(round_key, ids):
@@ -91,7 +97,8 @@ def run_cohort(spec, store, ids, params, masks, round_key, chunk, *, target, bat
     layout = cohort_layout(store, ids, batch_size=batch_size, epochs=1, phases=MASK_UPDATE_PHASES)
     plan = ChunkPlan(spec, layout, FMA if fma else FEDAVG, None)
     model = ServerModel(params, {} if batch_stats is None else batch_stats, masks)
-    return train_cohort(plan, chunk, store, model, RoundInputs(0.1, 0.0, round_key), clients)[:4]
+    result = train_cohort(plan, chunk, store, model, RoundInputs(0.1, 0.0, round_key), clients)
+    return result.params, result.batch_stats, result.client_masks(), result.losses
 
 
 @pytest.mark.parametrize("epochs", [1, 2])
@@ -106,6 +113,23 @@ def test_padded_client_matches_training_alone(epochs):
     assert padded_plan.example_index.shape[1] == 10 * epochs
     for a, b in zip(jax.tree.leaves(alone), jax.tree.leaves(padded)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_without_a_mask_rule_every_weight_trains_until_the_finishing_step(epochs):
+    """Dense local training with a finishing step (Top-k, SparsyFed): no mask change between
+    phases, so no weight is zeroed before the finishing step, which alone decides the masks."""
+    store, model, params, masks = make_problem([40])
+    every = {p: jnp.ones_like(m) for p, m in masks.items()}
+    spec = ClientSpec(apply_fn=model.apply, has_batch_stats=False, augment=False,
+                      finish=lambda maskable: {p: jnp.ones(w.shape, bool) for p, w in maskable.items()})
+    target = jnp.float32(0.05 * sum(m.size for m in masks.values()))
+    _, ((trained, _, final_masks, _, _),) = train_alone(spec, store, [0], params, every,
+                                                       jax.random.split(jax.random.PRNGKey(4), 1), target,
+                                                       epochs=epochs)
+    flat = traverse_util.flatten_dict(trained, sep="/")
+    for p in masks:
+        assert bool(jnp.all(final_masks[p])) and int(jnp.sum(flat[p] == 0)) == 0, p
 
 
 def test_mask_update_changes_masks_and_keeps_params_on_mask():
@@ -250,15 +274,14 @@ def test_cohort_averages_batch_norm_statistics_and_augments():
     store = build_store(x, rng.integers(0, 3, 28), [np.arange(0, 12), np.arange(12, 28)])
     model = TinyBNNet()
     variables = model.init(jax.random.PRNGKey(1), jnp.zeros((1, 8, 8, 3)), train=False)
-    spec = ClientSpec(apply_fn=model.apply, has_batch_stats=True, sparse_learning=False, prune_rate=0.25,
-                      augment=True)
+    spec = ClientSpec(apply_fn=model.apply, has_batch_stats=True, augment=True)
     masks = random_masks(jax.random.PRNGKey(2), {"conv/kernel": variables["params"]["conv"]["kernel"]}, 0.5)
     round_key = jax.random.PRNGKey(3)
     keys, shuffle_keys = cohort_keys(round_key, [0, 1])
     layout, plan = plan_for(store, [0, 1], shuffle_keys, batch_size=8)
     fn = jax.jit(local_train, static_argnums=(0, 1))
-    outs = [fn(spec, layout.phase_lengths, store.x, store.y, variables["params"], variables["batch_stats"], masks,
-               0.1, 0.0, keys[k], plan.example_index[k], plan.example_valid[k], plan.step_valid[k], 0.0)
+    outs = [fn(spec, layout.phase_lengths, schedule_of(store, plan, k),
+               ClientStart(variables["params"], variables["batch_stats"], masks, keys[k], 0.0), RoundInputs(0.1, 0.0, None))
             for k in range(2)]
     expected = jax.tree.map(lambda a, b: (12 * a + 16 * b) / 28, outs[0][:2], outs[1][:2])
     for chunk in (2, 1):  # one call, and two chunks of one client whose sums add up
@@ -268,8 +291,9 @@ def test_cohort_averages_batch_norm_statistics_and_augments():
         assert client_masks is None
     assert not np.allclose(stats["bn"]["mean"], variables["batch_stats"]["bn"]["mean"])
     # augmentation is keyed per client and step: a different client key changes the result
-    other = fn(spec, layout.phase_lengths, store.x, store.y, variables["params"], variables["batch_stats"], {}, 0.1, 0.0,
-               jax.random.PRNGKey(99), plan.example_index[0], plan.example_valid[0], plan.step_valid[0], 0.0)
+    other = fn(spec, layout.phase_lengths, schedule_of(store, plan, 0),
+               ClientStart(variables["params"], variables["batch_stats"], {}, jax.random.PRNGKey(99), 0.0),
+               RoundInputs(0.1, 0.0, None))
     assert not np.allclose(other[0]["conv"]["kernel"], outs[0][0]["conv"]["kernel"])
 
 

@@ -9,7 +9,7 @@ per-client outputs (final masks when they change, losses) outlive a chunk. Chunk
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 
 from flash_jax.data.store import ClientStore, CohortLayout, cohort_layout, cohort_plan, steps_per_epoch
 from flash_jax.fl.aggregate import Aggregation
-from flash_jax.fl.client import ClientSpec, local_train
+from flash_jax.fl.client import ClientSchedule, ClientSpec, ClientStart, RoundInputs, local_train
 from flash_jax.fl.mesh import constrain, place
 from flash_jax.fl.phases import MASK_UPDATE_PHASES
 from flash_jax.fl.setup import Setup
@@ -52,14 +52,6 @@ class ServerModel(NamedTuple):
     masks: dict
 
 
-class RoundInputs(NamedTuple):
-    """Scalars every participant of the round shares."""
-
-    lr: Any
-    readjust_ratio: Any
-    round_key: jax.Array
-
-
 @functools.partial(jax.jit, static_argnames=("plan",), donate_argnames=("sums",))
 def train_chunk(plan: ChunkPlan, store_x, store_y, model: ServerModel, shared: RoundInputs, clients, sums):
     """Train one chunk of clients and add their weighted sums (the plan's aggregation: parameters,
@@ -83,16 +75,14 @@ def train_chunk(plan: ChunkPlan, store_x, store_y, model: ServerModel, shared: R
     elif per_client_masks:
         masks = jax.tree.map(lambda m: m[clients["mask_index"]], masks)
 
-    def one_client(masks, key, index, valid, step_ok, target):
-        return local_train(spec, layout.phase_lengths, store_x, store_y, model.params, model.batch_stats, masks,
-                           shared.lr, shared.readjust_ratio, key, index, valid, step_ok, target)
-
+    schedules = ClientSchedule(store_x, store_y, cohort.example_index, cohort.example_valid, cohort.step_valid)
+    starts = ClientStart(model.params, model.batch_stats, masks, keys, clients["targets"])
     client_params, client_stats, client_masks, losses, reports = jax.vmap(
-        one_client, in_axes=(0 if per_client_masks else None, 0, 0, 0, 0, 0))(
-        masks, keys, cohort.example_index, cohort.example_valid, cohort.step_valid, clients["targets"])
-    # a last-step gradient is averaged over the participants, unweighted (the FedDST authors' PruneFL)
-    report_weights = (clients["weights"] > 0).astype(jnp.float32) if spec.gradient_report == "last" \
-        else clients["weights"]
+        functools.partial(local_train, spec, layout.phase_lengths),
+        in_axes=(ClientSchedule(None, None, 0, 0, 0),
+                 ClientStart(None, None, 0 if per_client_masks else None, 0, 0), None))(schedules, starts, shared)
+    report_weights = clients["weights"] if spec.report is None or spec.report.by_samples \
+        else (clients["weights"] > 0).astype(jnp.float32)
     sums = plan.aggregation.update(sums, client_params, client_stats, clients["weights"], client_masks, reports,
                                    report_weights)
     sums = constrain(plan.mesh, sums, split=False)
@@ -110,17 +100,24 @@ def _finalize(aggregation: Aggregation, sums):
 class CohortResult(NamedTuple):
     params: dict
     batch_stats: dict
-    client_masks: dict | None  # the participants' final masks, in cohort order (None: they cannot change)
     losses: jax.Array          # each participant's mean training loss
-    reports: dict              # the participants' reports, averaged like FedAvg ({} without)
-    client_rows: dict | None   # client_masks bit-packed (sparse.pack_rows): 8x smaller to gather and keep
+    reports: dict              # the participants' gradient reports, averaged ({} without)
+    # the participants' final masks in cohort order, bit-packed (sparse.pack_rows): 8x smaller to
+    # gather and keep (None: they cannot change)
+    client_rows: dict | None
+
+    def client_masks(self) -> dict | None:
+        """The participants' final masks as booleans (None: they cannot change)."""
+        if self.client_rows is None:
+            return None
+        flat = traverse_util.flatten_dict(self.params, sep="/")
+        return unpacked(self.client_rows, {p: flat[p].shape for p in self.client_rows})
 
 
 def train_cohort(plan: ChunkPlan, chunk: int, store: ClientStore, model: ServerModel, shared: RoundInputs,
-                 clients: dict[str, np.ndarray], unpack_masks: bool = True) -> CohortResult:
+                 clients: dict[str, np.ndarray]) -> CohortResult:
     """The whole cohort in chunks of `chunk` clients (`train_chunk`); `clients` are its per-client
-    host arrays (as there, without weights: a client weighs its sample count). Without
-    `unpack_masks` the final masks come only packed (client_rows)."""
+    host arrays (as there, without weights: a client weighs its sample count)."""
     ids = clients["ids"]
     cohort = len(ids)
     padded = -(-cohort // chunk) * chunk
@@ -128,9 +125,8 @@ def train_cohort(plan: ChunkPlan, chunk: int, store: ClientStore, model: ServerM
     inputs = jax.tree.map(lambda value: np.asarray(value)[slot], clients)
     inputs["weights"] = np.where(np.arange(padded) < cohort, store.counts[ids][slot], 0).astype(np.float32)
     model = ServerModel(*place(plan.mesh, tuple(model), split=False))
-    flat_params = traverse_util.flatten_dict(model.params, sep="/")
-    reports = {"sum_squared": model.params, "last": {p: flat_params[p] for p in model.masks},
-               "": {}}[plan.spec.gradient_report]
+    report = plan.spec.report
+    reports = {} if report is None else report.finalize(report.init(model.params, tuple(model.masks)))
     sums = place(plan.mesh, plan.aggregation.init(model.params, model.batch_stats, model.masks, reports), split=False)
     outputs = []
     for start in range(0, padded, chunk):
@@ -138,10 +134,8 @@ def train_cohort(plan: ChunkPlan, chunk: int, store: ClientStore, model: ServerM
         sums, per_client = train_chunk(plan, store.x, store.y, model, shared, chunk_inputs, sums)
         outputs.append(per_client)
     client_rows, losses = jax.tree.map(lambda *parts: _in_cohort_order(parts, cohort), *outputs)
-    client_masks = None if client_rows is None or not unpack_masks else unpacked(
-        client_rows, {p: flat_params[p].shape for p in client_rows})
     params, batch_stats, reports = _finalize(plan.aggregation, sums)
-    return CohortResult(params, batch_stats, client_masks, losses, reports, client_rows)
+    return CohortResult(params, batch_stats, losses, reports, client_rows)
 
 
 def _in_cohort_order(parts, cohort: int):
@@ -150,32 +144,39 @@ def _in_cohort_order(parts, cohort: int):
     return joined if joined.shape[0] == cohort else joined[:cohort]
 
 
-def train_clients(setup: Setup, spec: ClientSpec, ids: np.ndarray, round_key, model: ServerModel, *,
-                  epochs: int, lr: float, mask_index: np.ndarray | None = None, own_masks: dict | None = None,
-                  readjust_ratio: float = 0.0, budgets: np.ndarray | None = None, unpack_masks: bool = True):
+class Participants(NamedTuple):
+    """Who trains in a cohort call, and in which masks: the shared model.masks by default; with
+    `mask_index`, participant k takes model.masks[mask_index[k]]; with `own_masks` (bit-packed
+    rows, one per participant) its own. `budgets`: density targets as fractions of d (None: all at d)."""
+
+    ids: np.ndarray
+    budgets: np.ndarray | None = None
+    mask_index: np.ndarray | None = None
+    own_masks: dict | None = None
+
+
+def train_clients(setup: Setup, spec: ClientSpec, participants: Participants, model: ServerModel,
+                  shared: RoundInputs, epochs: int) -> tuple[CohortResult, dict[str, float]]:
     """One cohort's local training and aggregation, --clients_per_chunk clients per jitted call;
-    client keys are fold_in(round_key, client id). With `mask_index`, participant k takes the masks
-    model.masks[mask_index[k]]; with `own_masks` (bit-packed rows, one per participant) its own.
-    `budgets` are the participants' density targets as fractions of d (default: all at d). Without `unpack_masks` the final masks come only bit-packed (client_rows).
+    client keys are fold_in(shared.round_key, client id).
 
     Returns the cohort's CohortResult, and the round's padding_efficiency (real client-steps over
     padded ones) and compiled_cohort_shapes (distinct cohort shapes this run has needed).
     """
-    config, store, mesh = setup.config, setup.data.store, setup.data.mesh
+    config, store, mesh, ids = setup.config, setup.data.store, setup.data.mesh, participants.ids
     layout = cohort_layout(store, ids, batch_size=config.local_bs, epochs=epochs, phases=MASK_UPDATE_PHASES)
     chunk = chunk_size(config.clients_per_chunk, len(ids), 1 if mesh is None else mesh.size)
     plan = ChunkPlan(spec, layout, setup.method.aggregation(setup), mesh)
-    per_client = mask_index is not None or own_masks is not None
+    per_client = participants.mask_index is not None or participants.own_masks is not None
     setup.compiled.log_if_new((plan, chunk, per_client), lambda: _describe(plan, chunk, per_client))
-    budgets = np.ones(len(ids)) if budgets is None else budgets
+    budgets = np.ones(len(ids)) if participants.budgets is None else participants.budgets
     clients = {"ids": ids, "offsets": store.offsets[ids], "counts": store.counts[ids],
                "targets": (budgets * config.density * setup.tensors.num_maskable).astype(np.float32)}
-    if mask_index is not None:
-        clients["mask_index"] = mask_index
-    if own_masks is not None:
-        clients["masks"] = own_masks
-    result = train_cohort(plan, chunk, store, model, RoundInputs(lr, readjust_ratio, round_key), clients,
-                          unpack_masks)
+    if participants.mask_index is not None:
+        clients["mask_index"] = participants.mask_index
+    if participants.own_masks is not None:
+        clients["masks"] = participants.own_masks
+    result = train_cohort(plan, chunk, store, model, shared, clients)
     real_steps = epochs * int(steps_per_epoch(store.counts[ids], layout.batch_size).sum())
     padded_steps = -(-len(ids) // chunk) * chunk * sum(layout.phase_lengths)
     shapes = {"padding_efficiency": real_steps / padded_steps, "compiled_cohort_shapes": len(setup.compiled.seen)}
@@ -184,7 +185,7 @@ def train_clients(setup: Setup, spec: ClientSpec, ids: np.ndarray, round_key, mo
 
 def _describe(plan: ChunkPlan, chunk: int, per_client_masks: bool) -> str:
     spec, layout = plan.spec, plan.layout
-    masks = "sparse learning" if spec.sparse_learning else "readjusting masks" if spec.readjust else "fixed masks"
+    masks = "fixed masks" if spec.mask_rule is None else spec.mask_rule.name
     return (f"{chunk} clients per call x {layout.epochs} epoch(s) x {layout.steps} steps x batch "
             f"{layout.batch_size}, phases {layout.phase_lengths}, {masks}"
             f"{', per-client masks' if per_client_masks else ''}"

@@ -2,7 +2,6 @@
 masks on, measure consensus and communication. The method enters only through its rules."""
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
@@ -12,7 +11,8 @@ from flax import traverse_util
 
 from flash_jax.comm import VALUE_BITS
 from flash_jax.fl.accounting import Uploads, account
-from flash_jax.fl.cohort import ServerModel, train_clients
+from flash_jax.fl.client import RoundInputs
+from flash_jax.fl.cohort import Participants, ServerModel, train_clients
 from flash_jax.fl.hetero import level_masks_of, participant_level_index
 from flash_jax.fl.rules import RoundOutcome
 from flash_jax.fl.setup import Setup
@@ -37,12 +37,10 @@ def run_round(setup: Setup, state: RoundState) -> tuple[RoundState, dict[str, An
         own_masks = {p: rows[ids] for p, rows in state.clients.masks.items()}
     elif len(setup.level_budgets) > 1:
         masks, mask_index = state.server.levels, level_index
-    spec = dataclasses.replace(setup.spec, sparse_learning=mode.sparse_learning, readjust=mode.readjust_ratio > 0,
-                               gradient_report=mode.gradient_report)
-    result, shapes = train_clients(
-        setup, spec, ids, round_key, ServerModel(state.model.params, state.model.batch_stats, masks),
-        mask_index=mask_index, own_masks=own_masks, epochs=config.local_epoch, lr=setup.lr(r),
-        readjust_ratio=mode.readjust_ratio, budgets=budgets, unpack_masks=False)
+    participants = Participants(ids, budgets, mask_index, own_masks)
+    result, shapes = train_clients(setup, setup.spec.for_round(mode), participants,
+                                   ServerModel(state.model.params, state.model.batch_stats, masks),
+                                   RoundInputs(setup.lr(r), mode.mask_rate, round_key), config.local_epoch)
     params, batch_stats, client_rows, losses = result.params, result.batch_stats, result.client_rows, result.losses
     flat = traverse_util.flatten_dict(params, sep="/")
     server_mask = state.server.top
@@ -71,9 +69,7 @@ def run_round(setup: Setup, state: RoundState) -> tuple[RoundState, dict[str, An
     if method.sparse:
         multiplicity = np.bincount(uploads.row, minlength=next(iter(uploads.masks.values())).shape[0])
         info.update(mask_consensus(uploads.masks, server_mask, state.server.top, multiplicity))
-    reported = {"sum_squared": setup.tensors.num_maskable + setup.tensors.dense_size,  # every parameter, dense
-                "last": setup.tensors.num_maskable, "": 0}[mode.gradient_report]
-    gradient_bits = len(ids) * VALUE_BITS * reported
+    gradient_bits = 0 if mode.report is None else len(ids) * VALUE_BITS * mode.report.upload_values(setup.tensors)
     server, clients, comm, comm_metrics = account(setup.tensors, method.sparse, state, new_level_masks, ids,
                                                   level_index, uploads, gradient_bits)
     clients = clients.replace(masks=method.client.update(setup, clients.masks, ids, client_rows))

@@ -27,6 +27,7 @@ import optax
 
 from flash_jax.fl.aggregate import FEDAVG, FMA, Aggregation
 from flash_jax.fl.client import momentum_sgd
+from flash_jax.fl.local_rules import sparse_learning
 from flash_jax.hosts import to_host
 from flash_jax.sparse import Masks, magnitude_masks, next_mask, pack_rows, random_masks, stack_levels, unpacked
 
@@ -35,12 +36,12 @@ __all__ = ["Aggregation", "ClientRule", "LocalMode", "Reparameterization", "Roun
 
 
 class LocalMode(NamedTuple):
-    """What a participant's local training does with its mask this round."""
+    """What a participant's local training does this round (the records: fl/local_rules.py)."""
 
-    sparse_learning: bool = False  # MASK_UPDATE at every phase boundary, toward the client's budget
+    mask_rule: Any = None          # a local mask rule: the mask changes between phases (None: it stays)
+    mask_rate: float = 0.0         # handed to the mask rule (FedDST: the readjustment ratio)
     dense: bool = False            # train every weight (no mask) this round
-    readjust_ratio: float = 0.0    # > 0: FedDST's readjustment of this fraction before the last phase
-    gradient_report: str = ""      # participants also upload a gradient report (ClientSpec.gradient_report)
+    report: Any = None             # a gradient report the participants upload besides their model
     metrics: tuple[tuple[str, float], ...] = ()  # logged with the round
 
 
@@ -81,9 +82,10 @@ class ClientRule(NamedTuple):
     # (setup, per-client masks, ids, the participants' final masks as bit-packed rows or None) -> per-client masks
     update: Callable[[Any, Masks, np.ndarray, dict | None], Masks]
     optimizer: Callable[[Any], Callable[[Any], optax.GradientTransformation]] = lambda setup: optax.sgd
-    # (setup) -> None, or a function from the trained maskable tensors to the client's final masks
+    # (setup) -> None, or the finishing step: the trained maskable tensors -> the client's final masks
     finish: Callable[[Any], Callable | None] = lambda setup: None
-    act_pruning: Callable[[Any], str] = lambda setup: "off"  # SparsyFed's: off, first_step, every_step
+    # (setup) -> None, or a step transform (fl/local_rules.py), e.g. SparsyFed's activation pruning
+    step_transform: Callable[[Any], Any] = lambda setup: None
 
 
 class Reparameterization(NamedTuple):
@@ -129,16 +131,16 @@ def _store(setup, client_masks: dict[str, np.ndarray], ids, final_rows) -> dict[
 CLIENT_FIXED_MASK = ClientRule(init=_no_own_masks, local=lambda setup, t: LocalMode(), update=_own_masks_unchanged)
 """Participants train inside the server mask they receive and send it back unchanged."""
 
-CLIENT_PRIVATE_SPARSE_LEARNING = ClientRule(init=_private, local=lambda setup, t: LocalMode(sparse_learning=True),
-                                            update=_store)
+CLIENT_PRIVATE_SPARSE_LEARNING = ClientRule(
+    init=_private, local=lambda setup, t: LocalMode(mask_rule=sparse_learning(setup.config)), update=_store)
 """Each client keeps a mask of its own across rounds and moves it by sparse learning (NST)."""
 
 
 def sparse_learning_every(interval: Callable[[Any], int]) -> ClientRule:
     """Sparse learning on the rounds where the server renews its mask (rounds 1, 1 + interval(setup),
     ...), a fixed mask in between (JMWST with r_int)."""
-    return CLIENT_FIXED_MASK._replace(
-        local=lambda setup, t: LocalMode(sparse_learning=(t - 1) % interval(setup) == 0))
+    return CLIENT_FIXED_MASK._replace(local=lambda setup, t: LocalMode(
+        mask_rule=sparse_learning(setup.config) if (t - 1) % interval(setup) == 0 else None))
 
 
 def _random_at_d(setup, key, params) -> Masks:
@@ -181,13 +183,13 @@ def global_cut(density: float) -> Callable[[dict], Masks]:
 
 
 def train_dense_then_cut(weight_decay: Callable[[Any], float],
-                         act_pruning: Callable[[Any], str] = lambda setup: "off") -> ClientRule:
+                         step_transform: Callable[[Any], Any] = lambda setup: None) -> ClientRule:
     """Participants train every weight (SGD, weight decay on all parameters) from the model they
     receive, then cut it to d with `global_cut` (Top-k, SparsyFed)."""
     return CLIENT_FIXED_MASK._replace(
         local=lambda setup, t: LocalMode(dense=True),
         optimizer=lambda setup: functools.partial(momentum_sgd, momentum=None, weight_decay=weight_decay(setup)),
-        finish=lambda setup: global_cut(setup.config.density), act_pruning=act_pruning)
+        finish=lambda setup: global_cut(setup.config.density), step_transform=step_transform)
 
 
 @jax.jit

@@ -106,11 +106,10 @@ class Setup:
         """Local training's static description, from the settings and the method's client rule."""
         config, client, model = self.config, self.method.client, self.model
         return ClientSpec(apply_fn=model.module.apply, has_batch_stats=model.has_batch_stats,
-                          sparse_learning=False, prune_rate=config.prune_rate,
                           augment=config.dataset in AUGMENTED_DATASETS, make_optimizer=client.optimizer(self),
-                          growth=config.growth, clip_grad_norm=config.clip_grad_norm,
-                          finish=client.finish(self), act_pruning=client.act_pruning(self),
-                          effective=self.reparameterization.effective if self.reparameterization else None)
+                          clip_grad_norm=config.clip_grad_norm, finish=client.finish(self),
+                          effective=self.reparameterization.effective if self.reparameterization else None,
+                          step_transform=client.step_transform(self))
 
 
 def _maskable_tensors(config: Config, model: ModelDef, input_shape, sparse: bool) -> MaskableTensors:

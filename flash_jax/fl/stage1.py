@@ -2,15 +2,17 @@
 first mask, a method's optional step before the rounds."""
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
 
 from flash_jax.comm import VALUE_BITS
 from flash_jax.fl.accounting import model_transfer_bits, with_stage_bits
-from flash_jax.fl.cohort import ServerModel, train_clients
+from flash_jax.fl.client import RoundInputs
+from flash_jax.fl.cohort import Participants, ServerModel, train_clients
 from flash_jax.fl.hetero import level_masks_of
+from flash_jax.fl.local_rules import sparse_learning
+from flash_jax.fl.rules import LocalMode
 from flash_jax.fl.setup import Setup
 from flash_jax.fl.state import Model, RoundState
 from flash_jax.models import init_variables
@@ -26,11 +28,12 @@ def sensitivity_stage(setup: Setup, state: RoundState) -> tuple[RoundState, dict
     config, tensors = setup.config, setup.tensors
     ids = sample_clients(config.seed, SENSITIVITY, 0, config.num_users, config.stage1_clients)
     result, _ = train_clients(
-        setup, dataclasses.replace(setup.spec, sparse_learning=True), ids, key(config.seed, SENSITIVITY),
+        setup, setup.spec.for_round(LocalMode(mask_rule=sparse_learning(config))), Participants(ids),
         ServerModel(state.model.params, state.model.batch_stats, state.server.top),
-        epochs=config.init_epoch, lr=config.lr_start)
-    reported = client_layer_densities(result.client_masks)
-    counts = jax.device_get(client_mask_counts(result.client_masks))
+        RoundInputs(config.lr_start, 0.0, key(config.seed, SENSITIVITY)), config.init_epoch)
+    client_masks = result.client_masks()
+    reported = client_layer_densities(client_masks)
+    counts = jax.device_get(client_mask_counts(client_masks))
     uploads = {p: [int(c) / tensors.sizes[p] for c in counts[p]] for p in tensors.paths}
     densities = sensitivity_densities(reported, tensors.sizes, config.density)
     masks = random_masks(key(config.seed, STAGE2_MASK), tensors.shapes, densities)

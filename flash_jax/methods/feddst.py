@@ -1,15 +1,18 @@
 """FedDST (Bibikar et al., 2022) as flash_jax runs it (docs/methods.md): a magnitude-pruned start, clients
 that readjust their masks every R_adj rounds (prune by |theta|, regrow by |gradient|), FMA, and a
 server mask that is the union of the participants' masks pruned back to the per-tensor counts."""
+import dataclasses
 import functools
 import math
 
 import jax
+import jax.numpy as jnp
 
 from flash_jax.fl.client import momentum_sgd
+from flash_jax.fl.local_rules import MaskStep
 from flash_jax.fl.methods import Knob, Method, register_method
 from flash_jax.fl.rules import CLIENT_FIXED_MASK, FMA, LocalMode, ServerMaskRule, ServerUpdate, magnitude_at_d
-from flash_jax.sparse import layer_counts, prune_union
+from flash_jax.sparse import layer_counts, prune_union, readjust_masks
 
 
 def readjust_ratio(config, t: int) -> float:
@@ -22,13 +25,40 @@ def readjust_ratio(config, t: int) -> float:
     return config.feddst_readjust_ratio * (1.0 + math.cos(math.pi * r / end)) / 2.0
 
 
+@dataclasses.dataclass(frozen=True)
+class Readjustment:
+    """FedDST's client mask rule: once, at the last phase boundary, in every tensor drop the
+    fraction `rate` of its active entries of smallest |theta| and regrow as many inactive ones of
+    largest |gradient| of the latest step, so each tensor keeps its count."""
+
+    name = "readjusting masks"
+    needs_gradient = True
+
+    @staticmethod
+    def at(phase, num_phases):
+        return phase == num_phases - 2
+
+    @staticmethod
+    def init():
+        return ()
+
+    @staticmethod
+    def update(step: MaskStep, state):
+        scores = {p: jnp.abs(g) for p, g in step.gradient.items()}
+        return readjust_masks(step.maskable, step.masks, scores, step.rate), state
+
+
+READJUSTMENT = Readjustment()
+
+
 def _local(setup, t: int) -> LocalMode:
     ratio = readjust_ratio(setup.config, t)
-    return LocalMode(readjust_ratio=ratio, metrics=(("readjust_ratio", ratio),))
+    return LocalMode(mask_rule=READJUSTMENT if ratio > 0 else None, mask_rate=ratio,
+                     metrics=(("readjust_ratio", ratio),))
 
 
 def _prune_union(setup, outcome) -> ServerUpdate:
-    if outcome.mode.readjust_ratio == 0.0:
+    if outcome.mode.mask_rule is None:
         return ServerUpdate()
     return ServerUpdate(mask=_jitted_prune_union(outcome.maskable, outcome.client_masks,
                                                  layer_counts(setup.tensors.shapes, setup.config.density)))

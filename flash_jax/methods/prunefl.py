@@ -22,8 +22,9 @@ from flax import traverse_util
 from flash_jax.fl.methods import Knob, Method, register_method
 from flash_jax.fl.rules import CLIENT_FIXED_MASK, FEDAVG, LocalMode, ServerMaskRule, ServerUpdate, all_weights
 from flash_jax.methods.feddst import feddst_optimizer
-from flash_jax.methods.prunefl_stages import (PRUNE_BASE, DenseWeights, adjusted_mask, feddst_initial_stage,
-                                              initial_pruning, is_readjust_round, readjusted_mask)
+from flash_jax.methods.prunefl_stages import (LAST_GRADIENT, PRUNE_BASE, SQUARED_GRADIENT_SUM, DenseWeights,
+                                              adjusted_mask, feddst_initial_stage, initial_pruning,
+                                              is_readjust_round, readjusted_mask)
 
 
 def is_adjust_round(config, r: int) -> bool:
@@ -60,7 +61,7 @@ def _server_update(setup, outcome) -> ServerUpdate:
     dense = {p: fill(outcome.server_mask[p], outcome.maskable[p], outcome.server_state.dense[p])
              for p in outcome.maskable}
     state = DenseWeights(dense)
-    if not outcome.mode.gradient_report:
+    if outcome.mode.report is None:
         return ServerUpdate(state=state)
     mask = adjusted_mask(setup, dense, outcome.server_mask, outcome.reports, prune_fraction(config, r),
                          density_cap(config, r, setup.tensors.num_maskable))
@@ -68,7 +69,7 @@ def _server_update(setup, outcome) -> ServerUpdate:
 
 
 def _local(setup, t: int) -> LocalMode:
-    return LocalMode(gradient_report="sum_squared" if is_adjust_round(setup.config, t - 1) else "")
+    return LocalMode(report=SQUARED_GRADIENT_SUM if is_adjust_round(setup.config, t - 1) else None)
 
 
 def _dense_state(setup, params) -> DenseWeights:
@@ -79,13 +80,13 @@ def _dense_state(setup, params) -> DenseWeights:
 def _feddst_server_update(setup, outcome) -> ServerUpdate:
     """READJUST on the rounds the participants sent their last-step gradient, keeping at least
     1 - 0.3 * 0.5^r of the weights (r: the round as the FedDST code counts it, from 0)."""
-    if not outcome.mode.gradient_report:
+    if outcome.mode.report is None:
         return ServerUpdate()
     return ServerUpdate(mask=readjusted_mask(setup, outcome.reports, PRUNE_BASE * 0.5 ** (outcome.round - 1)))
 
 
 def _feddst_local(setup, t: int) -> LocalMode:
-    return LocalMode(gradient_report="last" if is_readjust_round(setup.config, t - 1) else "")
+    return LocalMode(report=LAST_GRADIENT if is_readjust_round(setup.config, t - 1) else None)
 
 
 PRUNEFL = register_method(Method(

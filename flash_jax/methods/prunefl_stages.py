@@ -1,6 +1,7 @@
-"""PruneFL's stages before the rounds and its mask searches: the original's initial pruning at one
-client and ADJUST (sparse/prunefl_search.py) on squared dense gradients; the FedDST authors'
-initial one-client rounds and READJUST on the mean last-step gradient."""
+"""PruneFL's client side and its stages before the rounds: the gradient reports its clients upload,
+the original's initial pruning at one client and ADJUST (sparse/prunefl_search.py) on squared
+dense gradients; the FedDST authors' initial one-client rounds and READJUST on the mean last-step
+gradient."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,8 +15,9 @@ from flax import struct, traverse_util
 
 from flash_jax.comm import VALUE_BITS, model_bits
 from flash_jax.fl.accounting import model_transfer_bits, with_stage_bits
-from flash_jax.fl.client import clip_trained_gradient, client_loss
-from flash_jax.fl.cohort import ServerModel, train_clients
+from flash_jax.fl.client import RoundInputs, clip_trained_gradient, client_loss
+from flash_jax.fl.cohort import Participants, ServerModel, train_clients
+from flash_jax.fl.rules import LocalMode
 from flash_jax.sparse import apply_masks, stack_levels
 from flash_jax.sparse.prunefl_search import adjust, cost_model, readjust
 from flash_jax.streams import PRUNEFL_FEDDST_INITIAL, PRUNEFL_INITIAL_PRUNING, generator, key
@@ -53,6 +55,59 @@ def readjusted_mask(setup, mean_gradient: dict, prune: float) -> dict:
     flat = jax.device_get(traverse_util.flatten_dict(mean_gradient, sep="/"))  # the average comes back nested
     squared = {p: np.square(np.asarray(flat[p], np.float64)) for p in setup.tensors.paths}
     return {p: jnp.asarray(m) for p, m in readjust(squared, costs, t0, 1.0 - prune).items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class SquaredGradientSum:
+    """PruneFL's gradient report: the square of the client's summed dense gradient of every
+    parameter, averaged with sample weights."""
+
+    by_samples = True
+
+    @staticmethod
+    def init(params, paths):
+        return jax.tree.map(jnp.zeros_like, params)
+
+    @staticmethod
+    def accumulate(total, grads):
+        return jax.tree.map(jnp.add, total, grads)
+
+    @staticmethod
+    def finalize(total):
+        return jax.tree.map(jnp.square, total)
+
+    @staticmethod
+    def upload_values(tensors) -> int:
+        return tensors.num_maskable + tensors.dense_size  # every parameter, dense
+
+
+@dataclasses.dataclass(frozen=True)
+class LastGradient:
+    """The FedDST authors' PruneFL report: the dense gradient of the maskable tensors at the
+    client's last step, averaged over the participants unweighted."""
+
+    by_samples = False
+
+    @staticmethod
+    def init(params, paths):
+        flat = traverse_util.flatten_dict(params, sep="/")
+        return {p: jnp.zeros(flat[p].shape, jnp.float32) for p in paths}
+
+    @staticmethod
+    def accumulate(last, grads):
+        flat = traverse_util.flatten_dict(grads, sep="/")
+        return {p: flat[p] for p in last}
+
+    @staticmethod
+    def finalize(last):
+        return last
+
+    @staticmethod
+    def upload_values(tensors) -> int:
+        return tensors.num_maskable
+
+
+SQUARED_GRADIENT_SUM, LAST_GRADIENT = SquaredGradientSum(), LastGradient()
 
 
 def is_readjust_round(config, r: int) -> bool:
@@ -144,10 +199,10 @@ def feddst_initial_stage(setup, state):
     for r in range(config.prunefl_initial_rounds):
         client = np.array([generator(config.seed, PRUNEFL_FEDDST_INITIAL, r).integers(config.num_users)])
         rebuild = is_readjust_round(config, r)
-        spec = dataclasses.replace(setup.spec, gradient_report="last" if rebuild else "")
-        round_key = key(config.seed, PRUNEFL_FEDDST_INITIAL, r)
-        result, _ = train_clients(setup, spec, client, round_key, ServerModel(params, batch_stats, mask),
-                                  epochs=config.local_epoch, lr=setup.lr(0))
+        spec = setup.spec.for_round(LocalMode(report=LAST_GRADIENT if rebuild else None))
+        result, _ = train_clients(setup, spec, Participants(client), ServerModel(params, batch_stats, mask),
+                                  RoundInputs(setup.lr(0), 0.0, key(config.seed, PRUNEFL_FEDDST_INITIAL, r)),
+                                  config.local_epoch)
         bits += model_transfer_bits(tensors, params, mask_known=known)
         bits += model_bits({p: int(mask[p].sum()) for p in mask}, tensors.sizes, tensors.dense_size, mask_known=True)
         params, batch_stats, known = result.params, result.batch_stats, True
