@@ -153,7 +153,7 @@ def test_gradient_growth_picks_the_largest_gradients():
     params = {"w": jnp.array([0.5, 0.4, 0.0, 0.0, 0.0, 0.0])}
     masks = {"w": jnp.array([1, 1, 0, 0, 0, 0], bool)}
     scores = {"w": jnp.array([0.0, 0.0, 1.0, 3.0, 2.0, 0.5])}
-    new, _ = mask_update(jax.random.PRNGKey(0), params, masks, 0.5, 2.0, sl_init(), grow_scores=scores)
+    new, _ = mask_update(params, masks, 0.5, 2.0, sl_init(), scores)
     np.testing.assert_array_equal(new["w"], [1, 0, 0, 1, 0, 0])  # prune 0.4, regrow entry 3
 
 

@@ -13,7 +13,7 @@ from flash_jax.config import Config, ConfigError
 from flash_jax.data.sources import load_dataset
 from flash_jax.fl.loop import run
 from flash_jax.settings import validate
-from flash_jax.sparse.prunefl_search import adjust, ratio
+from flash_jax.sparse.prunefl_search import CostModel, SquaredGradients, adjust, ratio
 
 N_M, D_SIZE = 261000, 840  # MNISTNet: the conv2 and fc1 kernels; every other parameter
 
@@ -44,31 +44,34 @@ def kept_set(theta, mask, dtp):
 def test_adjust_invariants(seed, dtp, tau):
     theta, mask, squared, costs = problem(seed)
     t0 = tau * sum(costs[p] * theta[p].size for p in theta)
-    new = adjust(theta, mask, squared, 1.0, dtp, costs, t0)
+    new = adjust(theta, mask, SquaredGradients(squared, 1.0), dtp, CostModel(costs, t0))
     for p in mask:
         left = mask[p] & ~new[p]
         assert left.sum() <= math.floor(dtp * mask[p].sum())  # at most floor(dtp |A_l|) leave a tensor
         assert not np.any(new[p] & ~mask[p] & (squared[p] == 0))  # an inactive entry with S = 0 never enters
-    scaled = adjust(theta, mask, {p: 7.0 * s for p, s in squared.items()}, 7.0, dtp, costs, t0)
+    scaled = adjust(theta, mask, SquaredGradients({p: 7.0 * s for p, s in squared.items()}, 7.0), dtp,
+                    CostModel(costs, t0))
     assert all(np.array_equal(scaled[p], new[p]) for p in new)  # invariant to scaling S
     kept = kept_set(theta, mask, dtp)
     assert all(np.all(new[p] >= kept[p]) for p in new)
-    assert ratio(new, squared, 1.0, costs, t0) >= ratio(kept, squared, 1.0, costs, t0)  # additions only raise U/V
+    assert ratio(new, SquaredGradients(squared, 1.0), CostModel(costs, t0)) >= ratio(
+        kept, SquaredGradients(squared, 1.0), CostModel(costs, t0))  # additions only raise U/V
     # greedy order: every added entry had S_j / c_l > U/V of the set before it
     added = sorted(((squared[p].reshape(-1)[j] / costs[p], p, j) for p in new
                     for j in np.flatnonzero((new[p] & ~kept[p]).reshape(-1))), key=lambda e: -e[0])
     current = {p: kept[p].copy() for p in new}
     for score, p, j in added:
-        assert score > ratio(current, squared, 1.0, costs, t0)
+        assert score > ratio(current, SquaredGradients(squared, 1.0), CostModel(costs, t0))
         current[p].reshape(-1)[j] = True
-    denser = adjust(theta, mask, squared, 1.0, dtp, costs, t0 * 1.5)  # a larger tau never gives a sparser mask
+    # a larger tau never gives a sparser mask
+    denser = adjust(theta, mask, SquaredGradients(squared, 1.0), dtp, CostModel(costs, t0 * 1.5))
     assert sum(m.sum() for m in denser.values()) >= sum(m.sum() for m in new.values())
 
 
 def test_adjust_respects_the_cap():
     theta, mask, squared, costs = problem(3, active=0.2)
-    free = adjust(theta, mask, squared, 0.0, 0.3, costs, 1.0)
-    capped = adjust(theta, mask, squared, 0.0, 0.3, costs, 1.0, cap=12)
+    free = adjust(theta, mask, SquaredGradients(squared, 0.0), 0.3, CostModel(costs, 1.0))
+    capped = adjust(theta, mask, SquaredGradients(squared, 0.0), 0.3, CostModel(costs, 1.0), cap=12)
     assert sum(m.sum() for m in free.values()) > 12 >= sum(m.sum() for m in capped.values())
 
 

@@ -111,7 +111,7 @@ def sharded_federation(out: str) -> None:
     def recording_train_chunk(*args):
         result = train_chunk(*args)
         sums, (_, losses) = result
-        clients = args[5]
+        clients = args[4]
         calls.append({
             "split_inputs": all(x.sharding.spec == PartitionSpec("clients") and len(x.sharding.device_set) == 8
                                 for x in jax.tree.leaves(clients)),  # NST's packed mask rows too

@@ -15,6 +15,7 @@ from flash_jax.sparse import (
     magnitude_masks,
     mask_update,
     maskable_paths,
+    random_grow_scores,
     random_masks,
     random_masks_from_counts,
     sl_init,
@@ -28,7 +29,15 @@ KEY = jax.random.key(0)
 def count(masks) -> int:
     """Active entries of a mask set."""
     return sum(int(np.sum(np.asarray(m))) for m in masks.values())
-update = jax.jit(mask_update)  # one compile per shape set; eager op-by-op dispatch is slower here
+
+
+@jax.jit  # one compile per shape set; eager op-by-op dispatch is slower here
+def update(key, params, masks, prune_rate, target_count, state, grow_scores=None):
+    """MASK_UPDATE growing at random from `key` (the authors' growth) unless scores are given."""
+    scores = random_grow_scores(key, masks) if grow_scores is None else grow_scores
+    return mask_update(params, masks, prune_rate, target_count, state, scores)
+
+
 NO_GROWTH = SLState(jnp.float32(-1e9), jnp.float32(0.0), jnp.int32(0))  # A so negative g_l = 0
 
 
@@ -377,7 +386,7 @@ def test_jit_vmap_matches_unbatched_calls():
     state = SLState(
         jnp.array([0.0, 2.0, -3.0]), jnp.array([0.0, 1.0, 4.0]), jnp.array([0, 1, 2], jnp.int32)
     )
-    batched, bstate = jax.jit(jax.vmap(mask_update))(keys, params, masks, p, target, state)
+    batched, bstate = jax.jit(jax.vmap(update))(keys, params, masks, p, target, state)
     chex.assert_shape([batched[k] for k in SIZES], [(3, n) for n in SIZES.values()])
     chex.assert_shape(list(bstate), [(3,)] * 3)
     for c in range(3):

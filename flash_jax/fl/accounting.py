@@ -27,6 +27,14 @@ class Uploads(NamedTuple):
     masks: dict
     row: np.ndarray
     changed: bool
+    extra_bits: int = 0  # what the participants upload besides their models (gradient reports), in all
+
+
+class Levels(NamedTuple):
+    """The participants, and the budget level each trains at (its server mask's row)."""
+
+    ids: np.ndarray
+    level_index: np.ndarray
 
 
 @jax.jit
@@ -42,12 +50,11 @@ def _level_nnz(maskable, stacked_masks) -> dict[str, jax.Array]:
             for p, m in stacked_masks.items()}
 
 
-def account(tensors, sparse: bool, old: RoundState, new_level_masks: dict, ids: np.ndarray, level_index: np.ndarray,
-            uploads: Uploads, extra_upload_bits: int = 0) -> tuple[ServerMasks, ClientTable, CommCounters,
-                                                                     dict[str, float]]:
+def account(tensors, sparse: bool, old: RoundState, new_level_masks: dict, levels: Levels,
+            uploads: Uploads) -> tuple[ServerMasks, ClientTable, CommCounters, dict[str, float]]:
     """The round's bits: the server's new mask ids, the clients' held ids, the new counters and the
-    round's metrics. `tensors` is the setup's MaskableTensors; participant k trains at level
-    level_index[k]; `extra_upload_bits` is what the participants upload besides their models."""
+    round's metrics. `tensors` is the setup's MaskableTensors."""
+    ids, level_index = levels
     sizes, k = tensors.sizes, len(ids)
     dense = dense_model_bits(tensors.dense_size + tensors.num_maskable)
     server, clients = old.server, old.clients
@@ -70,7 +77,7 @@ def account(tensors, sparse: bool, old: RoundState, new_level_masks: dict, ids: 
         mask_ids[changed] = mask_ids.max() + 1 + np.arange(changed.sum())
         new_server = ServerMasks(levels=new_level_masks, ids=mask_ids)
         clients = clients.replace(mask_id=holders)
-    up += extra_upload_bits
+    up += uploads.extra_bits
     comm = CommCounters(cumulative_bits=old.comm.cumulative_bits + up + down,
                         dense_cumulative_bits=old.comm.dense_cumulative_bits + 2 * dense * k)
     metrics = {"upload_bits": up, "download_bits": down, "cumulative_bits": comm.cumulative_bits,

@@ -42,6 +42,19 @@ def zero_sums(tree, masked_paths=()) -> dict:
             for p, x in traverse_util.flatten_dict(tree, sep="/").items()}
 
 
+class Contributions(NamedTuple):
+    """A chunk's clients' outputs, each with a leading client axis: their trained parameters,
+    BatchNorm statistics, final masks, gradient reports ({} without), sample weights (0 for
+    padding) and the reports' own weights."""
+
+    params: dict
+    batch_stats: dict
+    masks: dict
+    reports: dict
+    weights: jax.Array
+    report_weights: jax.Array
+
+
 class Aggregation(NamedTuple):
     """A server aggregation as an init/update/finalize triple over running sums (hashable: the
     cohort's jit takes it as a static argument). `per_entry` weighs each coordinate of the masked
@@ -55,10 +68,10 @@ class Aggregation(NamedTuple):
         return (zero_sums(params, tuple(masked_paths) if self.per_entry else ()), zero_sums(batch_stats),
                 zero_sums(reports))
 
-    def update(self, sums, client_params, client_stats, weights, client_masks, reports,
-               report_weights) -> tuple[dict, dict, dict]:
-        chunk = (weighted_sums(client_params, weights, client_masks if self.per_entry else None),
-                 weighted_sums(client_stats, weights), weighted_sums(reports, report_weights))
+    def update(self, sums, clients: Contributions) -> tuple[dict, dict, dict]:
+        chunk = (weighted_sums(clients.params, clients.weights, clients.masks if self.per_entry else None),
+                 weighted_sums(clients.batch_stats, clients.weights),
+                 weighted_sums(clients.reports, clients.report_weights))
         return jax.tree.map(jnp.add, sums, chunk)
 
     def finalize(self, sums) -> tuple[dict, dict, dict]:

@@ -52,9 +52,10 @@ class ClientSpec:
         return self.mask_rule is not None and self.mask_rule.needs_gradient
 
 
-def client_loss(spec: ClientSpec, params, batch_stats, transform_state, x, y, weight):
-    """Mean loss over the real examples; also returns the new BatchNorm statistics and the step
-    transform's new state."""
+def client_loss(spec: ClientSpec, params, batch_stats, transform_state, batch):
+    """Mean loss over the real examples of `batch` (images, labels, weights: 1 real, 0 padding);
+    also returns the new BatchNorm statistics and the step transform's new state."""
+    x, y, weight = batch
     variables = {"params": params if spec.effective is None else spec.effective(params)}
     apply_fn = spec.apply_fn
     if spec.step_transform is not None:
@@ -143,7 +144,7 @@ def _train_phase(spec: ClientSpec, optimizer, schedule: ClientSchedule, augment_
             x = random_crop_flip(derive(augment_key, t), x)
         weight = weight_mask.astype(jnp.float32)
         (loss, (new_stats, new_transform)), grads = jax.value_and_grad(client_loss, argnums=1, has_aux=True)(
-            spec, steps.params, steps.batch_stats, steps.transform_state, x, y, weight)
+            spec, steps.params, steps.batch_stats, steps.transform_state, (x, y, weight))
         if spec.clip_grad_norm > 0:
             grads = clip_trained_gradient(grads, masks, spec.clip_grad_norm)
         updates, new_opt = optimizer.update(grads, steps.opt_state, steps.params)

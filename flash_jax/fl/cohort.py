@@ -18,7 +18,7 @@ from flax import traverse_util
 from jax.sharding import Mesh
 
 from flash_jax.data.store import ClientStore, CohortLayout, cohort_layout, cohort_plan, steps_per_epoch
-from flash_jax.fl.aggregate import Aggregation
+from flash_jax.fl.aggregate import Aggregation, Contributions
 from flash_jax.fl.client import ClientSchedule, ClientSpec, ClientStart, RoundInputs, local_train
 from flash_jax.fl.mesh import constrain, place
 from flash_jax.fl.phases import MASK_UPDATE_PHASES
@@ -53,11 +53,11 @@ class ServerModel(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=("plan",), donate_argnames=("sums",))
-def train_chunk(plan: ChunkPlan, store_x, store_y, model: ServerModel, shared: RoundInputs, clients, sums):
+def train_chunk(plan: ChunkPlan, examples, model: ServerModel, shared: RoundInputs, clients, sums):
     """Train one chunk of clients and add their weighted sums (the plan's aggregation: parameters,
     and FedAvg of BatchNorm statistics) to `sums` (donated).
 
-    `clients` holds per-client arrays: ids (keys are fold_in(round_key, id)), offsets and counts
+    `examples` are the client store's images and labels; `clients` holds per-client arrays: ids (keys are fold_in(round_key, id)), offsets and counts
     into the store, target counts, weights (0 for padding) and, when each client trains with its own
     mask, either mask_index into the leading axis of `model.masks` or the masks themselves as
     bit-packed rows (sparse.pack_rows) under "masks". Returns the new sums, the clients'
@@ -75,7 +75,7 @@ def train_chunk(plan: ChunkPlan, store_x, store_y, model: ServerModel, shared: R
     elif per_client_masks:
         masks = jax.tree.map(lambda m: m[clients["mask_index"]], masks)
 
-    schedules = ClientSchedule(store_x, store_y, cohort.example_index, cohort.example_valid, cohort.step_valid)
+    schedules = ClientSchedule(*examples, cohort.example_index, cohort.example_valid, cohort.step_valid)
     starts = ClientStart(model.params, model.batch_stats, masks, keys, clients["targets"])
     client_params, client_stats, client_masks, losses, reports = jax.vmap(
         functools.partial(local_train, spec, layout.phase_lengths),
@@ -83,8 +83,8 @@ def train_chunk(plan: ChunkPlan, store_x, store_y, model: ServerModel, shared: R
                  ClientStart(None, None, 0 if per_client_masks else None, 0, 0), None))(schedules, starts, shared)
     report_weights = clients["weights"] if spec.report is None or spec.report.by_samples \
         else (clients["weights"] > 0).astype(jnp.float32)
-    sums = plan.aggregation.update(sums, client_params, client_stats, clients["weights"], client_masks, reports,
-                                   report_weights)
+    sums = plan.aggregation.update(sums, Contributions(client_params, client_stats, client_masks, reports,
+                                                       clients["weights"], report_weights))
     sums = constrain(plan.mesh, sums, split=False)
     # final masks leave the chunk bit-packed: the cohort's stay 8x smaller until they are joined; with
     # several processes they are gathered to every process, which all read them
@@ -131,7 +131,7 @@ def train_cohort(plan: ChunkPlan, chunk: int, store: ClientStore, model: ServerM
     outputs = []
     for start in range(0, padded, chunk):
         chunk_inputs = place(plan.mesh, jax.tree.map(lambda value: value[start:start + chunk], inputs), split=True)
-        sums, per_client = train_chunk(plan, store.x, store.y, model, shared, chunk_inputs, sums)
+        sums, per_client = train_chunk(plan, (store.x, store.y), model, shared, chunk_inputs, sums)
         outputs.append(per_client)
     client_rows, losses = jax.tree.map(lambda *parts: _in_cohort_order(parts, cohort), *outputs)
     params, batch_stats, reports = _finalize(plan.aggregation, sums)

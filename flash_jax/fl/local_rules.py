@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from flash_jax.sparse import mask_update, sl_init
+from flash_jax.sparse import mask_update, random_grow_scores, sl_init
 
 
 class MaskStep(NamedTuple):
@@ -79,9 +79,10 @@ class SparseLearning:
         return sl_init()
 
     def update(self, step: MaskStep, state):
-        scores = None if step.gradient is None else {p: jnp.abs(g) for p, g in step.gradient.items()}
-        return mask_update(step.key, step.maskable, step.masks, self.prune_rate * (1.0 - step.progress),
-                           step.target_count, state, grow_scores=scores)
+        scores = random_grow_scores(step.key, step.masks) if step.gradient is None \
+            else {p: jnp.abs(g) for p, g in step.gradient.items()}
+        return mask_update(step.maskable, step.masks, self.prune_rate * (1.0 - step.progress), step.target_count,
+                           state, scores)
 
 
 def sparse_learning(config) -> SparseLearning:

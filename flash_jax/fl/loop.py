@@ -10,7 +10,7 @@ import contextlib
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 from tqdm.auto import tqdm
@@ -65,7 +65,7 @@ def train(config: Config, dataset: Dataset | None = None) -> list[dict[str, Any]
         setup = build_setup(config, dataset)
         state = init_state(setup)
         if not config.workdir:
-            return _train(setup, state, [], None, None, stops, resumed=False)
+            return _train(setup, state, [], RunFiles(None, None), stops, resumed=False)
         with contextlib.ExitStack() as writer:
             metrics_path = _open_workdir(config, setup, writer)
             checkpoints = Checkpoints(config.workdir)
@@ -79,7 +79,7 @@ def train(config: Config, dataset: Dataset | None = None) -> list[dict[str, Any]
                 set_old_metrics_aside(metrics_path)
             if metrics_path:
                 rewrite_metrics(metrics_path, history)
-            return _train(setup, state, history, checkpoints, metrics_path, stops, resumed=bool(restored))
+            return _train(setup, state, history, RunFiles(checkpoints, metrics_path), stops, resumed=bool(restored))
 
 
 def _open_workdir(config: Config, setup: Setup, writer: contextlib.ExitStack) -> str | None:
@@ -101,9 +101,18 @@ def _open_workdir(config: Config, setup: Setup, writer: contextlib.ExitStack) ->
     return metrics_path if hosts.is_writer() else None
 
 
-def _train(setup: Setup, state: RoundState, history: list[dict[str, Any]], checkpoints: Checkpoints | None,
-           metrics_path: str | None, stops: StopSignals, resumed: bool) -> list[dict[str, Any]]:
+class RunFiles(NamedTuple):
+    """Where a run writes: its checkpoints (None without a workdir) and its metrics file (None
+    without a workdir, and on every process but process 0)."""
+
+    checkpoints: Checkpoints | None
+    metrics_path: str | None
+
+
+def _train(setup: Setup, state: RoundState, history: list[dict[str, Any]], files: RunFiles, stops: StopSignals,
+           resumed: bool) -> list[dict[str, Any]]:
     """The method's stage 1 (unless resumed: the state is past it) and the rounds from state.round on."""
+    checkpoints, metrics_path = files
     config, start, saved_round = setup.config, time.perf_counter(), state.round if resumed else None
     if not resumed:
         if setup.method.stage1:  # one jitted call: the bar shows that it runs and for how long

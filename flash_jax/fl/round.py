@@ -10,7 +10,7 @@ import numpy as np
 from flax import traverse_util
 
 from flash_jax.comm import VALUE_BITS
-from flash_jax.fl.accounting import Uploads, account
+from flash_jax.fl.accounting import Levels, Uploads, account
 from flash_jax.fl.client import RoundInputs
 from flash_jax.fl.cohort import Participants, ServerModel, train_clients
 from flash_jax.fl.hetero import level_masks_of, participant_level_index
@@ -60,23 +60,29 @@ def run_round(setup: Setup, state: RoundState) -> tuple[RoundState, dict[str, An
     if len(setup.level_budgets) > 1:
         level_counts = jax.device_get(_level_counts(new_level_masks))
         info["hetero_level_density"] = [float(c) / setup.tensors.num_maskable for c in level_counts]
-    if client_rows is not None:  # the participants' masks after training, as distinct masks and rows
-        uploads = Uploads(client_rows, np.arange(len(ids)), changed=True)
-    elif mask_index is not None:  # every participant kept the mask it was given
-        uploads = Uploads(pack_rows(masks), mask_index, changed=False)
-    else:
-        uploads = Uploads(pack_rows(stack_levels(masks)), np.zeros(len(ids), np.int64), changed=False)
+    report_bits = 0 if mode.report is None else len(ids) * VALUE_BITS * mode.report.upload_values(setup.tensors)
+    uploads = _uploads(participants, masks, client_rows, report_bits)
     if method.sparse:
         multiplicity = np.bincount(uploads.row, minlength=next(iter(uploads.masks.values())).shape[0])
         info.update(mask_consensus(uploads.masks, server_mask, state.server.top, multiplicity))
-    gradient_bits = 0 if mode.report is None else len(ids) * VALUE_BITS * mode.report.upload_values(setup.tensors)
-    server, clients, comm, comm_metrics = account(setup.tensors, method.sparse, state, new_level_masks, ids,
-                                                  level_index, uploads, gradient_bits)
+    server, clients, comm, comm_metrics = account(setup.tensors, method.sparse, state, new_level_masks,
+                                                  Levels(ids, level_index), uploads)
     clients = clients.replace(masks=method.client.update(setup, clients.masks, ids, client_rows))
     info.update(comm_metrics)
     server_state = state.server_state if update.state is None else update.state
     return RoundState(round=r + 1, model=Model(params, batch_stats), server=server, clients=clients, comm=comm,
                       server_state=server_state), info
+
+
+def _uploads(participants: Participants, masks: dict, client_rows: dict | None, report_bits: int) -> Uploads:
+    """What the participants upload: their masks after training as distinct masks and each one's
+    row, and the bits of their gradient reports."""
+    ids, mask_index = participants.ids, participants.mask_index
+    if client_rows is not None:  # masks that came out of training
+        return Uploads(client_rows, np.arange(len(ids)), changed=True, extra_bits=report_bits)
+    if mask_index is not None:  # every participant kept the mask of its level
+        return Uploads(pack_rows(masks), mask_index, changed=False, extra_bits=report_bits)
+    return Uploads(pack_rows(stack_levels(masks)), np.zeros(len(ids), np.int64), changed=False, extra_bits=report_bits)
 
 
 @jax.jit

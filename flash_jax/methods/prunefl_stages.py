@@ -19,7 +19,7 @@ from flash_jax.fl.client import RoundInputs, clip_trained_gradient, client_loss
 from flash_jax.fl.cohort import Participants, ServerModel, train_clients
 from flash_jax.fl.rules import LocalMode
 from flash_jax.sparse import apply_masks, stack_levels
-from flash_jax.sparse.prunefl_search import adjust, cost_model, readjust
+from flash_jax.sparse.prunefl_search import CostModel, SquaredGradients, adjust, cost_model, readjust
 from flash_jax.streams import PRUNEFL_FEDDST_INITIAL, PRUNEFL_INITIAL_PRUNING, generator, key
 
 PRUNE_BASE = 0.3  # the FedDST authors' READJUST: p = 0.3 in the initial stage, 0.3 * 0.5^t in round t
@@ -33,7 +33,7 @@ class DenseWeights:
     dense: dict
 
 
-def cost_model_of(setup) -> tuple[dict[str, float], float]:
+def cost_model_of(setup) -> CostModel:
     """PruneFL's cost model (c_l, T0) from --prunefl_layer_costs and --prunefl_time_const."""
     return cost_model(setup.tensors.paths, setup.tensors.sizes, setup.config.prunefl_layer_costs,
                       setup.config.prunefl_time_const)
@@ -42,9 +42,10 @@ def cost_model_of(setup) -> tuple[dict[str, float], float]:
 def adjusted_mask(setup, dense: dict, mask: dict, squared_tree: dict, dtp: float, cap: float | None) -> dict:
     """ADJUST on the host from the (averaged) squared gradients of every parameter."""
     flat = jax.device_get(traverse_util.flatten_dict(squared_tree, sep="/"))
-    paths, (costs, t0) = setup.tensors.paths, cost_model_of(setup)
+    paths = setup.tensors.paths
     other = float(sum(np.sum(v, dtype=np.float64) for p, v in flat.items() if p not in paths))
-    new = adjust(jax.device_get(dense), jax.device_get(mask), {p: flat[p] for p in paths}, other, dtp, costs, t0, cap)
+    new = adjust(jax.device_get(dense), jax.device_get(mask), SquaredGradients({p: flat[p] for p in paths}, other), dtp,
+                 cost_model_of(setup), cap)
     return {p: jnp.asarray(m) for p, m in new.items()}
 
 
@@ -116,7 +117,7 @@ def is_readjust_round(config, r: int) -> bool:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _ip_round(spec, params, batch_stats, masks, xs, ys, lr):
+def _ip_round(spec, params, batch_stats, masks, batches, lr):
     """One IP round: an SGD step on each fixed batch with the masked model; the per-step squared
     gradients, summed."""
     optimizer = optax.sgd(lr)
@@ -125,7 +126,7 @@ def _ip_round(spec, params, batch_stats, masks, xs, ys, lr):
         params, batch_stats, squared = carry
         x, y = batch
         (_, (batch_stats, _)), grads = jax.value_and_grad(client_loss, argnums=1, has_aux=True)(
-            spec, apply_masks(params, masks), batch_stats, {}, x, y, jnp.ones(y.shape, jnp.float32))
+            spec, apply_masks(params, masks), batch_stats, {}, (x, y, jnp.ones(y.shape, jnp.float32)))
         grads = apply_masks(grads, masks)  # the forward pass uses theta * mask
         if spec.clip_grad_norm > 0:
             grads = clip_trained_gradient(grads, masks, spec.clip_grad_norm)
@@ -134,7 +135,7 @@ def _ip_round(spec, params, batch_stats, masks, xs, ys, lr):
         return (optax.apply_updates(params, updates), batch_stats, squared), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    (params, batch_stats, squared), _ = jax.lax.scan(step, (params, batch_stats, zeros), (xs, ys))
+    (params, batch_stats, squared), _ = jax.lax.scan(step, (params, batch_stats, zeros), batches)
     return params, batch_stats, squared
 
 
@@ -166,7 +167,7 @@ def initial_pruning(setup, state):
             accuracy = float(_ip_accuracy(setup.eval_apply, variables if setup.model.has_batch_stats
                                           else {"params": variables["params"]}, xs, ys))
             start = r if accuracy >= config.prunefl_ip_acc_factor / num_classes else None
-        params, batch_stats, round_squared = _ip_round(setup.spec, params, batch_stats, mask, xs, ys, config.lr_start)
+        params, batch_stats, round_squared = _ip_round(setup.spec, params, batch_stats, mask, (xs, ys), config.lr_start)
         squared = jax.tree.map(jnp.add, squared, round_squared)
         if start is not None and (r - start) % config.prunefl_ip_adjust_every == 0:
             flat = traverse_util.flatten_dict(params, sep="/")

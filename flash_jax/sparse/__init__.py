@@ -17,7 +17,7 @@ from flash_jax.sparse.masks import (
 from flash_jax.sparse.consensus import (SUBSAMPLE_METHODS, client_layer_densities, client_mask_counts,
                                         level_masks, mask_consensus, next_mask, prune_union,
                                         sensitivity_densities)
-from flash_jax.sparse.sparse_learning import SLState, mask_update, readjust_masks, sl_init
+from flash_jax.sparse.sparse_learning import SLState, mask_update, random_grow_scores, readjust_masks, sl_init
 
 __all__ = [
     "SUBSAMPLE_METHODS",
@@ -32,6 +32,7 @@ __all__ = [
     "mask_consensus",
     "next_mask",
     "mask_update",
+    "random_grow_scores",
     "maskable_paths",
     "pack_rows",
     "prune_union",

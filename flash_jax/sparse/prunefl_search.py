@@ -12,29 +12,40 @@ first candidate that fails.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
 
-def cost_model(paths: tuple[str, ...], sizes: dict[str, int], given: str,
-               time_const: float) -> tuple[dict[str, float], float]:
+class CostModel(NamedTuple):
+    """PruneFL's round time: T0 plus c_l per active entry of each maskable tensor."""
+
+    costs: dict[str, float]
+    t0: float
+
+
+class SquaredGradients(NamedTuple):
+    """Accumulated squared gradients of the maskable tensors, and their sum over every other
+    parameter (always kept)."""
+
+    maskable: dict[str, np.ndarray]
+    other: float
+
+
+def cost_model(paths: tuple[str, ...], sizes: dict[str, int], given: str, time_const: float) -> CostModel:
     """c_l, the cost per entry of each maskable tensor (`given`: comma-separated in sorted path order;
     empty: 1 each), and T0 = time_const * sum_l c_l n_l."""
     values = [float(c) for c in given.split(",")] if given else []
     costs = dict(zip(paths, values)) if values else {p: 1.0 for p in paths}
-    return costs, time_const * sum(costs[p] * sizes[p] for p in paths)
+    return CostModel(costs, time_const * sum(costs[p] * sizes[p] for p in paths))
 
 
-def adjust(theta: dict[str, np.ndarray], mask: dict[str, np.ndarray], squared: dict[str, np.ndarray],
-           other_squared: float, dtp: float, costs: dict[str, float], t0: float,
-           cap: float | None = None) -> dict[str, np.ndarray]:
-    """The new mask of the maskable tensors (bool, shaped like `mask`).
-
-    `squared`: accumulated squared gradients of the maskable tensors; `other_squared`: their sum over
-    every other parameter (always kept); `costs`: c_l per entry of each tensor; `cap`: the most
-    active maskable entries allowed before an addition (None: no cap)."""
-    paths = sorted(mask)
-    u, v = float(other_squared), float(t0)
+def adjust(theta: dict[str, np.ndarray], mask: dict[str, np.ndarray], gradients: SquaredGradients, dtp: float,
+           cost: CostModel, cap: float | None = None) -> dict[str, np.ndarray]:
+    """The new mask of the maskable tensors (bool, shaped like `mask`); `cap`: the most active
+    maskable entries allowed before an addition (None: no cap)."""
+    paths, squared, costs = sorted(mask), gradients.maskable, cost.costs
+    u, v = float(gradients.other), float(cost.t0)
     kept, ratios, scores, entry_costs, owners = {}, [], [], [], []
     for p in paths:
         active = np.flatnonzero(np.asarray(mask[p]).reshape(-1))
@@ -71,11 +82,11 @@ def adjust(theta: dict[str, np.ndarray], mask: dict[str, np.ndarray], squared: d
     return {p: kept[p].reshape(np.shape(mask[p])) for p in paths}
 
 
-def ratio(mask: dict[str, np.ndarray], squared: dict[str, np.ndarray], other_squared: float,
-          costs: dict[str, float], t0: float) -> float:
+def ratio(mask: dict[str, np.ndarray], gradients: SquaredGradients, cost: CostModel) -> float:
     """U/V of a mask: what ADJUST maximises."""
-    u = other_squared + sum(float(np.asarray(squared[p], np.float64)[np.asarray(mask[p])].sum()) for p in mask)
-    v = t0 + sum(costs[p] * int(np.asarray(mask[p]).sum()) for p in mask)
+    squared = gradients.maskable
+    u = gradients.other + sum(float(np.asarray(squared[p], np.float64)[np.asarray(mask[p])].sum()) for p in mask)
+    v = cost.t0 + sum(cost.costs[p] * int(np.asarray(mask[p]).sum()) for p in mask)
     return u / v
 
 

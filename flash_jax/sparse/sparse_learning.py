@@ -65,23 +65,31 @@ def _redistribute(want: jax.Array, cap: jax.Array) -> jax.Array:
     return grown
 
 
+def random_grow_scores(key: jax.Array, masks: Masks) -> dict[str, jax.Array]:
+    """Uniform scores for random growth, one draw for all tensors in sorted path order, sliced: each
+    threefry call adds ~0.3 s of XLA:CPU compile time."""
+    paths = sorted(masks)
+    bounds = np.cumsum([0] + [masks[p].size for p in paths])
+    noise = jax.random.uniform(key, (int(bounds[-1]),))
+    return {p: noise[lo:hi].reshape(masks[p].shape) for p, lo, hi in zip(paths, bounds[:-1], bounds[1:])}
+
+
 def mask_update(
-    key: jax.Array,
     params_flat: dict[str, jax.Array],
     masks: Masks,
     prune_rate: float | jax.Array,
     target_count: float | jax.Array,
     state: SLState,
-    grow_scores: dict[str, jax.Array] | None = None,
+    grow_scores: dict[str, jax.Array],
 ) -> tuple[Masks, SLState]:
     """One MASK_UPDATE (client sparse learning's) with exact counts.
 
     ``params_flat`` holds (at least) the masked tensors, keyed like ``masks``; ``prune_rate`` is
-    the current p; ``target_count`` is d_c * N_m. Layer order (for the slices of the growth noise
-    and for remainders) is sorted path order. Growth picks uniformly among the inactive entries
-    after removal (a just-removed entry may come back), or, with ``grow_scores`` (e.g. |gradient|,
-    finite values), the inactive entries with the largest score. The caller re-applies the returned
-    masks to the parameters. If every active weight is zero, rho is uniform (1/L) instead of 0/0.
+    the current p; ``target_count`` is d_c * N_m. Layer order (for remainders) is sorted path order.
+    Growth picks the inactive entries after removal (a just-removed entry may come back) with the
+    largest ``grow_scores``: uniform ones (`random_grow_scores`, the authors' random growth) or e.g.
+    |gradient| (finite values). The caller re-applies the returned masks to the parameters. If every
+    active weight is zero, rho is uniform (1/L) instead of 0/0.
     """
     paths = sorted(masks)
     n_layers = len(paths)
@@ -115,15 +123,6 @@ def mask_update(
     total = jnp.sum(removed).astype(jnp.float32) + state.adjust
     want = jnp.maximum(jnp.ceil(rho * total), 0).astype(jnp.int32)
     grown = _redistribute(want, cap)
-
-    if grow_scores is None:
-        # One draw for all layers, sliced: each threefry call adds ~0.3 s of XLA:CPU compile time.
-        bounds = np.cumsum([0] + [m.size for m in mask])
-        noise = jax.random.uniform(key, (int(bounds[-1]),))
-        grow_scores = {
-            p: noise[lo:hi].reshape(m.shape)
-            for p, m, lo, hi in zip(paths, mask, bounds[:-1], bounds[1:])
-        }
     new_masks = {}
     for path, k, g in zip(paths, kept, grown):
         scores = grow_scores[path].astype(jnp.float32)
