@@ -9,7 +9,7 @@ import pytest
 from flax import linen as nn
 
 from flash_jax.models import (Conv, ResNet, get_model, init_variables, max_pool, model_names, register_model,
-                              resolve_conv_impl)
+                              resolve_conv_impl, with_fast_flax_convs)
 
 IMAGE_SHAPES = {"mnistnet": (28, 28, 1), "leaf_cnn": (28, 28, 1), "resnet18_64": (64, 64, 3)}
 
@@ -223,3 +223,40 @@ def test_unknown_model_type_lists_every_name():
 def test_mnistnet_softmax_is_refused_for_other_models():
     with pytest.raises(ValueError, match="mnistnet_softmax works with mnistnet, not leaf_cnn"):
         get_model("leaf_cnn", 10, "xla", mnistnet_softmax=True)
+
+
+class FlaxConvNet(nn.Module):
+    """A user's model built from flax's own Conv, one layer per kind of convolution."""
+
+    dilated: bool = False
+
+    @nn.compact
+    def __call__(self, x, train=False, example_mask=None):
+        x = nn.relu(nn.Conv(6, (3, 3), name="same")(x))
+        x = nn.relu(nn.Conv(8, (3, 3), strides=2, padding="VALID", use_bias=False, name="valid")(x))
+        if self.dilated:  # conv2d does not compute dilation: flax's own formulation stays
+            x = nn.Conv(8, (3, 3), kernel_dilation=2, name="dilated")(x)
+        return nn.Dense(3, name="fc")(x.reshape(x.shape[0], -1))
+
+
+@pytest.mark.parametrize("dilated", [False, True])
+def test_flax_convs_of_a_user_model_train_in_the_fast_formulation(dilated):
+    """Vmapped over per-client parameters, flax's Conv becomes a grouped convolution, slow on CPU;
+    with_fast_flax_convs computes the plain ones as im2col and a matmul, the same values and gradients."""
+    model = FlaxConvNet(dilated)
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 9, 9, 2))
+    params = model.init(jax.random.PRNGKey(1), x)["params"]
+    stacked = jax.tree.map(lambda p: jnp.stack([p, 1.5 * p]), params)  # two clients
+
+    def loss(apply_fn, p):
+        return jnp.sum(apply_fn({"params": p}, x) ** 2)
+
+    fast = with_fast_flax_convs(model.apply, "slices")
+    assert with_fast_flax_convs(model.apply, "slices") == fast  # compared by value: compiled once per model
+    expected = jax.vmap(jax.value_and_grad(functools.partial(loss, model.apply)))(stacked)
+    computed = jax.vmap(jax.value_and_grad(functools.partial(loss, fast)))(stacked)
+    chex.assert_trees_all_close(computed, expected, rtol=2e-5, atol=1e-5)
+    convolutions = str(jax.make_jaxpr(jax.vmap(jax.grad(functools.partial(loss, fast))))(stacked)).count(
+        "conv_general_dilated")
+    assert convolutions == (3 if dilated else 0)  # the dilated layer's forward and its two gradients
+    assert with_fast_flax_convs(model.apply, "xla") == model.apply  # flax's own formulation: untouched

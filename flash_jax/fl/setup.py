@@ -26,7 +26,7 @@ from flash_jax.fl.client import ClientSpec
 from flash_jax.fl.mesh import client_mesh, place
 from flash_jax.fl.methods import Method, get_method
 from flash_jax.fl.rules import Reparameterization
-from flash_jax.models import ModelDef, get_model, init_variables
+from flash_jax.models import ModelDef, get_model, init_variables, resolve_conv_impl, with_fast_flax_convs
 from flash_jax.settings import validate_against_data, validate_against_model, validate_against_tensors
 from flash_jax.sparse import maskable_paths
 
@@ -105,7 +105,9 @@ class Setup:
     def spec(self) -> ClientSpec:
         """Local training's static description, from the settings and the method's client rule."""
         config, client, model = self.config, self.method.client, self.model
-        return ClientSpec(apply_fn=model.module.apply, has_batch_stats=model.has_batch_stats,
+        # a model built from flax's own Conv computes it in the run's fast formulation too
+        apply_fn = with_fast_flax_convs(model.module.apply, resolve_conv_impl(config.conv_impl))
+        return ClientSpec(apply_fn=apply_fn, has_batch_stats=model.has_batch_stats,
                           augment=config.dataset in AUGMENTED_DATASETS, make_optimizer=client.optimizer(self),
                           clip_grad_norm=config.clip_grad_norm, finish=client.finish(self),
                           effective=self.reparameterization.effective if self.reparameterization else None,
