@@ -61,7 +61,8 @@ class Config:
     fl_rounds: int = _flag(60, "method", "federated rounds T (paper: 600)")
     prune_rate: float = _flag(0.25, "method", "initial prune rate p0 of client sparse learning")
     update_mode: int = _flag(0, "method",
-                        "server aggregation: 0 FedAvg, 1 FMA (per-coordinate mean over the clients holding it)")
+                        "server aggregation of pdst, spdst, jmwst, nst: 0 FedAvg, 1 FMA (per-coordinate mean over "
+                        "the clients holding it); the other methods aggregate their own way")
     growth: str = _flag("random", "method",
                         "client sparse learning regrows at random (authors) or by largest |gradient| (RigL-like)")
     hetero_client: bool = _flag(False, "hetero",

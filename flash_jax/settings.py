@@ -13,6 +13,7 @@ import re
 from flash_jax.config import GROWTH_METHODS, HETERO_ASSIGNMENTS, LR_SCHEDULES, Config, ConfigError, float_list
 from flash_jax.data.sources import DATASETS
 from flash_jax.fl.methods import knobs, methods
+from flash_jax.fl.rules import by_update_mode
 from flash_jax.models import CONV_IMPLS, model_names
 
 
@@ -121,8 +122,21 @@ def _validate_combinations(config: Config) -> None:
     if config.download and config.path:
         raise ConfigError("--download fetches into --data_dir; it does not combine with --path (files "
                           "prepared by hand)")
+    _validate_update_mode(config)
     if config.mnistnet_softmax and config.model_type != "mnistnet":
         raise ConfigError(f"--mnistnet_softmax works with --model_type mnistnet, not {config.model_type}")
+
+
+def _validate_update_mode(config: Config) -> None:
+    """--update_mode chooses the aggregation of the methods that leave it to the run; the others
+    aggregate their own way, and a run asking them for another would be silently ignored."""
+    registry = methods()
+    if config.update_mode == 0 or config.experiment_type not in registry:
+        return
+    if registry[config.experiment_type].aggregation is not by_update_mode:
+        takers = [name for name, method in registry.items() if method.aggregation is by_update_mode]
+        raise ConfigError(f"--update_mode {config.update_mode} works with --experiment_type {', '.join(takers)}; "
+                          f"{config.experiment_type} aggregates its own way (leave --update_mode at 0)")
 
 
 def _validate_hetero(config: Config) -> None:

@@ -79,3 +79,12 @@ def test_run_writes_nothing_before_every_check_has_passed(tmp_path):
                              workdir=str(tmp_path / "w")))
     assert not (tmp_path / "w").exists()
     assert Config(density=1).density == 1.0 and isinstance(Config(density=1).density, float)
+
+
+@pytest.mark.parametrize("method", ["dense", "feddst", "topk", "sparsyfed", "prunefl", "prunefl_feddst"])
+def test_update_mode_is_refused_where_the_method_aggregates_its_own_way(method):
+    with pytest.raises(ConfigError) as err:
+        flash_jax.settings.validate(Config(experiment_type=method, update_mode=1))
+    assert str(err.value) == (f"--update_mode 1 works with --experiment_type pdst, spdst, jmwst, nst; {method} "
+                              "aggregates its own way (leave --update_mode at 0)")
+    flash_jax.settings.validate(Config(experiment_type="nst", update_mode=1))
