@@ -89,8 +89,8 @@ flash_jax.register_method(flash_jax.Method(
                           lambda v: v >= 1, ">= 1"),)))
 
 if __name__ == "__main__":
-    history = flash_jax.run(flash_jax.Config(experiment_type="gradient_budgets", dataset="digits", fl_rounds=60,
-                                             eval_every=20, quiet=True))
+    history = flash_jax.run(flash_jax.Config(experiment_type="gradient_budgets", dataset="digits", density=0.2,
+                                             fl_rounds=60, eval_every=20, quiet=True))
     final = history[-1]
     densities = ", ".join(f"{p} {d:.3f}" for p, d in final["layer_density"].items())
     print(f"gradient_budgets on digits: round {final['round']} accuracy {final['accuracy']:.4f} "

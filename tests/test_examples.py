@@ -90,8 +90,9 @@ def test_a_client_side_method_from_outside_the_package_reports_and_is_charged_fo
 
 @pytest.mark.slow
 def test_gradient_budgets_example_learns_digits():
+    """Measured 0.8694 at density 0.2 (seed 1, 60 rounds; PDST with the same settings: 0.8611)."""
     result = subprocess.run([sys.executable, "examples/gradient_budgets.py"], cwd=ROOT, capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
     assert result.returncode == 0, result.stderr
     found = re.search(r"accuracy ([\d.]+) density ([\d.]+)", result.stdout)
-    assert float(found.group(1)) > 0.8 and float(found.group(2)) == pytest.approx(0.05, abs=1e-3), result.stdout
+    assert float(found.group(1)) > 0.8 and float(found.group(2)) == pytest.approx(0.2, abs=1e-3), result.stdout
