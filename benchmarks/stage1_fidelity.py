@@ -20,7 +20,7 @@ from benchmarks.torch_flash import bernoulli_masks, sensitivity_densities, train
 from benchmarks.torch_reference import MODELS, MNISTNet, fedavg, train_client
 from flash_jax.data.partition import partition
 from flash_jax.data.sources import load_dataset
-from flash_jax.fl.setup import ROUND_STREAM, SENSITIVITY_STREAM, sample_clients
+from flash_jax.streams import ROUND, SENSITIVITY, sample_clients
 
 PATTERN = MODELS["mnistnet"][1]
 
@@ -38,7 +38,7 @@ def stage1(args, clients, seed: int):
     model = MNISTNet(softmax=True)
     masks = bernoulli_masks(model, PATTERN, args.density)
     stage1_clients = max(math.floor(args.init_frac * args.num_users), 1)
-    ids = sample_clients(seed, SENSITIVITY_STREAM, 0, args.num_users, stage1_clients)
+    ids = sample_clients(seed, SENSITIVITY, 0, args.num_users, stage1_clients)
     client_masks = [train_sparse_client(model, *clients[k], masks, lr=args.lr_start, batch_size=args.local_bs,
                                         epochs=args.init_epoch, prune_rate=args.prune_rate, density=args.density)
                     for k in ids]
@@ -74,7 +74,7 @@ def spdst(args, clients, dataset, densities: dict[str, float], seed: int) -> dic
     for r in range(args.rounds):
         states = [train_client(model, *clients[k], masks, lr=authors_lr(args, r), batch_size=args.local_bs,
                                epochs=1, sparse_learning=False, prune_rate=0.0, augment=False)[0]
-                  for k in sample_clients(seed, ROUND_STREAM, r, args.num_users, per_round)]
+                  for k in sample_clients(seed, ROUND, r, args.num_users, per_round)]
         model.load_state_dict(fedavg(states))
         if (r + 1) % args.eval_every == 0:
             history[r + 1] = accuracy(model, dataset)
