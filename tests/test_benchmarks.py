@@ -1,5 +1,7 @@
 """The round-time benchmark's plumbing (its numbers live in benchmarks/RESULTS.md, not in tests)."""
+import importlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,3 +91,15 @@ def test_authors_sparse_learning_keeps_density_and_masked_weights_zero():
     assert learner.masks["conv2.weight"].mean() > 0.05  # conv2's larger weights draw growth
     for name, mask in learner.masks.items():
         assert torch.all(params[name][mask == 0] == 0)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py")
+                                        if p.stem != "__init__"))
+def test_every_benchmark_script_imports(name):
+    """A benchmark is run rarely: its imports are checked with the suite (torch's only where installed)."""
+    try:
+        importlib.import_module(f"benchmarks.{name}")
+    except ModuleNotFoundError as err:
+        if err.name != "torch":
+            raise
+        pytest.skip("torch is not installed")
