@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from flash_jax.comm import VALUE_BITS
 from flash_jax.config import Config, ConfigError
-from flash_jax.data.sources import load_dataset
 from flash_jax.fl.loop import run
 from flash_jax.settings import validate
 from flash_jax.sparse.prunefl_search import adjust, ratio
@@ -74,11 +73,6 @@ def test_adjust_respects_the_cap():
 
 SMALL = dict(experiment_type="prunefl", num_users=10, frac=0.3, fl_rounds=8, eval_every=1, quiet=True,
              prunefl_adjust_every=2, prunefl_ip_max_rounds=60, prunefl_ip_adjust_every=10)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 def test_initial_pruning_and_adjustment_rounds(digits, tmp_path):
