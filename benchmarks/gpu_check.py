@@ -108,8 +108,10 @@ class Check:
 
 
 def run_tests(node_ids: tuple[str, ...], timeout_s: float) -> dict:
-    """pytest on the node ids in a child process (before this one takes the GPU's memory)."""
-    command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *node_ids]
+    """pytest on the node ids in a child process (before this one takes the GPU's memory); slow ones too,
+    which the suite's default marker expression would deselect."""
+    command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "slow or not slow",
+               *node_ids]
     try:
         proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
