@@ -102,6 +102,7 @@ def test_the_cap_brings_the_density_to_d(digits):
     assert all(r["density"] <= 0.05 for r in history[reached:])
 
 
+@pytest.mark.slow  # 53 rounds, to see round 52 turn dense
 def test_the_feddst_variant_keeps_70_then_85_percent_and_turns_dense(digits, tmp_path):
     """Its READJUST keeps at least 1 - 0.3 * 0.5^t of the mask: 0.7 after the initial stage, 0.85
     after round 1 (t = 1), everything after round 51; the rebuilt mask is paid with a dense gradient."""
