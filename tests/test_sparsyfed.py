@@ -14,8 +14,8 @@ from flash_jax.methods.sparsyfed import powerprop
 from flash_jax.models import get_model, init_variables
 from flash_jax.models.activation_pruning import initial_thresholds, with_pruned_weight_gradients
 from flash_jax.sparse import apply_masks, random_masks
+from tests.runs import TIMING
 
-TIMING = ("round_s", "wall_s", "compiled_cohort_shapes")
 MASKED = ("conv2/kernel", "fc1/kernel")
 
 
