@@ -94,6 +94,7 @@ def test_initial_pruning_and_adjustment_rounds(digits, tmp_path):
     assert any(r["server_mask_change"] > 0 for r in history)
 
 
+@pytest.mark.slow  # a whole PruneFL run; test_adjust_respects_the_cap checks the cap itself quickly
 def test_the_cap_brings_the_density_to_d(digits):
     history = run(Config(prunefl_max_density=0.05, prunefl_adjust_every=1,
                          **{k: v for k, v in SMALL.items() if k != "prunefl_adjust_every"}), digits)
