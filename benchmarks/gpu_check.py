@@ -39,10 +39,10 @@ PEAK_TFLOPS = {"H200": {"fp32": 66.9, "tf32": 494.7, "bf16": 989.4},
                "H100": {"fp32": 66.9, "tf32": 494.7, "bf16": 989.4},
                "A100": {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0}}
 PEAK_SOURCE = "NVIDIA datasheets via glennklockwood.com/garden/processors/{h100,A100}; dense, SXM"
-VMAPPED = "tests/test_fl.py::test_vmapped_cohort_equals_sequential_clients"
+VMAPPED = "tests/test_client_training.py::test_vmapped_cohort_equals_sequential_clients"
 # The fastest tests of each property (about 50 s on a 2-core CPU): the vmapped cohort equals its clients
 # trained one by one; one call equals chunks; a resumed run is bit-exact (dense)
-TESTS = (VMAPPED, "tests/test_fl.py::test_cohort_averages_batch_norm_statistics_and_augments",
+TESTS = (VMAPPED, "tests/test_client_training.py::test_cohort_averages_batch_norm_statistics_and_augments",
          "tests/test_checkpoint.py::test_resume_after_a_damaged_checkpoint_is_bit_exact[settings0]")
 
 
@@ -108,8 +108,10 @@ class Check:
 
 
 def run_tests(node_ids: tuple[str, ...], timeout_s: float) -> dict:
-    """pytest on the node ids in a child process (before this one takes the GPU's memory)."""
-    command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *node_ids]
+    """pytest on the node ids in a child process (before this one takes the GPU's memory); slow ones too,
+    which the suite's default marker expression would deselect."""
+    command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "slow or not slow",
+               *node_ids]
     try:
         proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:

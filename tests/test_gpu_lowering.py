@@ -7,7 +7,6 @@ import jax
 import pytest
 
 from flash_jax.config import Config
-from flash_jax.data.sources import load_dataset
 from flash_jax.fl import cohort
 from flash_jax.fl.round import run_round
 from flash_jax.fl.state import init_state
@@ -19,11 +18,6 @@ GPU_DEFAULT = resolve_conv_impl("auto", backend="cuda")
 
 class _Captured(Exception):
     pass
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 def lowered_round(digits, conv_impl: str, monkeypatch) -> tuple[str, int]:

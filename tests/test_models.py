@@ -1,4 +1,7 @@
+"""The models: our convolution and pooling against Flax's (values, gradients, vmap), forward shapes, the
+maskable tensors, batch statistics, the model registry, and the smallest image each model takes."""
 import functools
+import math
 import re
 
 import chex
@@ -260,3 +263,21 @@ def test_flax_convs_of_a_user_model_train_in_the_fast_formulation(dilated):
         "conv_general_dilated")
     assert convolutions == (3 if dilated else 0)  # the dilated layer's forward and its two gradients
     assert with_fast_flax_convs(model.apply, "xla") == model.apply  # flax's own formulation: untouched
+
+
+@pytest.mark.parametrize("name", ["mnistnet", "leaf_cnn"])  # vgg16 (32: five 2x2 pools) takes 40 s to check on CPU
+def test_min_input_size_is_the_smallest_image_a_model_takes(name):
+    def usable(side):
+        """Every tensor non-empty and a finite output (VGG's mean over an empty map is NaN)."""
+        model = get_model(name, 10)
+        try:
+            variables = init_variables(model, jax.random.PRNGKey(0), (side, side, 1))
+        except Exception:  # a negative shape
+            return False
+        if any(math.prod(leaf.shape) == 0 for leaf in jax.tree.leaves(variables)):
+            return False
+        logits = model.module.apply(variables, jnp.ones((1, side, side, 1)), train=False)
+        return bool(jnp.all(jnp.isfinite(logits)))
+
+    side = get_model(name, 10).min_input_size
+    assert usable(side) and not usable(side - 1)

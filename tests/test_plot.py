@@ -7,13 +7,11 @@ import numpy as np
 from PIL import Image
 
 from flash_jax.config import Config
-from flash_jax.data.sources import load_dataset
 from flash_jax.fl.loop import run
 from flash_jax.plot import FIGURES
 
 
-def test_plot_writes_four_nonempty_pngs_from_real_runs(tmp_path):
-    digits = load_dataset("digits")
+def test_plot_writes_four_nonempty_pngs_from_real_runs(digits, tmp_path):
     for method in ("dense", "nst"):
         run(Config(experiment_type=method, num_users=6, frac=0.5, fl_rounds=2, eval_every=1, quiet=True,
                    workdir=str(tmp_path / method)), digits)

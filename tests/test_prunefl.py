@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from flash_jax.comm import VALUE_BITS
 from flash_jax.config import Config, ConfigError
-from flash_jax.data.sources import load_dataset
 from flash_jax.fl.loop import run
 from flash_jax.settings import validate
 from flash_jax.sparse.prunefl_search import CostModel, SquaredGradients, adjust, ratio
@@ -79,11 +78,6 @@ SMALL = dict(experiment_type="prunefl", num_users=10, frac=0.3, fl_rounds=8, eva
              prunefl_adjust_every=2, prunefl_ip_max_rounds=60, prunefl_ip_adjust_every=10)
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
-
-
 def test_initial_pruning_and_adjustment_rounds(digits, tmp_path):
     history = run(Config(workdir=str(tmp_path), **SMALL), digits)
     record = json.load(open(tmp_path / "initial_pruning.json"))
@@ -103,6 +97,7 @@ def test_initial_pruning_and_adjustment_rounds(digits, tmp_path):
     assert any(r["server_mask_change"] > 0 for r in history)
 
 
+@pytest.mark.slow  # a whole PruneFL run; test_adjust_respects_the_cap checks the cap itself quickly
 def test_the_cap_brings_the_density_to_d(digits):
     history = run(Config(prunefl_max_density=0.05, prunefl_adjust_every=1,
                          **{k: v for k, v in SMALL.items() if k != "prunefl_adjust_every"}), digits)
@@ -111,6 +106,7 @@ def test_the_cap_brings_the_density_to_d(digits):
     assert all(r["density"] <= 0.05 for r in history[reached:])
 
 
+@pytest.mark.slow  # 53 rounds, to see round 52 turn dense
 def test_the_feddst_variant_keeps_70_then_85_percent_and_turns_dense(digits, tmp_path):
     """Its READJUST keeps at least 1 - 0.3 * 0.5^t of the mask: 0.7 after the initial stage, 0.85
     after round 1 (t = 1), everything after round 51; the rebuilt mask is paid with a dense gradient."""

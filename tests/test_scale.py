@@ -1,8 +1,8 @@
 """Large cohorts through the round loop: chunks, the compile log, and the client axis sharded over 8
 devices (a subprocess with XLA's forced host device count) against one device.
 
-The federations train a tiny conv net in MNISTNet's place (its compile takes seconds, not tens of
-seconds); everything else is the real loop on scikit-learn's digits.
+The federations train a tiny conv net, registered as a model of its own, in MNISTNet's place (its
+compile takes seconds, not tens of seconds); everything else is the real loop on scikit-learn's digits.
 """
 import contextlib
 import io
@@ -20,8 +20,7 @@ import pytest
 from flash_jax.config import Config
 from flash_jax.data.sources import load_dataset
 from flash_jax.fl import loop
-from flash_jax.fl import setup as fl_setup
-from flash_jax.models import ModelDef
+from flash_jax.models import model_names, register_model
 
 # 9 clients a round of 23 digits each: 3 steps of 8 (sparse learning's mask update after the second);
 # on 8 devices a chunk holds 8 clients, so a round is 2 calls, the second padded with 7 weight-0 clients.
@@ -40,16 +39,18 @@ class TinyNet(nn.Module):
         return nn.Dense(self.num_classes, name="out")(x)
 
 
-def tiny_model(name, num_classes, conv_impl="auto", mnistnet_softmax=False):
-    return ModelDef("tiny", TinyNet(num_classes), r"^(conv|hidden)/kernel$", False)
+def tiny_model() -> str:
+    """The --model_type of TinyNet, registered on first use: registered when this file is imported, it
+    would be in the model list that --help and the README's flag list show to every test."""
+    if "scale_tiny" not in model_names():
+        register_model("scale_tiny", lambda num_classes, conv_impl: TinyNet(num_classes), r"^(conv|hidden)/kernel$",
+                       min_input_size=3, help="a tiny conv net for the tests of large cohorts")
+    return "scale_tiny"
 
 
 def federation(digits, rounds: int = 2, **overrides):
     """Final param leaves and each round's metrics of a tiny digits federation."""
-    config = Config(**{**TINY, **overrides})
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(fl_setup, "get_model", tiny_model)
-        setup = loop.build_setup(config, digits)
+    setup = loop.build_setup(Config(**{**TINY, "model_type": tiny_model(), **overrides}), digits)
     state, infos = loop.init_state(setup), []
     for _ in range(rounds):
         state, info = loop.run_round(setup, state)
@@ -58,12 +59,12 @@ def federation(digits, rounds: int = 2, **overrides):
 
 
 @pytest.fixture(scope="module")
-def one_device():
+def one_device(digits):
     """The federation on this process's one device, the whole cohort in one call, its log captured."""
     assert jax.device_count() == 1
     log = io.StringIO()
     with contextlib.redirect_stderr(log):
-        setup, params, infos = federation(load_dataset("digits"))
+        setup, params, infos = federation(digits)
     return setup, params, infos, log.getvalue()
 
 
@@ -138,10 +139,9 @@ if __name__ == "__main__":
 @pytest.mark.parametrize("method", [dict(experiment_type="sparsyfed"),
                                     dict(experiment_type="prunefl", prunefl_adjust_every=1)],
                          ids=lambda m: m["experiment_type"])
-def test_the_baselines_chunk_like_the_others(method):
+def test_the_baselines_chunk_like_the_others(digits, method):
     """A cohort in chunks of 4 trains as the whole cohort at once: Powerprop and activation pruning
     (SparsyFed), and the gradient reports that PruneFL's ADJUST reads on round 1."""
-    digits = load_dataset("digits")
     _, whole, infos = federation(digits, update_mode=0, quiet=True, **method)
     _, chunked, chunked_infos = federation(digits, update_mode=0, quiet=True, clients_per_chunk=4, **method)
     chex.assert_trees_all_close(chunked, whole, rtol=1e-4, atol=1e-5)

@@ -8,15 +8,14 @@ import optax
 import pytest
 
 from flash_jax.config import Config
-from flash_jax.data.sources import load_dataset
 from flash_jax.fl.client import momentum_sgd
 from flash_jax.fl.loop import run
 from flash_jax.methods.sparsyfed import powerprop
 from flash_jax.models import get_model, init_variables
 from flash_jax.models.activation_pruning import initial_thresholds, with_pruned_weight_gradients
 from flash_jax.sparse import apply_masks, random_masks
+from tests.runs import TIMING
 
-TIMING = ("round_s", "wall_s", "compiled_cohort_shapes")
 MASKED = ("conv2/kernel", "fc1/kernel")
 
 
@@ -74,11 +73,6 @@ def test_activation_pruning_changes_only_the_weight_gradients_of_sparse_layers(m
 
 
 SMALL = dict(num_users=10, frac=0.3, fl_rounds=5, eval_every=1, quiet=True)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 def test_sparsyfed_support_never_grows_from_round_2(digits):

@@ -7,10 +7,8 @@ import pytest
 
 from flash_jax.comm import VALUE_BITS
 from flash_jax.config import Config
-from flash_jax.data.sources import load_dataset
 from flash_jax.fl.loop import run
 from flash_jax.fl.rules import global_cut
-from flash_jax.sparse import mask_consensus
 
 N_M, D_SIZE = 261000, 250 + 10 + 20 + 50 + 500 + 10  # MNISTNet: conv2+fc1 kernels; conv1, biases, fc2
 TOTAL = N_M + D_SIZE
@@ -27,20 +25,10 @@ def test_global_cut_keeps_exactly_k_d_with_one_threshold_across_tensors():
     assert int(np.sum(np.asarray(masks["small"]))) < int(np.sum(np.asarray(masks["large"])))
 
 
-def test_regrowth_counts_on_hand_made_masks():
-    previous = {"a": jnp.array([1, 1, 0, 0, 0], bool)}
-    clients = {"a": jnp.array([[1, 0, 1, 0, 0], [1, 1, 0, 0, 0]], bool)}
-    server = {"a": jnp.array([1, 1, 1, 0, 0], bool)}
-    got = mask_consensus(clients, server, previous, np.array([3, 1]))
-    assert got["mask_activated"] == pytest.approx((3 * 1 + 0) / 4)  # entry 2, for the three holders of row 0
-    assert got["mask_deactivated"] == pytest.approx((3 * 1 + 0) / 4)  # entry 1
-    assert got["server_reactivated"] == 1
-
-
 @pytest.fixture(scope="module")
-def history():
+def history(digits):
     config = Config(experiment_type="topk", num_users=10, frac=0.3, fl_rounds=4, eval_every=1, quiet=True)
-    return run(config, load_dataset("digits"))
+    return run(config, digits)
 
 
 def test_topk_union_model_regrowth_and_communication(history):

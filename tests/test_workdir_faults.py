@@ -1,23 +1,21 @@
 """A workdir that fails under the run: a full disk, checkpoints that are all unreadable, a file where
-the checkpoints folder should be. Each ends in one line, and the same command then continues."""
+the checkpoints folder should be, another run using it. Each ends in one line, and the same command
+then continues."""
 import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.test_checkpoint import REPO, metric_lines
+from tests.runs import REPO, SMALL, metric_lines, refused, start, wait_for
 
-SMALL = [sys.executable, "run.py", "--experiment_type", "pdst", "--num_users", "6", "--frac", "0.5", "--eval_every",
+COMMAND = [sys.executable, "run.py", "--experiment_type", "pdst", "--num_users", "6", "--frac", "0.5", "--eval_every",
          "1", "--quiet", "--host_devices", "1"]
 
 
-def without_timings(lines):
-    return [{k: v for k, v in record.items() if k not in ("round_s", "wall_s")} for record in lines]
-
-
 def run_cli(*args):
-    result = subprocess.run([*SMALL, *args], cwd=REPO, capture_output=True, text=True)
+    """run.py as a process of its own: (exit status, stderr lines)."""
+    result = subprocess.run([*COMMAND, *args], cwd=REPO, capture_output=True, text=True)
     return result.returncode, result.stderr.strip().splitlines()
 
 
@@ -46,7 +44,7 @@ def test_a_full_disk_is_one_line_and_the_same_command_continues_bit_exact(tmp_pa
     status, err = run_cli(*flags, "--workdir", str(small_disk / "w"))
     assert status == 0, err
     resumed, whole = metric_lines(str(small_disk / "w")), metric_lines(str(tmp_path / "whole"))
-    assert without_timings(resumed) == without_timings(whole)
+    assert resumed == whole
 
 
 def test_when_no_checkpoint_is_readable_the_run_starts_over(tmp_path):
@@ -61,7 +59,7 @@ def test_when_no_checkpoint_is_readable_the_run_starts_over(tmp_path):
     status, err = run_cli(*flags)
     assert status == 0, err
     assert any("no checkpoint in" in line and "is readable: moved them to" in line for line in err), err
-    assert without_timings(metric_lines(str(workdir))) == without_timings(expected)
+    assert metric_lines(str(workdir)) == expected
     assert len(list(tmp_path.glob("w/checkpoints.unreadable-*"))) == 1
     status, err = run_cli(*flags)  # and the workdir is not stuck: the next run resumes the new checkpoints
     assert status == 0 and any("from its checkpoint of round 3" in line for line in err), err
@@ -79,3 +77,14 @@ def test_a_workdir_that_is_a_file_is_one_line(tmp_path):
     status, err = run_cli("--fl_rounds", "1", "--workdir", str(tmp_path / "w"))
     assert status == 2 and err == [f"run.py: error: --workdir {tmp_path / 'w'} is a file, not a folder; name another "
                                    "workdir"], err
+
+
+def test_a_second_run_on_a_workdir_in_use_is_refused(finished, tmp_path, capsys):
+    workdir = tmp_path / "w"
+    first = start(workdir)
+    wait_for(lambda: os.path.isdir(workdir / "checkpoints"), first)
+    message = refused(SMALL + ["--workdir", str(workdir)], capsys, "is in use by pid")
+    assert str(first.pid) in message
+    _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err
+    assert metric_lines(workdir) == metric_lines(finished.workdir)

@@ -1,4 +1,5 @@
-"""Local training, cohort vectorisation, aggregation, schedule and sampling."""
+"""Client training: local training alone and padded, the vmapped cohort against its clients one by one,
+cohort plans and chunks, the learning-rate schedule, client sampling, and gradient clipping."""
 import chex
 import flax.linen as nn
 import jax
@@ -10,7 +11,7 @@ from flax import traverse_util
 from flash_jax.config import Config
 from flash_jax.data.store import build_store, cohort_layout, cohort_plan, padded_count
 from flash_jax.fl.aggregate import FEDAVG, FMA, weighted_average, weighted_sums
-from flash_jax.fl.client import ClientSchedule, ClientSpec, ClientStart, RoundInputs, local_train
+from flash_jax.fl.client import ClientSchedule, ClientSpec, ClientStart, RoundInputs, clip_trained_gradient, local_train
 from flash_jax.fl.cohort import ChunkPlan, ServerModel, chunk_size, train_chunk, train_cohort
 from flash_jax.fl.local_rules import SparseLearning
 from flash_jax.fl.phases import MASK_UPDATE_PHASES
@@ -170,23 +171,6 @@ def test_vmapped_cohort_equals_sequential_clients(sparse_learning):
         assert client_masks is None
 
 
-def fedavg(stacked, weights, client_masks=None):
-    return weighted_average(weighted_sums(stacked, weights, client_masks))
-
-
-def test_fedavg_hand_computed_and_summed_in_parts():
-    stacked = {"w": jnp.array([[1.0, 2.0], [3.0, 6.0]]), "b": jnp.array([0.0, 4.0])}
-    out = fedavg(stacked, jnp.array([1.0, 3.0]))
-    np.testing.assert_allclose(out["w"], [2.5, 5.0])
-    np.testing.assert_allclose(out["b"], 3.0)
-    equal = fedavg(stacked, jnp.array([5.0, 5.0]))
-    np.testing.assert_allclose(equal["w"], [2.0, 4.0])
-    # the sums of two chunks (one padded with a weight-0 client) add up to the whole cohort's
-    parts = [weighted_sums(jax.tree.map(lambda x: x[i:i + 1], stacked), jnp.array([w])) for i, w in ((0, 1.0), (1, 3.0))]
-    padded = weighted_sums({"w": jnp.array([[9.0, 9.0]]), "b": jnp.array([9.0])}, jnp.array([0.0]))
-    chex.assert_trees_all_close(weighted_average(jax.tree.map(lambda *s: sum(s), *parts, padded)), out)
-
-
 def test_cohort_plan_shapes_and_shuffle():
     store, *_ = make_problem([10, 7])
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
@@ -297,13 +281,16 @@ def test_cohort_averages_batch_norm_statistics_and_augments():
     assert not np.allclose(other[0]["conv"]["kernel"], outs[0][0]["conv"]["kernel"])
 
 
-def test_masked_average_hand_computed():
-    stacked = {"w": jnp.array([[2.0, 0.0, 4.0], [6.0, 3.0, 0.0]]), "b": jnp.array([1.0, 3.0])}
-    masks = {"w": jnp.array([[True, False, True], [True, True, False]])}
-    equal = fedavg(stacked, jnp.array([5.0, 5.0]), masks)
-    np.testing.assert_allclose(equal["w"], [4.0, 3.0, 4.0])  # FMA: (2+6)/2, 3/1, 4/1
-    out = fedavg(stacked, jnp.array([1.0, 3.0]), masks)
-    np.testing.assert_allclose(out["w"], [5.0, 3.0, 4.0])  # FedDST: (2*1+6*3)/4 over holders
-    np.testing.assert_allclose(out["b"], 2.5)  # FedAvg, weighted 1:3
-    nobody = fedavg(stacked, jnp.ones(2), {"w": jnp.zeros((2, 3), bool)})
-    np.testing.assert_array_equal(nobody["w"], 0.0)
+def test_clipping_scales_the_trained_part_of_the_gradient_to_the_bound():
+    rng = np.random.default_rng(0)
+    grads = {"a": {"kernel": jnp.asarray(rng.normal(size=(4, 5)), jnp.float32)},
+             "b": {"bias": jnp.asarray(rng.normal(size=(3,)), jnp.float32)}}
+    masks = {"a/kernel": jnp.asarray(rng.random((4, 5)) < 0.3)}
+    trained = lambda g: jnp.sqrt(jnp.sum(jnp.where(masks["a/kernel"], g["a"]["kernel"], 0) ** 2)
+                                 + jnp.sum(g["b"]["bias"] ** 2))
+    clipped = clip_trained_gradient(grads, masks, 0.5)
+    assert float(trained(clipped)) == pytest.approx(0.5, rel=1e-5)
+    scale = float(trained(clipped) / trained(grads))
+    jax.tree.map(lambda c, g: np.testing.assert_allclose(c, scale * g, rtol=1e-6), clipped, grads)
+    unchanged = clip_trained_gradient(grads, masks, 1e3)  # under the bound: the gradient as it was
+    jax.tree.map(np.testing.assert_array_equal, unchanged, grads)

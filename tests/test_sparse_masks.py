@@ -1,4 +1,5 @@
-"""Tests for flash_jax.sparse: exact-count masks and the client MASK_UPDATE."""
+"""flash_jax.sparse: exact-count masks, the server's masks and consensus metrics from the clients' masks,
+and the client MASK_UPDATE (sparse learning)."""
 
 import math
 
@@ -13,8 +14,10 @@ from flash_jax.sparse import (
     apply_masks,
     layer_counts,
     magnitude_masks,
+    mask_consensus,
     mask_update,
     maskable_paths,
+    next_mask,
     random_grow_scores,
     random_masks,
     random_masks_from_counts,
@@ -229,6 +232,57 @@ def test_magnitude_masks_global_vs_layer():
         magnitude_masks(params, paths, 0.3, scope="tensor")
 
 
+# --------------------------------------------------------------------------------- consensus.py
+
+
+def test_hamming_and_consensus_on_hand_made_masks():
+    server = {"a": jnp.array([1, 1, 0, 0], bool), "b": jnp.array([[1, 0], [0, 0]], bool)}
+    clients = {"a": jnp.array([[1, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]], bool),
+               "b": jnp.array([[[1, 0], [0, 0]], [[1, 0], [0, 1]], [[0, 0], [0, 0]]], bool)}
+    previous = {"a": jnp.array([1, 0, 0, 0], bool), "b": jnp.array([[1, 0], [0, 1]], bool)}
+    got = {k: float(v) for k, v in mask_consensus(clients, server, previous).items()}
+    assert got["server_mask_change"] == pytest.approx(2 / 8)  # normalised Hamming distance of the server masks
+    # client-to-server distances 0, 3/8, 3/8; pairwise: (0,1) 3/8, (0,2) 3/8, (1,2) 4/8
+    assert got["mask_hamming_to_server"] == pytest.approx((0 + 3 / 8 + 3 / 8) / 3)
+    assert got["mask_hamming_clients"] == pytest.approx((3 / 8 + 3 / 8 + 4 / 8) / 3)
+    assert got["server_mask_change"] == pytest.approx(2 / 8)
+    assert got["union_density"] == pytest.approx(5 / 8)
+    # IoU with the server: 1, 2/5 (|{a0,b0}| / |{a0,a1,a2,b0,b3}|), 0 (empty client vs 3 active)
+    assert got["mask_iou_to_server"] == pytest.approx((1 + 2 / 5 + 0) / 3)
+
+
+@pytest.mark.parametrize("method", ["avg", "aggregate"])
+def test_next_mask_is_exact_per_tensor_topk_with_formula_counts(method):
+    rng = np.random.default_rng(0)
+    shapes = {"a": (6, 5), "b": (40,)}
+    params = {p: rng.normal(size=s).astype(np.float32) for p, s in shapes.items()}
+    params["b"][rng.random(40) < 0.5] = 0.0  # a sparse aggregate: 'aggregate' counts its support
+    clients = {p: rng.random((3,) + s) < 0.3 for p, s in shapes.items()}
+    density = 0.2
+    got = next_mask({p: jnp.asarray(m) for p, m in clients.items()}, {p: jnp.asarray(v) for p, v in params.items()},
+                    density, method)
+    e = {p: (clients[p].reshape(3, -1).sum(1).mean() if method == "avg" else np.count_nonzero(params[p]))
+         for p in shapes}
+    lam = min(1.0, density * 70 / sum(e.values()))
+    for p in shapes:
+        m = int(np.floor(lam * e[p]))
+        assert int(got[p].sum()) == m
+        order = np.argsort(-np.abs(params[p]).ravel(), kind="stable")
+        expected = np.zeros(params[p].size, bool)
+        expected[order[:m]] = True
+        np.testing.assert_array_equal(np.asarray(got[p]).ravel(), expected)
+
+
+def test_regrowth_counts_on_hand_made_masks():
+    previous = {"a": jnp.array([1, 1, 0, 0, 0], bool)}
+    clients = {"a": jnp.array([[1, 0, 1, 0, 0], [1, 1, 0, 0, 0]], bool)}
+    server = {"a": jnp.array([1, 1, 1, 0, 0], bool)}
+    got = mask_consensus(clients, server, previous, np.array([3, 1]))
+    assert got["mask_activated"] == pytest.approx((3 * 1 + 0) / 4)  # entry 2, for the three holders of row 0
+    assert got["mask_deactivated"] == pytest.approx((3 * 1 + 0) / 4)  # entry 1
+    assert got["server_reactivated"] == 1
+
+
 # --------------------------------------------------------------------------- sparse_learning.py
 
 
@@ -410,3 +464,11 @@ def test_adjust_update_over_two_calls():
     assert d1 != d2
     np.testing.assert_allclose(s2.adjust, 0.25 * float(s1.adjust) + 0.75 * d2 + (d1 + d2) / 2)
     assert float(s2.deficit_sum) == d1 + d2 and int(s2.deficit_count) == 2
+
+
+def test_gradient_growth_picks_the_largest_gradients():
+    params = {"w": jnp.array([0.5, 0.4, 0.0, 0.0, 0.0, 0.0])}
+    masks = {"w": jnp.array([1, 1, 0, 0, 0, 0], bool)}
+    scores = {"w": jnp.array([0.0, 0.0, 1.0, 3.0, 2.0, 0.5])}
+    new, _ = mask_update(params, masks, 0.5, 2.0, sl_init(), scores)
+    np.testing.assert_array_equal(new["w"], [1, 0, 0, 1, 0, 0])  # prune 0.4, regrow entry 3

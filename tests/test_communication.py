@@ -1,9 +1,6 @@
 """Communication accounting on hand-computed cases and through the round loop."""
-import pytest
-
 from flash_jax.comm import mask_bits, model_bits, sparse_tensor_bits
 from flash_jax.config import Config
-from flash_jax.data.sources import load_dataset
 from flash_jax.fl.loop import run
 
 SIZES = {"conv2/kernel": 5000, "fc1/kernel": 256000}
@@ -16,11 +13,6 @@ def test_tensor_and_model_bits_by_hand():
     assert sparse_tensor_bits(3, 16, mask_known=True) == 3 * 32
     assert model_bits({"a": 3, "b": 10}, {"a": 16, "b": 16}, dense_size=5, mask_known=False) == \
         5 * 32 + (96 + 12) + (320 + 16)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 def test_dense_ratio_is_one(digits):
