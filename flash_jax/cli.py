@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import tomllib
 
@@ -150,8 +151,9 @@ def main(argv=None) -> int:
         print(f"run.py: error: {err}", file=sys.stderr)
         return DIVERGED_EXIT
     except DiskFull as err:
-        print(f"run.py: error: {err}", file=sys.stderr)
-        return DISK_FULL_EXIT
+        print(f"run.py: error: {err}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(DISK_FULL_EXIT)  # now: what orbax's threads would still print while the process ends stays unsaid
     except Interrupted as err:
         print(err, file=sys.stderr)
         return err.exit_status

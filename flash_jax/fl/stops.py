@@ -56,7 +56,8 @@ def writing(what: str, last_good: int | None):
             raise
         last = ("no checkpoint was saved yet" if last_good is None
                 else f"the last good checkpoint is of round {last_good}")
-        hook = threading.excepthook  # kept: a writer thread may still raise after this
+        # kept quiet: a writer thread may still raise, and orbax log, after this
+        hook, level = threading.excepthook, absl.level
         raise DiskFull(f"the disk is full: writing {what} failed; {last}; free space and run the same command to "
                        "continue") from None
     finally:
