@@ -23,6 +23,7 @@ SECTIONS = ("environment", "tests", "resnet18_conv", "torch_reference", "mnistne
 
 
 @fashion_mnist
+@pytest.mark.slow
 def test_round_time_reports_compile_and_steady_state(tmp_path, capsys):
     out = tmp_path / "result.jsonl"
     assert round_time.main(["--setup", "mnistnet_fmnist", "--experiment_type", "pdst", "--clients_per_round", "1",

@@ -1,4 +1,6 @@
 """Communication accounting on hand-computed cases and through the round loop."""
+import pytest
+
 from flash_jax.comm import mask_bits, model_bits, sparse_tensor_bits
 from flash_jax.config import Config
 from flash_jax.fl.loop import run
@@ -22,6 +24,7 @@ def test_dense_ratio_is_one(digits):
     assert history[1]["cumulative_bits"] == 2 * (history[0]["upload_bits"] + history[0]["download_bits"])
 
 
+@pytest.mark.slow
 def test_jmwst_mask_is_paid_once_then_free(digits):
     history = run(Config(experiment_type="jmwst", num_users=4, frac=1.0, init_frac=0.25, init_epoch=1,
                          fl_rounds=3, eval_every=1, jmwst_update_interval=10, quiet=True), digits)

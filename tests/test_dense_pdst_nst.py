@@ -11,6 +11,7 @@ from flash_jax.fl.loop import run
 SMALL = dict(dataset="digits", num_users=10, frac=0.5, local_bs=32, eval_every=5, quiet=True, seed=1)
 
 
+@pytest.mark.slow
 def test_dense_reaches_85_percent(digits, tmp_path):
     history = run(Config(experiment_type="dense", fl_rounds=20, workdir=str(tmp_path / "w"), **SMALL), digits)
     assert history[-1]["accuracy"] >= 0.85

@@ -48,6 +48,7 @@ def test_a_plugin_method_runs_from_the_command_line():
     assert missing.stderr == "run.py: error: --plugin no_such_plugin.py: no such file\n"
 
 
+@pytest.mark.slow
 def test_an_unrelated_plugin_does_not_stop_a_workdir_from_resuming(tmp_path):
     """The plugin's knobs, at their defaults, are no difference from a run that never had them."""
     base = [sys.executable, "run.py", "--experiment_type", "pdst", "--num_users", "6", "--frac", "0.5", "--eval_every",

@@ -38,6 +38,7 @@ def test_feddst_readjust_schedule_is_cosine_and_stops_at_half():
     assert ratios[42] < ratios[32] < ratios[2]
 
 
+@pytest.mark.slow
 def test_feddst_keeps_target_density_every_round(digits):
     config = Config(experiment_type="feddst", num_users=10, frac=0.5, fl_rounds=6, eval_every=1, quiet=True,
                     feddst_readjust_every=2, feddst_readjust_ratio=0.2)

@@ -139,10 +139,8 @@ def test_hetero_spdst_budgets_stay_fixed_and_levels_nest(digits):
         chex.assert_trees_all_equal(state.server.top, previous.server.top)  # SPDST: d mask fixed
 
 
-@pytest.mark.parametrize("experiment_type, assign", [
-    pytest.param("jmwst", "client", marks=pytest.mark.slow),  # a minute; the slot case keeps hetero runs quick
-    ("spdst", "slot"),
-])
+@pytest.mark.slow  # whole runs; the hetero budgets and level-mask tests keep hetero-FLASH in the quick set
+@pytest.mark.parametrize("experiment_type, assign", [("jmwst", "client"), ("spdst", "slot")])
 def test_hetero_end_to_end_density_d(digits, experiment_type, assign):
     history = run(Config(experiment_type=experiment_type, hetero_client=True, hetero_assign=assign, num_users=10,
                          frac=1.0, init_frac=0.2, init_epoch=1, fl_rounds=2, eval_every=1, quiet=True), digits)

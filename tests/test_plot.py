@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from flash_jax.config import Config
@@ -11,6 +12,7 @@ from flash_jax.fl.loop import run
 from flash_jax.plot import FIGURES
 
 
+@pytest.mark.slow
 def test_plot_writes_four_nonempty_pngs_from_real_runs(digits, tmp_path):
     for method in ("dense", "nst"):
         run(Config(experiment_type=method, num_users=6, frac=0.5, fl_rounds=2, eval_every=1, quiet=True,

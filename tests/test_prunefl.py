@@ -78,6 +78,7 @@ SMALL = dict(experiment_type="prunefl", num_users=10, frac=0.3, fl_rounds=8, eva
              prunefl_adjust_every=2, prunefl_ip_max_rounds=60, prunefl_ip_adjust_every=10)
 
 
+@pytest.mark.slow
 def test_initial_pruning_and_adjustment_rounds(digits, tmp_path):
     history = run(Config(workdir=str(tmp_path), **SMALL), digits)
     record = json.load(open(tmp_path / "initial_pruning.json"))

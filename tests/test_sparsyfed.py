@@ -75,6 +75,7 @@ def test_activation_pruning_changes_only_the_weight_gradients_of_sparse_layers(m
 SMALL = dict(num_users=10, frac=0.3, fl_rounds=5, eval_every=1, quiet=True)
 
 
+@pytest.mark.slow
 def test_sparsyfed_support_never_grows_from_round_2(digits):
     history = run(Config(experiment_type="sparsyfed", **SMALL), digits)
     densities = [r["density"] for r in history]
@@ -86,6 +87,7 @@ def test_sparsyfed_support_never_grows_from_round_2(digits):
     assert max(r["mask_activated"] for r in plain[1:]) > 0 and max(r["server_reactivated"] for r in plain[1:]) > 0
 
 
+@pytest.mark.slow
 def test_topk_is_sparsyfed_with_alpha_1_and_no_activation_pruning(digits):
     def lines(history):
         return [{k: v for k, v in r.items() if k not in TIMING} for r in history]

@@ -56,6 +56,7 @@ def test_sigint_stops_at_the_round_boundary_and_resumes(finished, digits, tmp_pa
     chex.assert_trees_all_equal(final_state(config, digits), final_state(finished, digits))
 
 
+@pytest.mark.slow
 def test_sigterm_mid_run_then_resume_equals_an_uninterrupted_run(finished, digits, tmp_path):
     workdir = tmp_path / "w"
     first = start(workdir)

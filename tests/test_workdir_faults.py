@@ -47,6 +47,7 @@ def test_a_full_disk_is_one_line_and_the_same_command_continues_bit_exact(tmp_pa
     assert resumed == whole
 
 
+@pytest.mark.slow
 def test_when_no_checkpoint_is_readable_the_run_starts_over(tmp_path):
     workdir = tmp_path / "w"
     flags = ["--fl_rounds", "3", "--workdir", str(workdir)]  # checkpoints of rounds 0 and 3
