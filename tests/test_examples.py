@@ -14,25 +14,28 @@ import flash_jax
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_example(name: str) -> str:
+    """The example's output, run as a user runs it: a fresh process from the repository root."""
+    result = subprocess.run([sys.executable, f"examples/{name}"], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 @pytest.mark.slow
 def test_custom_model_example_learns_digits():
     """Measured 0.78 at the default seed (0.78-0.89 over seeds 0-2); chance is 0.1."""
-    result = subprocess.run([sys.executable, "examples/custom_model.py"], cwd=ROOT, capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
-    assert result.returncode == 0, result.stderr
-    accuracy = float(re.search(r"final accuracy ([\d.]+)", result.stdout).group(1))
-    assert accuracy > 0.5, result.stdout
+    out = run_example("custom_model.py")
+    assert float(re.search(r"final accuracy ([\d.]+)", out).group(1)) > 0.5, out
 
 
 @pytest.mark.slow
 def test_custom_method_example_reaches_d_and_learns_digits():
     """Measured 0.9389 at density 0.0500 (seed 1, 60 rounds); chance is 0.1."""
-    result = subprocess.run([sys.executable, "examples/custom_method.py"], cwd=ROOT, capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
-    assert result.returncode == 0, result.stderr
-    found = re.search(r"accuracy ([\d.]+) density ([\d.]+)", result.stdout)
-    assert float(found.group(1)) > 0.8, result.stdout
-    assert float(found.group(2)) == 0.05, result.stdout  # exactly round(0.05 * N_m) weights: 0.0500 printed
+    out = run_example("custom_method.py")
+    found = re.search(r"accuracy ([\d.]+) density ([\d.]+)", out)
+    assert float(found.group(1)) > 0.8, out
+    assert float(found.group(2)) == 0.05, out  # exactly round(0.05 * N_m) weights: 0.0500 printed
 
 
 def test_a_plugin_method_runs_from_the_command_line():
@@ -92,8 +95,6 @@ def test_a_client_side_method_from_outside_the_package_reports_and_is_charged_fo
 @pytest.mark.slow
 def test_gradient_budgets_example_learns_digits():
     """Measured 0.8694 at density 0.2 (seed 1, 60 rounds; PDST with the same settings: 0.8611)."""
-    result = subprocess.run([sys.executable, "examples/gradient_budgets.py"], cwd=ROOT, capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
-    assert result.returncode == 0, result.stderr
-    found = re.search(r"accuracy ([\d.]+) density ([\d.]+)", result.stdout)
-    assert float(found.group(1)) > 0.8 and float(found.group(2)) == pytest.approx(0.2, abs=1e-3), result.stdout
+    out = run_example("gradient_budgets.py")
+    found = re.search(r"accuracy ([\d.]+) density ([\d.]+)", out)
+    assert float(found.group(1)) > 0.8 and float(found.group(2)) == pytest.approx(0.2, abs=1e-3), out
