@@ -161,12 +161,12 @@ def _train_phase(spec: ClientSpec, optimizer, schedule: ClientSchedule, augment_
     return carry._replace(steps=steps), jnp.sum(losses)
 
 
-def _update_masks(spec: ClientSpec, carry: LocalCarry, key, progress, start: ClientStart, rate) -> LocalCarry:
+def _update_masks(spec: ClientSpec, carry: LocalCarry, key, progress, target_count, rate) -> LocalCarry:
     """The local mask rule at a phase boundary; the parameters outside the new masks become 0."""
     params = carry.steps.params
     flat = traverse_util.flatten_dict(params, sep="/")
     step = MaskStep(key, {p: flat[p] for p in carry.masks}, carry.masks,
-                    carry.steps.gradient if spec.tracks_gradient else None, progress, start.target_count, rate)
+                    carry.steps.gradient if spec.tracks_gradient else None, progress, target_count, rate)
     masks, mask_state = spec.mask_rule.update(step, carry.mask_state)
     return LocalCarry(carry.steps._replace(params=apply_masks(params, masks)), masks, mask_state)
 
@@ -196,7 +196,8 @@ def local_train(spec: ClientSpec, phase_lengths: tuple[int, ...], schedule: Clie
     train_phase = functools.partial(_train_phase, spec, optimizer, schedule, augment_key)
 
     def boundary(carry, phase, steps_done):
-        return _update_masks(spec, carry, derive(update_key, phase), steps_done / num_steps, start, shared.mask_rate)
+        return _update_masks(spec, carry, derive(update_key, phase), steps_done / num_steps, start.target_count,
+                             shared.mask_rate)
 
     inputs = (schedule.example_index, schedule.example_valid, step_valid, jnp.arange(step_valid.shape[0]))
     num_phases = len(phase_lengths)
