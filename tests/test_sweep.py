@@ -1,5 +1,6 @@
 """The sweep command: the grid a file names, its slices, its statistics, and sweeps of real runs on
 digits that fail in part or are killed and restarted."""
+import csv
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import pytest
 
 from flash_jax.sweep.grid import SweepError, load_sweep, shard
 from flash_jax.sweep.report import write_report
-from flash_jax.sweep.results import load_runs, settings_of, summarize_setting
+from flash_jax.sweep.results import claim_rows, load_claims, load_runs, settings_of, summarize_setting
 from flash_jax.sweep.stats import mean_interval, paired_difference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,6 +79,15 @@ def test_shards_cover_the_grid_exactly_once(tmp_path, count):
     (SMALL + "[plot]\nx = 1\n", "unknown table 'plot'"),
     ("axes = 3\n", "axes must be a table ([axes]), not int"),
     (SMALL + "[methods]\npdst = 3\n", "methods.pdst must be a table"),
+    (SMALL + '[[claim]]\ntext = "x"\nfirst = { experiment_type = "spdst" }\nsecond = 0.1\n',
+     "[[claim]] number 1.first: experiment_type = 'spdst' is not among the axis's values ['dense', 'pdst']"),
+    (SMALL + '[[claim]]\ntext = "x"\nfirst = { seed = 1 }\nsecond = 0.1\n', "fixes 'seed', which is not one"),
+    (SMALL + '[[claim]]\ntext = "x"\nfirst = { density = 0.05 }\nsecond = { experiment_type = "pdst" }\n',
+     "two sides that do must fix the same axes"),
+    (SMALL + '[[claim]]\ntext = "x"\nfirst = 0.5\nsecond = 0.1\n', "a side must choose runs"),
+    (SMALL + '[[claim]]\nfirst = 0.5\nsecond = { density = 0.05 }\n', "exactly the keys text, first and second"),
+    (SMALL + '[[claim]]\ntext = "x"\nfirst = "pdst"\nsecond = 0.1\n', "must be a table of axis values"),
+    ('claim = 3\n' + SMALL, "claim must be an array of tables"),
 ])
 def test_bad_sweep_files_are_refused_in_one_line(tmp_path, text, message):
     result = subprocess.run([sys.executable, "-m", "flash_jax.sweep", write(tmp_path, text), "--list"], cwd=ROOT,
@@ -102,33 +112,76 @@ def test_interval_and_paired_difference_match_hand_computed_values():
     assert mean_interval([0.5]).n == 1 and not mean_interval([0.5]).excludes_zero()
 
 
-def fake_sweep(out, accuracies):
-    """A sweep folder whose runs finished with the given final accuracy per (method, seed)."""
+def fake_sweep(out, accuracies, names=("experiment_type", "seed"), claims=()):
+    """A sweep folder whose runs finished with the given final accuracy per point (values of `names`)."""
     runs = []
-    for (method, seed), accuracy in accuracies.items():
-        name = f"{method}/seed={seed}"
+    for key, accuracy in accuracies.items():
+        point = dict(zip(names, key))
+        name = "_".join(f"{axis}={value}" for axis, value in point.items())
         os.makedirs(out / name)
         (out / name / "config.json").write_text(json.dumps({"fl_rounds": 2}))
         records = [{"round": r, "accuracy": accuracy * r / 2, "density": 0.05, "comm_ratio_vs_dense": 0.1}
                    for r in (1, 2)]
         (out / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-        runs.append({"name": name, "axes": {"experiment_type": method, "seed": seed}, "settings": {}})
-    (out / "sweep.json").write_text(json.dumps({"axes": {"experiment_type": ["a", "b", "c"], "seed": [1, 2, 3]},
-                                                "runs": runs}))
+        runs.append({"name": name, "axes": point, "settings": {}})
+    axes = {axis: sorted({key[index] for key in accuracies}) for index, axis in enumerate(names)}
+    (out / "sweep.json").write_text(json.dumps({"axes": axes, "runs": runs, "claims": list(claims)}))
+
+
+THREE_METHODS = {("a", 1): 0.80, ("a", 2): 0.82, ("a", 3): 0.85, ("b", 1): 0.70, ("b", 2): 0.75, ("b", 3): 0.76,
+                 ("c", 1): 0.81, ("c", 2): 0.78, ("c", 3): 0.86}
 
 
 def test_report_marks_methods_significantly_below_the_best(tmp_path):
-    fake_sweep(tmp_path, {("a", 1): 0.80, ("a", 2): 0.82, ("a", 3): 0.85, ("b", 1): 0.70, ("b", 2): 0.75,
-                          ("b", 3): 0.76, ("c", 1): 0.81, ("c", 2): 0.78, ("c", 3): 0.86})
+    fake_sweep(tmp_path, THREE_METHODS)
     axes, runs = load_runs(str(tmp_path))
     rows = {row["method"]: row for row in summarize_setting(axes, runs, settings_of(axes)[0])}
     assert rows["a"]["best"] and rows["b"]["worse"] and not rows["c"]["worse"]
     assert rows["b"]["gap"].half_width == pytest.approx(0.0379458, abs=1e-7)
     text = write_report(str(tmp_path))
     # a: mean 0.823333, s 0.025166, half-width 0.062517; b: mean 0.736667, s 0.032146, half-width 0.079855
-    assert "| a | 3 | 0.8233 ± 0.0625 (best) |" in text and "| b | 3 | 0.7367 ± 0.0799 ▼ |" in text
+    assert "| a | 3 | 0.8233 ± 0.0625 | (best) |" in text and "| b | 3 | 0.7367 ± 0.0799 | 0.0867 ± 0.0379 ▼ |" in text
     for name in ("summary.md", "summary.csv", "accuracy_vs_communication.png", "accuracy_vs_round.png"):
         assert (tmp_path / "report" / name).stat().st_size > 0
+    assert "## Claims" not in text and not (tmp_path / "report" / "claims.csv").exists()
+
+
+def claim(text, first, second):
+    return {"text": text, "first": first, "second": second}
+
+
+def test_claims_are_paired_by_seed_and_judged_by_their_interval(tmp_path):
+    fake_sweep(tmp_path, THREE_METHODS, claims=[
+        claim("a beats b", {"experiment_type": "a"}, {"experiment_type": "b"}),
+        claim("b beats a", {"experiment_type": "b"}, {"experiment_type": "a"}),
+        claim("c beats a", {"experiment_type": "c"}, {"experiment_type": "a"}),
+        claim("a stays under 0.9", 0.9, {"experiment_type": "a"}),
+        claim("a's communication is a tenth", {"experiment_type": "a", "metric": "comm_ratio_vs_dense"}, 0.1)])
+    text = write_report(str(tmp_path))
+    verdicts = [line.rsplit("|", 2)[-2].strip() for line in text.splitlines() if line.startswith("| all runs |")]
+    assert verdicts == ["holds", "reversed", "open", "holds", "open"]
+    # a - b: 0.10, 0.07, 0.09 (half-width 0.0379458); c - a: 0.01, -0.04, 0.01; 0.9 - a: 0.10, 0.08, 0.05
+    # (mean 0.076667, s 0.025166, half-width 0.062517); a's ratio - 0.1: 0, 0, 0 (no spread: no interval)
+    assert "| all runs | 3 | 0.8233 ± 0.0625 | 0.7367 ± 0.0799 | 0.0867 ± 0.0379 | holds |" in text
+    assert "| all runs | 3 | 0.9000 | 0.8233 ± 0.0625 | 0.0767 ± 0.0625 | holds |" in text
+    with open(tmp_path / "report" / "claims.csv") as f:
+        lines = list(csv.DictReader(f))
+    assert [line["verdict"] for line in lines] == verdicts
+    assert float(lines[2]["difference_mean"]) == pytest.approx(-0.0066667, abs=1e-7)
+
+
+def test_a_claim_that_fixes_an_axis_is_tested_at_every_value_of_the_others(tmp_path):
+    accuracies = {(method, density, seed): base + density + 0.01 * seed
+                  for method, base in (("topk", 0.5), ("dense", 0.8)) for density in (0.01, 0.05) for seed in (1, 2)}
+    accuracies[("topk", 0.05, 2)] += 0.02  # differences 0.04, 0.06: mean 0.05, half-width 12.7062 * 0.0141421 / 1.41421
+    fake_sweep(tmp_path, accuracies, names=("experiment_type", "density", "seed"), claims=[
+        claim("loses as d falls", {"density": 0.05}, {"density": 0.01})])
+    axes, runs = load_runs(str(tmp_path))
+    rows = claim_rows(load_claims(str(tmp_path))[0], axes, runs)
+    assert [row["setting"] for row in rows] == [{"experiment_type": "dense"}, {"experiment_type": "topk"}]
+    assert rows[0]["difference"].mean == pytest.approx(0.04) and rows[0]["difference"].half_width == pytest.approx(0)
+    assert rows[1]["difference"].mean == pytest.approx(0.05)
+    assert rows[1]["difference"].half_width == pytest.approx(0.127062, abs=1e-6) and rows[1]["verdict"] == "open"
 
 
 def final_metrics(out):

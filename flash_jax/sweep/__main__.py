@@ -16,7 +16,7 @@ from flash_jax.sweep.runner import Stopped, run_all, write_manifest
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m flash_jax.sweep", description=__doc__.split("\n\n")[0],
                                      allow_abbrev=False)
-    parser.add_argument("sweep_file", help="the sweep's TOML file ([base], [axes], [methods.NAME])")
+    parser.add_argument("sweep_file", help="the sweep's TOML file ([base], [axes], [methods.NAME], [[claim]])")
     parser.add_argument("--out", help="the sweep folder: one workdir per run, logs, sweep.json "
                                       "(default: runs/ and the file's name)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, each its own process (default: 1)")
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
         print_result("\n".join(command_line(run, out) for run in runs))
         return 0
     try:
-        write_manifest(out, args.sweep_file, sweep.axes, sweep.runs)
+        write_manifest(out, args.sweep_file, sweep)
     except OSError as err:
         print(f"sweep: error: --out {out}: {err.strerror or err}", file=sys.stderr)
         return 2

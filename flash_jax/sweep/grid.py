@@ -11,6 +11,10 @@
     prunefl_max_density = "{density}"   # run's own value of that setting
     [methods.dense]
     independent_of = ["density"]   # axes the method ignores: one run instead of one per value
+    [[claim]]                   # a paired comparison the report tests (see claims.py)
+    text = "SPDST beats PDST"
+    first = { experiment_type = "spdst" }
+    second = { experiment_type = "pdst" }
 
 A run is a point of the grid: its settings, a folder under the sweep folder named from them, and the
 `python -m flash_jax` command that runs it there. Finished runs are recognised by their files alone
@@ -29,9 +33,11 @@ import sys
 import tomllib
 from typing import Any
 
+from flash_jax.sweep.claims import parse_claims
 from flash_jax.workdir import read_metrics
 
 METHOD_AXIS = "experiment_type"
+SEED_AXIS = "seed"  # the axis a report pairs runs by
 _REFERENCE = re.compile(r"^\{(\w+)\}$")
 
 
@@ -85,6 +91,7 @@ def finished_records(workdir: str, rounds: int | None = None) -> list[dict] | No
 class Sweep:
     axes: dict[str, list]
     runs: list[Run]
+    claims: list[dict]  # the [[claim]] tables as written (checked), for the report
 
 
 def load_sweep(path: str) -> Sweep:
@@ -96,10 +103,10 @@ def load_sweep(path: str) -> Sweep:
         raise SweepError(f"{path}: {err.strerror or err}") from None
     except tomllib.TOMLDecodeError as err:
         raise SweepError(f"{path}: not valid TOML ({err})") from None
-    unknown = set(spec) - {"base", "axes", "methods"}
+    unknown = set(spec) - {"base", "axes", "methods", "claim"}
     if unknown:
-        raise SweepError(f"{path}: unknown table {sorted(unknown)[0]!r}; a sweep file has [base], [axes] and "
-                         "[methods.NAME]")
+        raise SweepError(f"{path}: unknown table {sorted(unknown)[0]!r}; a sweep file has [base], [axes], "
+                         "[methods.NAME] and [[claim]]")
     tables = {name: spec.get(name, {}) for name in ("base", "axes", "methods")}
     tables.update({f"methods.{name}": table for name, table in tables["methods"].items()}
                   if isinstance(tables["methods"], dict) else {})
@@ -116,7 +123,12 @@ def load_sweep(path: str) -> Sweep:
         if not isinstance(values, list) or not values or len(set(map(repr, values))) != len(values):
             raise SweepError(f"{path}: axis {name} must be a non-empty list of distinct values")
     _check_names(path, base, axes, methods)
-    return Sweep(axes=axes, runs=expand(base, axes, methods, preset))
+    claims = spec.get("claim", [])
+    try:
+        parse_claims(claims, {axis: values for axis, values in axes.items() if axis != SEED_AXIS})
+    except ValueError as err:
+        raise SweepError(f"{path}: {err}") from None
+    return Sweep(axes=axes, runs=expand(base, axes, methods, preset), claims=claims)
 
 
 def _check_names(path: str, base: dict, axes: dict, methods: dict) -> None:

@@ -5,7 +5,8 @@ method: final accuracy, accuracy pruned to d (methods that report it), density, 
 dense, mask consensus (Hamming distance among the clients' masks, change of the server mask), each as
 mean ± half-width of the t interval over the seeds that finished. A method whose accuracy is below the
 best method's with a paired difference (by seed) whose interval excludes zero is marked. Written to
-DIR/report/: summary.md, summary.csv, accuracy_vs_communication.png, accuracy_vs_round.png.
+DIR/report/: summary.md, summary.csv, accuracy_vs_communication.png, accuracy_vs_round.png. The claims
+the sweep file names ([[claim]], see claims.py) follow in summary.md, one table each, and in claims.csv.
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import sys
 
 from flash_jax.output import print_result
 from flash_jax.sweep.figures import accuracy_vs_communication, accuracy_vs_round
-from flash_jax.sweep.results import COLUMNS, load_runs, setting_title, settings_of, summarize_setting
+from flash_jax.sweep.claims import Claim
+from flash_jax.sweep.results import (COLUMNS, claim_rows, load_claims, load_runs, setting_title, settings_of,
+                                        summarize_setting)
 from flash_jax.sweep.stats import Interval
 
 WORSE_MARK = "▼"
@@ -30,19 +33,41 @@ def format_interval(interval: Interval | None) -> str:
     return f"{interval.mean:.4f} ± {interval.half_width:.4f}"
 
 
-def markdown(tables: list[tuple[dict, list[dict]]]) -> str:
-    lines = [f"Mean ± half-width of the 95% t interval over seeds (n = seeds that finished). {WORSE_MARK}: "
-             "accuracy below the best method's, the paired difference's interval excluding zero.", ""]
+def below_best(row: dict) -> str:
+    if row["best"]:
+        return "(best)"
+    return format_interval(row["gap"]) + (f" {WORSE_MARK}" if row["worse"] else "")
+
+
+def markdown(tables: list[tuple[dict, list[dict]]]) -> list[str]:
+    lines = [f"Mean ± half-width of the 95% t interval over seeds (n = seeds that finished). Below best: the "
+             f"best method's accuracy minus this one's, paired by seed; {WORSE_MARK}: its interval excludes "
+             "zero.", ""]
     for setting, rows in tables:
         lines += [f"### {setting_title(setting)}", "",
-                  "| method | n | " + " | ".join(title for _, title in COLUMNS) + " |",
-                  "|---|---|" + "---|" * len(COLUMNS)]
+                  "| method | n | accuracy | below best | " + " | ".join(title for _, title in COLUMNS[1:]) + " |",
+                  "|---|---|---|---|" + "---|" * (len(COLUMNS) - 1)]
         for row in rows:
             cells = [format_interval(row["cells"].get(key)) for key, _ in COLUMNS]
-            cells[0] += " (best)" if row["best"] else f" {WORSE_MARK}" if row["worse"] else ""
+            cells.insert(1, below_best(row))
             lines.append(f"| {row['method']} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
         lines.append("")
-    return "\n".join(lines)
+    return lines
+
+
+def claims_markdown(claims: list[Claim], results: list[list[dict]]) -> list[str]:
+    """One table per claim: a row per setting with both sides, the difference and the verdict."""
+    lines = ["## Claims", "", "Each claim is first − second, paired by seed: mean ± half-width of the 95% t "
+             "interval. holds: the interval lies above zero; reversed: below zero; open: it contains zero, or "
+             "fewer than two seeds.", ""]
+    for claim, rows in zip(claims, results):
+        lines += [f"### {claim.text}", "", f"first: {claim.first.label()}; second: {claim.second.label()}", "",
+                  "| setting | n | first | second | first − second | verdict |", "|---|---|---|---|---|---|"]
+        lines += [f"| {setting_title(row['setting'])} | {row['difference'].n} | {format_interval(row['sides'][0])} | "
+                  f"{format_interval(row['sides'][1])} | {format_interval(row['difference'])} | {row['verdict']} |"
+                  for row in rows]
+        lines.append("" if rows else "(no setting has finished runs on both sides yet)\n")
+    return lines
 
 
 def write_csv(path: str, tables: list[tuple[dict, list[dict]]]) -> None:
@@ -59,16 +84,32 @@ def write_csv(path: str, tables: list[tuple[dict, list[dict]]]) -> None:
                                      interval.half_width, below])
 
 
+def write_claims_csv(path: str, claims: list[Claim], results: list[list[dict]]) -> None:
+    """One line per claim and setting."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["claim", "first", "second", "setting", "n", "first_mean", "second_mean", "difference_mean",
+                         "difference_ci95_half_width", "verdict"])
+        for claim, rows in zip(claims, results):
+            writer.writerows([claim.text, claim.first.label(), claim.second.label(), setting_title(row["setting"]),
+                              row["difference"].n, row["sides"][0].mean, row["sides"][1].mean,
+                              row["difference"].mean, row["difference"].half_width, row["verdict"]] for row in rows)
+
+
 def write_report(out: str) -> str:
     """Tables (Markdown, CSV) and figures under OUT/report; returns the Markdown."""
     axes, runs = load_runs(out)
+    claims = load_claims(out)
     tables = [(setting, rows) for setting in settings_of(axes) if (rows := summarize_setting(axes, runs, setting))]
+    results = [claim_rows(claim, axes, runs) for claim in claims]
     folder = os.path.join(out, "report")
     os.makedirs(folder, exist_ok=True)
-    text = markdown(tables)
+    text = "\n".join(markdown(tables) + (claims_markdown(claims, results) if claims else []))
     with open(os.path.join(folder, "summary.md"), "w") as f:
         f.write(text)
     write_csv(os.path.join(folder, "summary.csv"), tables)
+    if claims:
+        write_claims_csv(os.path.join(folder, "claims.csv"), claims, results)
     if tables:
         accuracy_vs_communication(tables, os.path.join(folder, "accuracy_vs_communication.png"))
         accuracy_vs_round(axes, runs, tables, os.path.join(folder, "accuracy_vs_round.png"))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 
-from flash_jax.sweep.grid import METHOD_AXIS, finished_records
-from flash_jax.sweep.stats import mean_interval, paired_difference
+from flash_jax.sweep.claims import Claim, Side, difference_values, parse_claims, verdict
+from flash_jax.sweep.grid import METHOD_AXIS, SEED_AXIS, finished_records
+from flash_jax.sweep.stats import Interval, mean_interval, paired_difference
 
-SEED_AXIS = "seed"
 COLUMNS = (("accuracy", "accuracy"), ("accuracy_pruned", "pruned-to-d accuracy"), ("density", "density"),
            ("comm_ratio_vs_dense", "comm vs dense"), ("mask_hamming_clients", "Hamming among clients"),
            ("server_mask_change", "server mask change"))
@@ -27,9 +28,17 @@ def load_runs(out: str) -> tuple[dict, list[dict]]:
     return manifest["axes"], runs
 
 
-def settings_of(axes: dict) -> list[dict]:
-    """Every combination of the axes that are neither the method nor the seed."""
-    names = [axis for axis in axes if axis not in (METHOD_AXIS, SEED_AXIS)]
+def load_claims(out: str) -> list[Claim]:
+    """The claims the sweep file asked the report to test (none in a manifest written without them)."""
+    with open(os.path.join(out, "sweep.json")) as f:
+        manifest = json.load(f)
+    axes = {axis: values for axis, values in manifest["axes"].items() if axis != SEED_AXIS}
+    return parse_claims(manifest.get("claims", []), axes)
+
+
+def settings_of(axes: dict, varying=(METHOD_AXIS, SEED_AXIS)) -> list[dict]:
+    """Every combination of the axes other than `varying` (by default: the method and the seed)."""
+    names = [axis for axis in axes if axis not in varying]
     return [dict(zip(names, values)) for values in itertools.product(*(axes[name] for name in names))]
 
 
@@ -64,3 +73,30 @@ def summarize_setting(axes: dict, runs: list[dict], setting: dict) -> list[dict]
 
 def setting_title(setting: dict) -> str:
     return ", ".join(f"{axis} {value}" for axis, value in setting.items()) or "all runs"
+
+
+def side_values(side: Side, runs: list[dict], setting: dict) -> dict | float:
+    """seed -> the side's final metric at `setting` (runs without that metric left out), or its constant."""
+    if side.constant is not None:
+        return side.constant
+    where = {**setting, **dict(side.selector)}
+    finals = {seed: run["records"][-1] for seed, run in cell_runs(runs, where, where.pop(METHOD_AXIS, None)).items()}
+    return {seed: final[side.metric] for seed, final in finals.items() if side.metric in final}
+
+
+def claim_rows(claim: Claim, axes: dict, runs: list[dict]) -> list[dict]:
+    """One row per setting of the axes the claim does not fix (the method's included) where both sides
+    have runs on a common seed: each side's interval over those seeds, the difference's, the verdict."""
+    rows = []
+    for setting in settings_of(axes, varying=(SEED_AXIS, *claim.fixed_axes())):
+        sides = [side_values(side, runs, setting) for side in (claim.first, claim.second)]
+        differences = difference_values(*sides) if all(values != {} for values in sides) else []
+        if not differences:
+            continue
+        seeds = set.intersection(*(set(values) for values in sides if isinstance(values, dict)))
+        difference = mean_interval(differences)
+        rows.append({"setting": setting, "difference": difference,
+                     "verdict": verdict(difference.mean, difference.excludes_zero()),
+                     "sides": [mean_interval([values[seed] for seed in seeds]) if isinstance(values, dict)
+                               else Interval(values, math.nan, 0) for values in sides]})
+    return rows

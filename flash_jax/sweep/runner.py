@@ -14,7 +14,7 @@ import subprocess
 import time
 
 from flash_jax.launch import die_with_parent
-from flash_jax.sweep.grid import Run
+from flash_jax.sweep.grid import Run, Sweep
 
 POLL_S = 0.5
 
@@ -125,11 +125,13 @@ def _record_failure(out: str, run: Run, status: int, error: str) -> None:
                    "log": log_path(out, run, ".log")}, f, indent=2)
 
 
-def write_manifest(out: str, sweep_file: str, axes: dict, runs: list[Run]) -> None:
-    """SWEEP/sweep.json: the grid as expanded (what the report reads), written atomically."""
+def write_manifest(out: str, sweep_file: str, sweep: Sweep) -> None:
+    """SWEEP/sweep.json: the grid as expanded and the claims to test (what the report reads), written
+    atomically."""
     os.makedirs(out, exist_ok=True)
-    manifest = {"sweep_file": os.path.abspath(sweep_file), "axes": axes,
-                "runs": [{"name": run.name, "axes": dict(run.axes), "settings": dict(run.settings)} for run in runs]}
+    manifest = {"sweep_file": os.path.abspath(sweep_file), "axes": sweep.axes, "claims": sweep.claims,
+                "runs": [{"name": run.name, "axes": dict(run.axes), "settings": dict(run.settings)}
+                         for run in sweep.runs]}
     with open(os.path.join(out, "sweep.json.tmp"), "w") as f:
         json.dump(manifest, f, indent=2)
     os.replace(os.path.join(out, "sweep.json.tmp"), os.path.join(out, "sweep.json"))
