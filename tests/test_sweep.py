@@ -12,7 +12,7 @@ import pytest
 
 from flash_jax.sweep.grid import SweepError, load_sweep, shard
 from flash_jax.sweep.report import write_report
-from flash_jax.sweep.results import claim_rows, load_claims, load_runs, settings_of, summarize_setting
+from flash_jax.sweep.results import claim_rows, load_runs, report_options, settings_of, summarize_setting
 from flash_jax.sweep.stats import mean_interval, paired_difference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,6 +88,7 @@ def test_shards_cover_the_grid_exactly_once(tmp_path, count):
     (SMALL + '[[claim]]\nfirst = 0.5\nsecond = { density = 0.05 }\n', "exactly the keys text, first and second"),
     (SMALL + '[[claim]]\ntext = "x"\nfirst = "pdst"\nsecond = 0.1\n', "must be a table of axis values"),
     ('claim = 3\n' + SMALL, "claim must be an array of tables"),
+    (SMALL + 'reference = "yes"\n', "[methods.dense] reference must be true or false"),
 ])
 def test_bad_sweep_files_are_refused_in_one_line(tmp_path, text, message):
     result = subprocess.run([sys.executable, "-m", "flash_jax.sweep", write(tmp_path, text), "--list"], cwd=ROOT,
@@ -112,7 +113,7 @@ def test_interval_and_paired_difference_match_hand_computed_values():
     assert mean_interval([0.5]).n == 1 and not mean_interval([0.5]).excludes_zero()
 
 
-def fake_sweep(out, accuracies, names=("experiment_type", "seed"), claims=()):
+def fake_sweep(out, accuracies, names=("experiment_type", "seed"), claims=(), references=()):
     """A sweep folder whose runs finished with the given final accuracy per point (values of `names`)."""
     runs = []
     for key, accuracy in accuracies.items():
@@ -125,7 +126,8 @@ def fake_sweep(out, accuracies, names=("experiment_type", "seed"), claims=()):
         (out / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         runs.append({"name": name, "axes": point, "settings": {}})
     axes = {axis: sorted({key[index] for key in accuracies}) for index, axis in enumerate(names)}
-    (out / "sweep.json").write_text(json.dumps({"axes": axes, "runs": runs, "claims": list(claims)}))
+    (out / "sweep.json").write_text(json.dumps({"axes": axes, "runs": runs, "claims": list(claims),
+                                                "references": list(references)}))
 
 
 THREE_METHODS = {("a", 1): 0.80, ("a", 2): 0.82, ("a", 3): 0.85, ("b", 1): 0.70, ("b", 2): 0.75, ("b", 3): 0.76,
@@ -140,10 +142,23 @@ def test_report_marks_methods_significantly_below_the_best(tmp_path):
     assert rows["b"]["gap"].half_width == pytest.approx(0.0379458, abs=1e-7)
     text = write_report(str(tmp_path))
     # a: mean 0.823333, s 0.025166, half-width 0.062517; b: mean 0.736667, s 0.032146, half-width 0.079855
-    assert "| a | 3 | 0.8233 ± 0.0625 | (best) |" in text and "| b | 3 | 0.7367 ± 0.0799 | 0.0867 ± 0.0379 ▼ |" in text
+    assert "| a | 3 | 0.8233 ± 0.0625 | (best) |" in text
+    assert "| b | 3 | 0.7367 ± 0.0799 | 0.0867 ± 0.0379 ▼ |" in text
     for name in ("summary.md", "summary.csv", "accuracy_vs_communication.png", "accuracy_vs_round.png"):
         assert (tmp_path / "report" / name).stat().st_size > 0
     assert "## Claims" not in text and not (tmp_path / "report" / "claims.csv").exists()
+
+
+def test_a_reference_method_is_shown_but_not_ranked(tmp_path):
+    fake_sweep(tmp_path, THREE_METHODS, references=["a"])
+    text = write_report(str(tmp_path))
+    # c: mean 0.816667, s 0.040415, half-width 4.302653 * s / sqrt(3) = 0.100396;
+    # c - b: 0.11, 0.03, 0.10: mean 0.08, s 0.043589, half-width 0.108280
+    assert "| a | 3 | 0.8233 ± 0.0625 | (reference) |" in text and "| c | 3 | 0.8167 ± 0.1004 | (best) |" in text
+    assert "| b | 3 | 0.7367 ± 0.0799 | 0.0800 ± 0.1083 |" in text
+    sweep_file = load_sweep(write(tmp_path, SMALL.replace('independent_of = ["density"]',
+                                                          'independent_of = ["density"]\nreference = true')))
+    assert sweep_file.references == ["dense"] and "reference" not in dict(sweep_file.runs[0].settings)
 
 
 def claim(text, first, second):
@@ -177,7 +192,7 @@ def test_a_claim_that_fixes_an_axis_is_tested_at_every_value_of_the_others(tmp_p
     fake_sweep(tmp_path, accuracies, names=("experiment_type", "density", "seed"), claims=[
         claim("loses as d falls", {"density": 0.05}, {"density": 0.01})])
     axes, runs = load_runs(str(tmp_path))
-    rows = claim_rows(load_claims(str(tmp_path))[0], axes, runs)
+    rows = claim_rows(report_options(str(tmp_path))[0][0], axes, runs)
     assert [row["setting"] for row in rows] == [{"experiment_type": "dense"}, {"experiment_type": "topk"}]
     assert rows[0]["difference"].mean == pytest.approx(0.04) and rows[0]["difference"].half_width == pytest.approx(0)
     assert rows[1]["difference"].mean == pytest.approx(0.05)

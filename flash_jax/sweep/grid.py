@@ -11,6 +11,7 @@
     prunefl_max_density = "{density}"   # run's own value of that setting
     [methods.dense]
     independent_of = ["density"]   # axes the method ignores: one run instead of one per value
+    reference = true               # the report shows it but ranks the others without it
     [[claim]]                   # a paired comparison the report tests (see claims.py)
     text = "SPDST beats PDST"
     first = { experiment_type = "spdst" }
@@ -38,7 +39,8 @@ from flash_jax.workdir import read_metrics
 
 METHOD_AXIS = "experiment_type"
 SEED_AXIS = "seed"  # the axis a report pairs runs by
-_REFERENCE = re.compile(r"^\{(\w+)\}$")
+_SETTING_REFERENCE = re.compile(r"^\{(\w+)\}$")
+_SWEEP_KEYS = ("independent_of", "reference")  # keys of [methods.NAME] that are not run.py settings
 
 
 class SweepError(ValueError):
@@ -92,6 +94,7 @@ class Sweep:
     axes: dict[str, list]
     runs: list[Run]
     claims: list[dict]  # the [[claim]] tables as written (checked), for the report
+    references: list[str]  # methods the report shows without ranking them (e.g. dense, an upper bound)
 
 
 def load_sweep(path: str) -> Sweep:
@@ -128,7 +131,8 @@ def load_sweep(path: str) -> Sweep:
         parse_claims(claims, {axis: values for axis, values in axes.items() if axis != SEED_AXIS})
     except ValueError as err:
         raise SweepError(f"{path}: {err}") from None
-    return Sweep(axes=axes, runs=expand(base, axes, methods, preset), claims=claims)
+    references = sorted(method for method, overrides in methods.items() if overrides.get("reference"))
+    return Sweep(axes=axes, runs=expand(base, axes, methods, preset), claims=claims, references=references)
 
 
 def _check_names(path: str, base: dict, axes: dict, methods: dict) -> None:
@@ -136,7 +140,7 @@ def _check_names(path: str, base: dict, axes: dict, methods: dict) -> None:
     from flash_jax.cli import setting_names  # the command line's own list of settings
 
     known = setting_names()
-    named = [*base, *axes] + [key for overrides in methods.values() for key in overrides if key != "independent_of"]
+    named = [*base, *axes] + [key for overrides in methods.values() for key in overrides if key not in _SWEEP_KEYS]
     for key in named:
         if key not in known:
             raise SweepError(f"{path}: {key!r} is not a run.py setting (see python run.py --help)")
@@ -144,6 +148,8 @@ def _check_names(path: str, base: dict, axes: dict, methods: dict) -> None:
         ignored = overrides.get("independent_of", [])
         if not isinstance(ignored, list) or any(axis not in axes for axis in ignored):
             raise SweepError(f"{path}: [methods.{method}] independent_of must list axes of [axes]")
+        if not isinstance(overrides.get("reference", False), bool):
+            raise SweepError(f"{path}: [methods.{method}] reference must be true or false")
 
 
 def expand(base: dict, axes: dict, methods: dict, preset: str | None) -> list[Run]:
@@ -154,6 +160,7 @@ def expand(base: dict, axes: dict, methods: dict, preset: str | None) -> list[Ru
         point = dict(zip(axes, values))
         overrides = dict(methods.get(point.get(METHOD_AXIS, base.get(METHOD_AXIS)), {}))
         ignored = overrides.pop("independent_of", [])
+        overrides.pop("reference", None)
         point = {axis: value for axis, value in point.items() if axis not in ignored}
         settings = {**base, **point}
         settings.update({key: _resolve(value, settings) for key, value in overrides.items()})
@@ -166,7 +173,7 @@ def expand(base: dict, axes: dict, methods: dict, preset: str | None) -> list[Ru
 
 def _resolve(value: Any, settings: dict) -> Any:
     """"{name}" stands for the run's own value of setting `name`."""
-    match = _REFERENCE.match(value) if isinstance(value, str) else None
+    match = _SETTING_REFERENCE.match(value) if isinstance(value, str) else None
     if match and match.group(1) in settings:
         return settings[match.group(1)]
     if match:

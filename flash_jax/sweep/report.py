@@ -4,7 +4,8 @@ One table per setting (the values of the axes other than the method and the seed
 method: final accuracy, accuracy pruned to d (methods that report it), density, communication against
 dense, mask consensus (Hamming distance among the clients' masks, change of the server mask), each as
 mean ± half-width of the t interval over the seeds that finished. A method whose accuracy is below the
-best method's with a paired difference (by seed) whose interval excludes zero is marked. Written to
+best method's with a paired difference (by seed) whose interval excludes zero is marked; the methods the
+sweep file marks `reference` (e.g. dense, an upper bound) are shown but not ranked. Written to
 DIR/report/: summary.md, summary.csv, accuracy_vs_communication.png, accuracy_vs_round.png. The claims
 the sweep file names ([[claim]], see claims.py) follow in summary.md, one table each, and in claims.csv.
 """
@@ -18,7 +19,7 @@ import sys
 from flash_jax.output import print_result
 from flash_jax.sweep.figures import accuracy_vs_communication, accuracy_vs_round
 from flash_jax.sweep.claims import Claim
-from flash_jax.sweep.results import (COLUMNS, claim_rows, load_claims, load_runs, setting_title, settings_of,
+from flash_jax.sweep.results import (COLUMNS, claim_rows, load_runs, report_options, setting_title, settings_of,
                                         summarize_setting)
 from flash_jax.sweep.stats import Interval
 
@@ -34,15 +35,15 @@ def format_interval(interval: Interval | None) -> str:
 
 
 def below_best(row: dict) -> str:
-    if row["best"]:
-        return "(best)"
+    if row["best"] or row["reference"]:
+        return "(best)" if row["best"] else "(reference)"
     return format_interval(row["gap"]) + (f" {WORSE_MARK}" if row["worse"] else "")
 
 
 def markdown(tables: list[tuple[dict, list[dict]]]) -> list[str]:
     lines = [f"Mean ± half-width of the 95% t interval over seeds (n = seeds that finished). Below best: the "
-             f"best method's accuracy minus this one's, paired by seed; {WORSE_MARK}: its interval excludes "
-             "zero.", ""]
+             "best method's accuracy minus this one's, paired by seed (a reference method is shown, not "
+             f"ranked); {WORSE_MARK}: its interval excludes zero.", ""]
     for setting, rows in tables:
         lines += [f"### {setting_title(setting)}", "",
                   "| method | n | accuracy | below best | " + " | ".join(title for _, title in COLUMNS[1:]) + " |",
@@ -99,8 +100,9 @@ def write_claims_csv(path: str, claims: list[Claim], results: list[list[dict]]) 
 def write_report(out: str) -> str:
     """Tables (Markdown, CSV) and figures under OUT/report; returns the Markdown."""
     axes, runs = load_runs(out)
-    claims = load_claims(out)
-    tables = [(setting, rows) for setting in settings_of(axes) if (rows := summarize_setting(axes, runs, setting))]
+    claims, references = report_options(out)
+    tables = [(setting, rows) for setting in settings_of(axes)
+              if (rows := summarize_setting(axes, runs, setting, references))]
     results = [claim_rows(claim, axes, runs) for claim in claims]
     folder = os.path.join(out, "report")
     os.makedirs(folder, exist_ok=True)

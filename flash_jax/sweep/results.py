@@ -28,12 +28,13 @@ def load_runs(out: str) -> tuple[dict, list[dict]]:
     return manifest["axes"], runs
 
 
-def load_claims(out: str) -> list[Claim]:
-    """The claims the sweep file asked the report to test (none in a manifest written without them)."""
+def report_options(out: str) -> tuple[list[Claim], frozenset[str]]:
+    """The claims the sweep file asks the report to test, and the methods it shows unranked as references
+    (neither in a manifest written without them)."""
     with open(os.path.join(out, "sweep.json")) as f:
         manifest = json.load(f)
     axes = {axis: values for axis, values in manifest["axes"].items() if axis != SEED_AXIS}
-    return parse_claims(manifest.get("claims", []), axes)
+    return parse_claims(manifest.get("claims", []), axes), frozenset(manifest.get("references", []))
 
 
 def settings_of(axes: dict, varying=(METHOD_AXIS, SEED_AXIS)) -> list[dict]:
@@ -49,9 +50,9 @@ def cell_runs(runs: list[dict], setting: dict, method: str) -> dict:
             and all(run["axes"].get(axis, value) == value for axis, value in setting.items())}
 
 
-def summarize_setting(axes: dict, runs: list[dict], setting: dict) -> list[dict]:
+def summarize_setting(axes: dict, runs: list[dict], setting: dict, references=frozenset()) -> list[dict]:
     """Rows of one table: per method, an Interval per column, and whether it is significantly below
-    the best method's accuracy."""
+    the best method's accuracy (the best among the methods that are not `references`)."""
     rows = []
     for method in axes.get(METHOD_AXIS, [None]):
         by_seed = cell_runs(runs, setting, method)
@@ -62,12 +63,12 @@ def summarize_setting(axes: dict, runs: list[dict], setting: dict) -> list[dict]
                  for key, _ in COLUMNS if all(key in final for final in finals.values())}
         rows.append({"method": method, "seeds": sorted(by_seed, key=str), "cells": cells,
                      "accuracy": {seed: final["accuracy"] for seed, final in finals.items()}})
-    if rows:
-        best = max(rows, key=lambda row: row["cells"]["accuracy"].mean)
-        for row in rows:
-            gap = paired_difference(best["accuracy"], row["accuracy"])
-            row["best"], row["gap"] = row is best, gap
-            row["worse"] = row is not best and gap.excludes_zero()
+    ranked = [row for row in rows if row["method"] not in references]
+    best = max(ranked, key=lambda row: row["cells"]["accuracy"].mean, default=None)
+    for row in rows:
+        row["reference"], row["best"] = row not in ranked, row is best
+        row["gap"] = paired_difference(best["accuracy"], row["accuracy"]) if best else None
+        row["worse"] = row in ranked and row is not best and row["gap"].excludes_zero()
     return rows
 
 

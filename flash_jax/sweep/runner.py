@@ -130,6 +130,7 @@ def write_manifest(out: str, sweep_file: str, sweep: Sweep) -> None:
     atomically."""
     os.makedirs(out, exist_ok=True)
     manifest = {"sweep_file": os.path.abspath(sweep_file), "axes": sweep.axes, "claims": sweep.claims,
+                "references": sweep.references,
                 "runs": [{"name": run.name, "axes": dict(run.axes), "settings": dict(run.settings)}
                          for run in sweep.runs]}
     with open(os.path.join(out, "sweep.json.tmp"), "w") as f:
