@@ -60,8 +60,9 @@ def train_chunk(plan: ChunkPlan, examples, model: ServerModel, shared: RoundInpu
     `examples` are the client store's images and labels; `clients` holds per-client arrays: ids
     (keys are fold_in(round_key, id)), offsets and counts into the store, target counts, weights (0
     for padding) and, when each client trains with its own mask, either mask_index into the leading
-    axis of `model.masks` or the masks themselves as bit-packed rows (sparse.pack_rows) under "masks". Returns the new sums, the clients'
-    final masks (when they can change, else None) and their mean training losses.
+    axis of `model.masks` or the masks themselves as bit-packed rows (sparse.pack_rows) under "masks".
+    Returns the new sums, the clients' final masks (when they can change, else None) and their mean
+    training losses.
     """
     spec, layout = plan.spec, plan.layout
     keys = jax.vmap(derive, in_axes=(None, 0))(shared.round_key, clients["ids"])

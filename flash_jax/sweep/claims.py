@@ -88,16 +88,6 @@ def parse_claims(entries: Any, axes: dict) -> list[Claim]:
     return claims
 
 
-def difference_values(first: dict | float, second: dict | float) -> list[float]:
-    """first - second at each seed both sides have (a constant side pairs with every seed)."""
-    seeds = set.intersection(*(set(side) for side in (first, second) if isinstance(side, dict)))
-
-    def at(side, seed):
-        return side[seed] if isinstance(side, dict) else side
-
-    return [at(first, seed) - at(second, seed) for seed in sorted(seeds, key=str)]
-
-
 def verdict(mean: float, excludes_zero: bool) -> str:
     if not excludes_zero:
         return "open"

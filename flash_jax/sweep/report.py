@@ -35,8 +35,10 @@ def format_interval(interval: Interval | None) -> str:
 
 
 def below_best(row: dict) -> str:
-    if row["best"] or row["reference"]:
-        return "(best)" if row["best"] else "(reference)"
+    if row["best"]:
+        return "(best)"
+    if row["reference"]:
+        return "(reference)"
     return format_interval(row["gap"]) + (f" {WORSE_MARK}" if row["worse"] else "")
 
 

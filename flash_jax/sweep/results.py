@@ -7,7 +7,7 @@ import json
 import math
 import os
 
-from flash_jax.sweep.claims import Claim, Side, difference_values, parse_claims, verdict
+from flash_jax.sweep.claims import Claim, Side, parse_claims, verdict
 from flash_jax.sweep.grid import METHOD_AXIS, SEED_AXIS, finished_records
 from flash_jax.sweep.stats import Interval, mean_interval, paired_difference
 
@@ -66,9 +66,9 @@ def summarize_setting(axes: dict, runs: list[dict], setting: dict, references=fr
     ranked = [row for row in rows if row["method"] not in references]
     best = max(ranked, key=lambda row: row["cells"]["accuracy"].mean, default=None)
     for row in rows:
-        row["reference"], row["best"] = row not in ranked, row is best
+        row["reference"], row["best"] = row["method"] in references, row is best
         row["gap"] = paired_difference(best["accuracy"], row["accuracy"]) if best else None
-        row["worse"] = row in ranked and row is not best and row["gap"].excludes_zero()
+        row["worse"] = not row["reference"] and not row["best"] and row["gap"].excludes_zero()
     return rows
 
 
@@ -91,13 +91,14 @@ def claim_rows(claim: Claim, axes: dict, runs: list[dict]) -> list[dict]:
     rows = []
     for setting in settings_of(axes, varying=(SEED_AXIS, *claim.fixed_axes())):
         sides = [side_values(side, runs, setting) for side in (claim.first, claim.second)]
-        differences = difference_values(*sides) if all(values != {} for values in sides) else []
-        if not differences:
-            continue
         seeds = set.intersection(*(set(values) for values in sides if isinstance(values, dict)))
-        difference = mean_interval(differences)
+        if not seeds:
+            continue
+        paired = [{seed: values[seed] for seed in seeds} if isinstance(values, dict) else dict.fromkeys(seeds, values)
+                  for values in sides]  # a constant side pairs with every seed
+        difference = paired_difference(*paired)
         rows.append({"setting": setting, "difference": difference,
                      "verdict": verdict(difference.mean, difference.excludes_zero()),
-                     "sides": [mean_interval([values[seed] for seed in seeds]) if isinstance(values, dict)
-                               else Interval(values, math.nan, 0) for values in sides]})
+                     "sides": [mean_interval(list(by_seed.values())) if isinstance(values, dict)
+                               else Interval(values, math.nan, 0) for values, by_seed in zip(sides, paired)]})
     return rows
