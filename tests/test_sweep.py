@@ -179,6 +179,7 @@ def test_claims_are_paired_by_seed_and_judged_by_their_interval(tmp_path):
     # (mean 0.076667, s 0.025166, half-width 0.062517); a's ratio - 0.1: 0, 0, 0 (no spread: no interval)
     assert "| all runs | 3 | 0.8233 ± 0.0625 | 0.7367 ± 0.0799 | 0.0867 ± 0.0379 | holds |" in text
     assert "| all runs | 3 | 0.9000 | 0.8233 ± 0.0625 | 0.0767 ± 0.0625 | holds |" in text
+    assert "| c beats a | - | - | all runs |" in text and "| b beats a | - | all runs | - |" in text
     with open(tmp_path / "report" / "claims.csv") as f:
         lines = list(csv.DictReader(f))
     assert [line["verdict"] for line in lines] == verdicts
@@ -197,6 +198,7 @@ def test_a_claim_that_fixes_an_axis_is_tested_at_every_value_of_the_others(tmp_p
     assert rows[0]["difference"].mean == pytest.approx(0.04) and rows[0]["difference"].half_width == pytest.approx(0)
     assert rows[1]["difference"].mean == pytest.approx(0.05)
     assert rows[1]["difference"].half_width == pytest.approx(0.127062, abs=1e-6) and rows[1]["verdict"] == "open"
+    assert "| loses as d falls | experiment_type dense | - | experiment_type topk |" in write_report(str(tmp_path))
 
 
 def final_metrics(out):

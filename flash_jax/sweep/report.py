@@ -58,11 +58,25 @@ def markdown(tables: list[tuple[dict, list[dict]]]) -> list[str]:
     return lines
 
 
+VERDICTS = ("holds", "reversed", "open")
+
+
+def claims_overview(claims: list[Claim], results: list[list[dict]]) -> list[str]:
+    """One line per claim: the settings where it holds, is reversed, is open (the answer at a glance)."""
+    lines = ["| claim | " + " | ".join(VERDICTS) + " |", "|---|" + "---|" * len(VERDICTS)]
+    for claim, rows in zip(claims, results):
+        cells = ["; ".join(setting_title(row["setting"]) for row in rows if row["verdict"] == verdict) or "-"
+                 for verdict in VERDICTS]
+        lines.append(f"| {claim.text} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def claims_markdown(claims: list[Claim], results: list[list[dict]]) -> list[str]:
-    """One table per claim: a row per setting with both sides, the difference and the verdict."""
+    """The overview, then one table per claim: a row per setting with both sides, the difference and the
+    verdict."""
     lines = ["## Claims", "", "Each claim is first − second, paired by seed: mean ± half-width of the 95% t "
              "interval. holds: the interval lies above zero; reversed: below zero; open: it contains zero, or "
-             "fewer than two seeds.", ""]
+             "fewer than two seeds.", "", *claims_overview(claims, results)]
     for claim, rows in zip(claims, results):
         lines += [f"### {claim.text}", "", f"first: {claim.first.label()}; second: {claim.second.label()}", "",
                   "| setting | n | first | second | first − second | verdict |", "|---|---|---|---|---|---|"]
