@@ -88,7 +88,10 @@ def parse_claims(entries: Any, axes: dict) -> list[Claim]:
     return claims
 
 
+HOLDS, REVERSED, OPEN = VERDICTS = ("holds", "reversed", "open")
+
+
 def verdict(mean: float, excludes_zero: bool) -> str:
     if not excludes_zero:
-        return "open"
-    return "holds" if mean > 0 else "reversed"
+        return OPEN
+    return HOLDS if mean > 0 else REVERSED

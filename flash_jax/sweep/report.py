@@ -18,7 +18,7 @@ import sys
 
 from flash_jax.output import print_result
 from flash_jax.sweep.figures import accuracy_vs_communication, accuracy_vs_round
-from flash_jax.sweep.claims import Claim
+from flash_jax.sweep.claims import VERDICTS, Claim
 from flash_jax.sweep.results import (COLUMNS, claim_rows, load_runs, report_options, setting_title, settings_of,
                                         summarize_setting)
 from flash_jax.sweep.stats import Interval
@@ -56,9 +56,6 @@ def markdown(tables: list[tuple[dict, list[dict]]]) -> list[str]:
             lines.append(f"| {row['method']} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
-
-
-VERDICTS = ("holds", "reversed", "open")
 
 
 def claims_overview(claims: list[Claim], results: list[list[dict]]) -> list[str]:
