@@ -161,6 +161,22 @@ def test_a_reference_method_is_shown_but_not_ranked(tmp_path):
     assert sweep_file.references == ["dense"] and "reference" not in dict(sweep_file.runs[0].settings)
 
 
+def test_run_time_sums_the_stretches_of_resumed_runs(tmp_path):
+    fake_sweep(tmp_path, THREE_METHODS)
+    walls = {"experiment_type=a_seed=1": [60.0, 120.0],  # one process: 120 s
+             "experiment_type=a_seed=2": [60.0, 30.0],  # resumed after round 1: 60 + 30 = 90 s
+             "experiment_type=a_seed=3": [60.0, 180.0], "experiment_type=b_seed=1": [600.0, 1200.0]}
+    for name, times in walls.items():
+        path = tmp_path / name / "metrics.jsonl"
+        records = [{**json.loads(line), "wall_s": wall} for line, wall in zip(path.read_text().splitlines(), times)]
+        path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    text = write_report(str(tmp_path))
+    # a: 120, 90, 180 s: median 2 min, total 390 s; b: one run of 1200 s (its others record no time); c: none
+    assert "| a | 3 | 2.0 | 0.11 |" in text and "| b | 1 | 20.0 | 0.33 |" in text and "| c |" not in text.split(
+        "## Run time")[1]
+    assert "| all runs | 4 | 2.5 | 0.44 |" in text  # 90, 120, 180, 1200 s: median 150 s, total 1590 s
+
+
 def claim(text, first, second):
     return {"text": text, "first": first, "second": second}
 

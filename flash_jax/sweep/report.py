@@ -7,7 +7,8 @@ mean ± half-width of the t interval over the seeds that finished. A method whos
 best method's with a paired difference (by seed) whose interval excludes zero is marked; the methods the
 sweep file marks `reference` (e.g. dense, an upper bound) are shown but not ranked. Written to
 DIR/report/: summary.md, summary.csv, accuracy_vs_communication.png, accuracy_vs_round.png. The claims
-the sweep file names ([[claim]], see claims.py) follow in summary.md, one table each, and in claims.csv.
+the sweep file names ([[claim]], see claims.py) follow in summary.md, one table each, and in claims.csv; the runs' wall time per method (median and
+total) closes summary.md.
 """
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ import sys
 from flash_jax.output import print_result
 from flash_jax.sweep.figures import accuracy_vs_communication, accuracy_vs_round
 from flash_jax.sweep.claims import VERDICTS, Claim
-from flash_jax.sweep.results import (COLUMNS, claim_rows, load_runs, report_options, setting_title, settings_of,
-                                        summarize_setting)
+from flash_jax.sweep.results import (COLUMNS, claim_rows, load_runs, report_options, run_times, setting_title,
+                                        settings_of, summarize_setting)
 from flash_jax.sweep.stats import Interval
 
 WORSE_MARK = "▼"
@@ -84,6 +85,19 @@ def claims_markdown(claims: list[Claim], results: list[list[dict]]) -> list[str]
     return lines
 
 
+def run_time_markdown(times: list[dict]) -> list[str]:
+    """How long the runs took, per method and in all (empty where no run records its time)."""
+    if not times:
+        return []
+    lines = ["## Run time", "", "Each finished run's wall time, summed over the processes that ran it (a resumed "
+             "run counts each one's part): stage 1, compilation, training and evaluation, and any pause of the "
+             "process; not data loading.", "", "| method | runs | median per run (min) | total (h) |",
+             "|---|---|---|---|"]
+    lines += [f"| {row['method']} | {row['runs']} | {row['median_s'] / 60:.1f} | {row['total_s'] / 3600:.2f} |"
+              for row in times]
+    return lines + [""]
+
+
 def write_csv(path: str, tables: list[tuple[dict, list[dict]]]) -> None:
     """Long format: one line per setting, method and metric."""
     with open(path, "w", newline="") as f:
@@ -119,7 +133,8 @@ def write_report(out: str) -> str:
     results = [claim_rows(claim, axes, runs) for claim in claims]
     folder = os.path.join(out, "report")
     os.makedirs(folder, exist_ok=True)
-    text = "\n".join(markdown(tables) + (claims_markdown(claims, results) if claims else []))
+    text = "\n".join(markdown(tables) + (claims_markdown(claims, results) if claims else [])
+                     + run_time_markdown(run_times(axes, runs)))
     with open(os.path.join(folder, "summary.md"), "w") as f:
         f.write(text)
     write_csv(os.path.join(folder, "summary.csv"), tables)

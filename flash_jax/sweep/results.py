@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 import os
+import statistics
 
 from flash_jax.sweep.claims import Claim, Side, parse_claims, verdict
 from flash_jax.sweep.grid import METHOD_AXIS, SEED_AXIS, finished_records
@@ -102,3 +103,22 @@ def claim_rows(claim: Claim, axes: dict, runs: list[dict]) -> list[dict]:
                      "sides": [mean_interval(list(by_seed.values())) if isinstance(values, dict)
                                else Interval(values, math.nan, 0) for values, by_seed in zip(sides, paired)]})
     return rows
+
+
+def run_seconds(records: list[dict]) -> float | None:
+    """A run's wall time from its records' wall_s (None without it). wall_s restarts with each process that
+    resumes the run, so each stretch's last value counts: stage 1, compilation, training and evaluation, and
+    any pause of the process; not data loading, nor the rounds a kill cut off after the last record."""
+    walls = [record["wall_s"] for record in records if "wall_s" in record]
+    return sum(wall for wall, after in zip(walls, walls[1:] + [0.0]) if after < wall) if walls else None
+
+
+def run_times(axes: dict, runs: list[dict]) -> list[dict]:
+    """Per method, then for all runs together: how many finished runs record their time, the median and the
+    total of those times in seconds."""
+    seconds = [(run["axes"].get(METHOD_AXIS), run_seconds(run["records"])) for run in runs]
+    groups = [(method, [s for m, s in seconds if m == method and s is not None])
+              for method in axes.get(METHOD_AXIS, [])]
+    groups.append(("all runs", [s for _, s in seconds if s is not None]))
+    return [{"method": method, "runs": len(times), "median_s": statistics.median(times), "total_s": sum(times)}
+            for method, times in groups if times]
