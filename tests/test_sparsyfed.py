@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import linen as nn
 
 from flash_jax.config import Config
 from flash_jax.fl.client import momentum_sgd
@@ -13,6 +14,7 @@ from flash_jax.fl.loop import run
 from flash_jax.methods.sparsyfed import powerprop
 from flash_jax.models import get_model, init_variables
 from flash_jax.models.activation_pruning import initial_thresholds, with_pruned_weight_gradients
+from flash_jax.models.layers import Conv, with_fast_flax_convs
 from flash_jax.sparse import apply_masks, random_masks
 from tests.runs import TIMING
 
@@ -70,6 +72,41 @@ def test_activation_pruning_changes_only_the_weight_gradients_of_sparse_layers(m
     _, (dense_d_params, _), unset = _loss_and_grads(apply_fn, params, x, y, initial_thresholds(MASKED))
     chex.assert_trees_all_equal(dense_d_params, _loss_and_grads(apply_fn, params, x, y)[1][0])
     assert float(unset["conv2/kernel"]) < 0  # no threshold to freeze yet
+
+
+class _TwoLayers(nn.Module):
+    """conv -> dense, with flax's nn.Conv or the project's Conv (the same parameters)."""
+
+    flax_conv: bool
+
+    @nn.compact
+    def __call__(self, x):
+        conv = nn.Conv(4, (3, 3), name="conv") if self.flax_conv else Conv(4, (3, 3), name="conv")
+        return nn.Dense(10, name="fc")(jax.nn.relu(conv(x)).reshape(x.shape[0], -1))
+
+
+def _two_layers_apply(flax_conv: bool):
+    """The model function as local training runs it: flax's convolutions in the fast formulation."""
+    def apply_fn(variables, x, train):
+        return _TwoLayers(flax_conv).apply(variables, x)
+    return with_fast_flax_convs(apply_fn, "slices") if flax_conv else apply_fn
+
+
+def test_a_flax_conv_gets_activation_pruning_as_the_projects_conv_does():
+    x, y = jax.random.normal(jax.random.key(1), (4, 6, 6, 2)), jnp.arange(4)
+    params = _TwoLayers(True).init(jax.random.key(0), x)["params"]
+    paths = ("conv/kernel", "fc/kernel")
+    masks = random_masks(jax.random.key(2), {p: params[p.split("/")[0]]["kernel"].shape for p in paths}, 0.3)
+    sparse = apply_masks(params, masks)
+    _, (flax_grads, _), flax_thresholds = _loss_and_grads(_two_layers_apply(True), sparse, x, y,
+                                                          initial_thresholds(paths))
+    _, (own_grads, _), own_thresholds = _loss_and_grads(_two_layers_apply(False), sparse, x, y,
+                                                        initial_thresholds(paths))
+    chex.assert_trees_all_close(flax_grads, own_grads, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_equal(flax_thresholds, own_thresholds)
+    assert float(flax_thresholds["conv/kernel"]) > 0  # found and frozen after this first step
+    _, (unpruned_grads, _), _ = _loss_and_grads(_two_layers_apply(True), sparse, x, y)
+    assert not np.allclose(flax_grads["conv"]["kernel"], unpruned_grads["conv"]["kernel"])
 
 
 SMALL = dict(num_users=10, frac=0.3, fl_rounds=5, eval_every=1, quiet=True)

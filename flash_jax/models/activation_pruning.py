@@ -5,9 +5,10 @@ is computed from the layer input with all but its ceil((1-s)*size) largest |entr
 the threshold kept), while the forward pass and the input gradient stay exactly the dense ones: a
 custom VJP whose backward differentiates the layer at the pruned input, which for a linear layer
 changes only dL/dkernel. A layer is found by its kernel's '/'-joined path, through flax's method
-interception, so models need no change; it must be an nn.Dense or the project's Conv.
+interception, so models need no change; it must be an nn.Dense, an nn.Conv or the project's Conv (all
+linear in their input, as the backward pass requires).
 
-A conv layer's threshold may be frozen after the first step where s > 0 (the authors' choice); the
+A convolution's threshold may be frozen after the first step where s > 0 (the authors' choice); the
 thresholds are then the caller's state across steps, keyed by kernel path (negative: unset).
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from flash_jax.models.layers import Conv
 from flash_jax.sparse import topk_mask
 
 UNSET = -1.0
+PRUNABLE = (nn.Dense, nn.Conv, Conv)  # linear layers; all but nn.Dense are convolutions
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -61,14 +63,14 @@ def with_pruned_weight_gradients(apply_fn: Callable, thresholds: dict[str, jax.A
     def interceptor(next_fun, args, kwargs, context):
         module = context.module
         path = "/".join(module.path) + "/kernel"
-        if context.method_name != "__call__" or not isinstance(module, (nn.Dense, Conv)) or path not in thresholds:
+        if context.method_name != "__call__" or not isinstance(module, PRUNABLE) or path not in thresholds:
             return next_fun(*args, **kwargs)
         (x,) = args
         params = dict(module.variables["params"])
         sparsity = jnp.mean(params["kernel"] == 0)
         active = (sparsity > 0) & (sparsity < 1)  # dense: nothing to prune; empty: no weight gradient anyway
         fresh = _threshold(x, 1.0 - sparsity)
-        if freeze_conv and params["kernel"].ndim == 4:
+        if freeze_conv and not isinstance(module, nn.Dense):
             frozen = thresholds[path]
             tau = jnp.where(frozen >= 0, frozen, fresh)
             updated[path] = jnp.where(active, tau, frozen)
