@@ -1,5 +1,6 @@
 """The documentation stands on its own: every relative link and section it cites resolves, nothing
-cites a document outside the repository, and the README's flag list is the parser's."""
+cites a document outside the repository, the README's flag list is the parser's, and the code the
+extension guide shows is the examples' (which tests/test_examples.py runs)."""
 import re
 import subprocess
 import sys
@@ -64,3 +65,11 @@ def test_the_readmes_flag_list_is_the_parsers():
     listed = readme[readme.index("## Flags"):]
     assert generated in listed, ("README.md's flag list differs from the parser's; regenerate it with "
                                         "python -c 'from flash_jax.cli import flags_markdown; print(flags_markdown())'")
+
+
+def test_the_extension_guides_code_is_copied_from_the_examples():
+    examples = [path.read_text() for path in tracked("examples/*.py")]
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "extending.md").read_text(), flags=re.S)
+    assert len(blocks) >= 3
+    stale = [block.splitlines()[0] for block in blocks if not any(block in example for example in examples)]
+    assert not stale, f"blocks of docs/extending.md that no example contains verbatim: {stale}"
