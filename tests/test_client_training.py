@@ -116,21 +116,30 @@ def test_padded_client_matches_training_alone(epochs):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def _upper_half(maskable):
+    """A finishing step: keep each tensor's entries of at least median magnitude."""
+    return {p: jnp.abs(w) >= jnp.median(jnp.abs(w)) for p, w in maskable.items()}
+
+
 @pytest.mark.parametrize("epochs", [1, 2])
 def test_without_a_mask_rule_every_weight_trains_until_the_finishing_step(epochs):
     """Dense local training with a finishing step (Top-k, SparsyFed): no mask change between
     phases, so no weight is zeroed before the finishing step, which alone decides the masks."""
     store, model, params, masks = make_problem([40])
     every = {p: jnp.ones_like(m) for p, m in masks.items()}
-    spec = ClientSpec(apply_fn=model.apply, has_batch_stats=False, augment=False,
-                      finish=lambda maskable: {p: jnp.ones(w.shape, bool) for p, w in maskable.items()})
     target = jnp.float32(0.05 * sum(m.size for m in masks.values()))
-    _, ((trained, _, final_masks, _, _),) = train_alone(spec, store, [0], params, every,
-                                                       jax.random.split(jax.random.PRNGKey(4), 1), target,
-                                                       epochs=epochs)
-    flat = traverse_util.flatten_dict(trained, sep="/")
+    results = {}
+    for finish in (None, _upper_half):
+        spec = ClientSpec(apply_fn=model.apply, has_batch_stats=False, augment=False, finish=finish)
+        _, ((trained, _, final_masks, _, _),) = train_alone(spec, store, [0], params, every,
+                                                           jax.random.split(jax.random.PRNGKey(4), 1), target,
+                                                           epochs=epochs)
+        results[finish] = traverse_util.flatten_dict(trained, sep="/"), final_masks
+    (dense, kept), (cut, cut_masks) = results[None], results[_upper_half]
     for p in masks:
-        assert bool(jnp.all(final_masks[p])) and int(jnp.sum(flat[p] == 0)) == 0, p
+        assert bool(jnp.all(kept[p])) and int(jnp.sum(dense[p] == 0)) == 0, p  # trained densely throughout
+        np.testing.assert_array_equal(cut_masks[p], _upper_half({p: dense[p]})[p])  # decided at the end
+        np.testing.assert_array_equal(cut[p], jnp.where(cut_masks[p], dense[p], 0.0))
 
 
 def test_mask_update_changes_masks_and_keeps_params_on_mask():
@@ -274,11 +283,13 @@ def test_cohort_averages_batch_norm_statistics_and_augments():
         chex.assert_trees_all_close((params, stats), expected, rtol=1e-5, atol=1e-6)
         assert client_masks is None
     assert not np.allclose(stats["bn"]["mean"], variables["batch_stats"]["bn"]["mean"])
-    # augmentation is keyed per client and step: a different client key changes the result
-    other = fn(spec, layout.phase_lengths, schedule_of(store, plan, 0),
-               ClientStart(variables["params"], variables["batch_stats"], {}, jax.random.PRNGKey(99), 0.0),
-               RoundInputs(0.1, 0.0, None))
-    assert not np.allclose(other[0]["conv"]["kernel"], outs[0][0]["conv"]["kernel"])
+    # augmentation is keyed per client and step: the same key gives the same result, another key another
+    def train_client_0(key):
+        return fn(spec, layout.phase_lengths, schedule_of(store, plan, 0),
+                  ClientStart(variables["params"], variables["batch_stats"], masks, key, 0.0),
+                  RoundInputs(0.1, 0.0, None))
+    chex.assert_trees_all_equal(train_client_0(keys[0])[0], outs[0][0])
+    assert not np.allclose(train_client_0(jax.random.PRNGKey(99))[0]["conv"]["kernel"], outs[0][0]["conv"]["kernel"])
 
 
 def test_clipping_scales_the_trained_part_of_the_gradient_to_the_bound():

@@ -1,13 +1,13 @@
 """--download against a loopback HTTP server that serves small generated files in each publisher's own
 layout: fetched, verified, converted once, trained on; a dropped connection continued, a corrupted
 file refused and removed, a stalled or absent server reported in one line. Nothing leaves this machine."""
+import concurrent.futures
 import dataclasses
 import glob
 import hashlib
 import os
 import re
 import socket
-import threading
 import tomllib
 
 import numpy as np
@@ -156,13 +156,14 @@ def test_offline_is_one_line_and_a_mirror_serves_instead(publish, server, capsys
 
 
 def test_processes_sharing_a_cache_fetch_each_file_once(publish, server):
-    publish("cifar10")
-    threads = [threading.Thread(target=cache.cached_arrays, args=("cifar10", None, True, read_files, True)) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    expected = publish("cifar10")
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:  # .result() raises what a caller raised
+        results = [future.result() for future in [pool.submit(cache.cached_arrays, "cifar10", None, True, read_files,
+                                                              True) for _ in range(3)]]
     assert len(server.requests) == 1
+    for arrays in results:  # every caller, the one that fetched and the two that waited, has the data
+        for got, want in zip(arrays, expected, strict=True):
+            np.testing.assert_array_equal(got, want)
 
 
 def test_without_the_data_the_error_names_download_and_the_folder(tmp_path, monkeypatch, capsys):

@@ -147,5 +147,8 @@ def test_the_baselines_chunk_like_the_others(digits, method):
     chex.assert_trees_all_close(chunked, whole, rtol=1e-4, atol=1e-5)
     for ours, theirs in zip(infos, chunked_infos, strict=True):
         assert theirs["train_loss"] == pytest.approx(ours["train_loss"], rel=1e-5)
-        assert theirs["server_mask_density"] == pytest.approx(ours["server_mask_density"], abs=1e-3)
-        assert theirs["upload_bits"] == pytest.approx(ours["upload_bits"], rel=1e-3)
+        assert theirs["upload_bits"] == ours["upload_bits"]  # the clients' masks: the same in chunks
+        # SparsyFed's server mask is the union of theirs; PruneFL's ADJUST ranks the averaged reports,
+        # whose sums in chunks may differ in the last bits and swap a near tie (1e-4: 26 entries)
+        tolerance = 1e-4 if method["experiment_type"] == "prunefl" else 0.0
+        assert theirs["server_mask_density"] == pytest.approx(ours["server_mask_density"], abs=tolerance)

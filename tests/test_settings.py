@@ -50,10 +50,17 @@ def test_every_bad_knob_value_is_refused_in_one_line_before_anything_is_written(
     assert f"--{knob}" in err and not workdir.exists()
 
 
-def test_the_cases_cover_every_knob_with_a_range():
-    covered = {knob for _, knob, _ in CASES}
-    assert covered == {k.name for _, k in KNOBS
-                       if not isinstance(k.default, bool) and (k.valid or k.choices or not isinstance(k.default, str))}
+def test_every_knob_has_a_range_and_the_cases_probe_it():
+    """A number knob states its valid range and a value outside it is among the cases; a text knob
+    has choices or a check, and its cases include a value it refuses."""
+    numbers = {k.name: k for _, k in KNOBS if type(k.default) in (int, float)}
+    texts = {k.name: k for _, k in KNOBS if isinstance(k.default, str)}
+    assert numbers and all(k.valid for k in numbers.values()), [n for n, k in numbers.items() if not k.valid]
+    assert all(k.valid or k.choices for k in texts.values()), [n for n, k in texts.items()
+                                                               if not (k.valid or k.choices)]
+    out_of_range = {knob for _, knob, value in CASES if value in NUMBERS}
+    assert set(numbers) <= out_of_range, set(numbers) - out_of_range
+    assert set(texts) <= {knob for _, knob, _ in CASES}, set(texts) - {knob for _, knob, _ in CASES}
 
 
 @pytest.mark.parametrize("settings, message", [

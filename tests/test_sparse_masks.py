@@ -245,7 +245,6 @@ def test_hamming_and_consensus_on_hand_made_masks():
     # client-to-server distances 0, 3/8, 3/8; pairwise: (0,1) 3/8, (0,2) 3/8, (1,2) 4/8
     assert got["mask_hamming_to_server"] == pytest.approx((0 + 3 / 8 + 3 / 8) / 3)
     assert got["mask_hamming_clients"] == pytest.approx((3 / 8 + 3 / 8 + 4 / 8) / 3)
-    assert got["server_mask_change"] == pytest.approx(2 / 8)
     assert got["union_density"] == pytest.approx(5 / 8)
     # IoU with the server: 1, 2/5 (|{a0,b0}| / |{a0,a1,a2,b0,b3}|), 0 (empty client vs 3 active)
     assert got["mask_iou_to_server"] == pytest.approx((1 + 2 / 5 + 0) / 3)
