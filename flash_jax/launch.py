@@ -31,10 +31,12 @@ def is_worker() -> bool:
 
 
 def attach_worker_output() -> None:
-    """In the worker: Python's stdout and stderr write to the pipes the parent copies, leaving
-    descriptors 1 and 2 to the runtime's C++ code."""
-    if is_worker():
-        out, err = (int(fd) for fd in os.environ[WORKER_ENV].split(","))
+    """In the worker the parent started: Python's stdout and stderr write to the pipes the parent
+    copies, leaving descriptors 1 and 2 to the runtime's C++ code. A user's FLASH_JAX_WORKER=1 (run
+    in this process, with the runtime's own log) names no pipes, and the output stays where it is."""
+    descriptors = os.environ.get(WORKER_ENV, "").split(",")
+    if len(descriptors) == 2 and all(fd.isdigit() for fd in descriptors):
+        out, err = (int(fd) for fd in descriptors)
         sys.stdout = open(out, "w", buffering=1, closefd=True)
         sys.stderr = open(err, "w", buffering=1, closefd=True)
 

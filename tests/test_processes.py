@@ -168,6 +168,17 @@ def test_a_process_that_cannot_join_gives_up_after_the_timeout_in_one_line(proce
     assert time.time() - started < 60
 
 
+def test_a_user_worker_setting_runs_in_this_process():
+    """FLASH_JAX_WORKER=1: the work runs in the process itself (no supervising parent, the runtime's
+    own log), here one process of a one-process run."""
+    from flash_jax import launch
+    result = subprocess.run(RUN + ["--fl_rounds", "2", "--distributed", "--coordinator_address",
+                                   f"127.0.0.1:{free_port()}", "--num_processes", "1", "--process_id", "0"],
+                            env=dict(ENV, FLASH_JAX_WORKER="1"), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("nst on digits: round 2 accuracy") and launch.JOINED in result.stderr
+
+
 def test_a_malformed_coordinator_address_is_refused_at_once():
     result = subprocess.run(RUN + ["--distributed", "--coordinator_address", "not an address", "--num_processes",
                                    "2", "--process_id", "0"], env=ENV, capture_output=True, text=True, timeout=120)
