@@ -28,8 +28,9 @@ def test_plain_sgd_on_logits_diverges_in_the_first_round_where_the_defaults_are_
         run(config, fashion_mnist)
 
 
-# The failing commands (dense: alpha 0.1 seed 1 and alpha 1 seed 7 gave NaN; alpha 0.3 seed 11 a
-# first-round loss of 11.9), and the sparse methods on the most skewed one; stage 1 shortened to 1 epoch.
+# Settings where plain SGD on logits at lr 0.1 fails (dense: alpha 0.1 seed 1 and alpha 1 seed 7 give NaN;
+# alpha 0.3 seed 11 a first-round loss of 11.9), and the sparse methods on the most skewed one; stage 1
+# shortened to 1 epoch.
 @pytest.mark.slow
 @pytest.mark.parametrize("method,alpha,seed", [("dense", 0.1, 1), ("dense", 1.0, 7), ("dense", 0.3, 11),
                                                ("nst", 0.1, 1), ("spdst", 0.1, 1)])
