@@ -168,6 +168,16 @@ def test_a_process_that_cannot_join_gives_up_after_the_timeout_in_one_line(proce
     assert time.time() - started < 60
 
 
+def test_a_user_worker_setting_leaves_the_output_where_it_is(monkeypatch):
+    """FLASH_JAX_WORKER=1 names no pipes: Python's stdout and stderr stay as they are."""
+    from flash_jax import launch
+    monkeypatch.setenv(launch.WORKER_ENV, "1")
+    before = sys.stdout, sys.stderr
+    launch.attach_worker_output()
+    assert (sys.stdout, sys.stderr) == before and launch.is_worker()
+
+
+@pytest.mark.slow
 def test_a_user_worker_setting_runs_in_this_process():
     """FLASH_JAX_WORKER=1: the work runs in the process itself (no supervising parent, the runtime's
     own log), here one process of a one-process run."""
