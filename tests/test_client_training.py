@@ -15,6 +15,7 @@ from flash_jax.fl.client import ClientSchedule, ClientSpec, ClientStart, RoundIn
 from flash_jax.fl.cohort import ChunkPlan, ServerModel, chunk_size, train_chunk, train_cohort
 from flash_jax.fl.local_rules import SparseLearning
 from flash_jax.fl.phases import MASK_UPDATE_PHASES
+from flash_jax.fl.rules import global_cut
 from flash_jax.fl.setup import learning_rate_schedule
 from flash_jax.streams import SHUFFLE, derive, sample_clients
 from flash_jax.sparse import random_masks
@@ -116,11 +117,6 @@ def test_padded_client_matches_training_alone(epochs):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def _upper_half(maskable):
-    """A finishing step: keep each tensor's entries of at least median magnitude."""
-    return {p: jnp.abs(w) >= jnp.median(jnp.abs(w)) for p, w in maskable.items()}
-
-
 @pytest.mark.parametrize("epochs", [1, 2])
 def test_without_a_mask_rule_every_weight_trains_until_the_finishing_step(epochs):
     """Dense local training with a finishing step (Top-k, SparsyFed): no mask change between
@@ -128,17 +124,18 @@ def test_without_a_mask_rule_every_weight_trains_until_the_finishing_step(epochs
     store, model, params, masks = make_problem([40])
     every = {p: jnp.ones_like(m) for p, m in masks.items()}
     target = jnp.float32(0.05 * sum(m.size for m in masks.values()))
-    results = {}
-    for finish in (None, _upper_half):
+    cut_to_half, results = global_cut(0.5), {}
+    for finish in (None, cut_to_half):
         spec = ClientSpec(apply_fn=model.apply, has_batch_stats=False, augment=False, finish=finish)
         _, ((trained, _, final_masks, _, _),) = train_alone(spec, store, [0], params, every,
                                                            jax.random.split(jax.random.PRNGKey(4), 1), target,
                                                            epochs=epochs)
         results[finish] = traverse_util.flatten_dict(trained, sep="/"), final_masks
-    (dense, kept), (cut, cut_masks) = results[None], results[_upper_half]
+    (dense, kept), (cut, cut_masks) = results[None], results[cut_to_half]
+    expected = cut_to_half({p: dense[p] for p in masks})  # the finishing step on the densely trained weights
     for p in masks:
         assert bool(jnp.all(kept[p])) and int(jnp.sum(dense[p] == 0)) == 0, p  # trained densely throughout
-        np.testing.assert_array_equal(cut_masks[p], _upper_half({p: dense[p]})[p])  # decided at the end
+        np.testing.assert_array_equal(cut_masks[p], expected[p])  # decided at the end
         np.testing.assert_array_equal(cut[p], jnp.where(cut_masks[p], dense[p], 0.0))
 
 

@@ -7,8 +7,8 @@ mean ± half-width of the t interval over the seeds that finished. A method whos
 best method's with a paired difference (by seed) whose interval excludes zero is marked; the methods the
 sweep file marks `reference` (e.g. dense, an upper bound) are shown but not ranked. Written to
 DIR/report/: summary.md, summary.csv, accuracy_vs_communication.png, accuracy_vs_round.png. The claims
-the sweep file names ([[claim]], see claims.py) follow in summary.md, one table each, and in claims.csv; the runs' wall time per method (median and
-total) closes summary.md.
+the sweep file names ([[claim]], see claims.py) follow in summary.md, one table each, and in claims.csv;
+the runs' wall time per method (median and total) closes summary.md.
 """
 from __future__ import annotations
 
